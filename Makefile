@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine:
+#   make app    installs into .venv and starts the dashboard
+#   make test   installs into .venv (and Chromium for the browser tests) and runs the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+IWAE_DATA_DIR ?= $(abspath ../shared/data)
+export IWAE_DATA_DIR
+
+.PHONY: app test install chromium bench lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	  echo "Chromium not installed (need root for apt-get): browser tests and PNG/SVG/PDF export are unavailable"
+
+app: install
+	$(BIN)/streamlit run app.py
+
+test: install chromium
+	$(BIN)/python -m pytest -ra
+
+bench: install
+	$(BIN)/iwae bench
+
+lint: install
+	$(BIN)/ruff check .

@@ -1,0 +1,165 @@
+"""The `iwae` command: train, eval, table, bench, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .config import DATASETS, ESTIMATORS, GRANULARITIES, PAPER_PRESET, VARIANTS, ModelConfig, RunConfig, TrainConfig
+
+
+def build_run(args) -> RunConfig:
+    preset = PAPER_PRESET if args.preset == "paper" else {"model": {}, "train": {}}
+    model_kw = dict(preset["model"])
+    train_kw = dict(preset["train"])
+    for name in ("hidden", "z_dim", "prior_std", "encoder_granularity", "decoder_granularity"):
+        if getattr(args, name) is not None:
+            model_kw[name] = tuple(args.hidden) if name == "hidden" else getattr(args, name)
+    for name in ("k", "epochs", "max_steps", "batch_size", "lr", "lr_final", "device", "estimator", "beta",
+                 "seed", "threads"):
+        if getattr(args, name) is not None:
+            train_kw[name] = getattr(args, name)
+    train_kw["dataset"] = args.dataset
+    return RunConfig(model=ModelConfig.for_variant(args.variant, **model_kw), train=TrainConfig(**train_kw))
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .train import Hooks, Trainer, TrainingDiverged
+
+    run = build_run(args)
+    out = Path(args.out)
+    if (out / "checkpoint").exists() and not args.resume:
+        print(f"error: {out} already holds a run; pass --resume to continue it or choose another --out",
+              file=sys.stderr)
+        return 2
+    bar = None
+
+    def on_step(trainer, m):
+        nonlocal bar
+        if bar is None:
+            total = trainer.total_steps if trainer.cfg.max_steps is None else min(trainer.cfg.max_steps,
+                                                                                   trainer.total_steps)
+            bar = tqdm(total=total, initial=trainer.step - 1, unit="step", desc=f"{run.model.variant} {run.train.dataset}",
+                       disable=None)
+        bar.update(1)
+        if m["step"] % 20 == 0:
+            bar.set_postfix(epoch=m["epoch"] + 1, bound=f"{m['bound']:.2f}", kl=f"{m['kl_per_datapoint']:.2f}")
+
+    def on_epoch(trainer, row):
+        msg = (f"epoch {row['epoch']}: train L_k {row['train_bound']:.2f}, valid L_{trainer.cfg.eval_k} "
+               f"{row['valid_bound']:.2f}, KL/N {row['kl_per_datapoint']:.2f}, {row['seconds']:.0f}s")
+        (bar.write if bar else print)(msg)
+
+    trainer = Trainer(run, out=out, hooks=Hooks(on_step=[on_step], on_epoch=[on_epoch]), data_dir=args.data_dir)
+    if args.resume and trainer.resume():
+        print(f"resuming {out} at step {trainer.step} (epoch {trainer.epoch})")
+    try:
+        reason = trainer.fit()
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        trainer.save_checkpoint()
+        print(f"\ninterrupted; checkpoint saved, continue with: iwae train ... --out {out} --resume")
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    trainer.finish({"command": "iwae " + " ".join(shlex.quote(a) for a in sys.argv[1:])})
+    print(f"{reason}: {trainer.step} steps, model folder {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .checkpoint import load_model
+    from .evaluate import evaluate_folder
+
+    for directory in args.dirs:
+        load_model(directory)  # fail early and clearly on a bad folder
+        result = evaluate_folder(directory, S=args.k, limit=args.limit, noise_scales=args.noise_scale,
+                                 batch_size=args.batch_size, data_dir=args.data_dir, write=not args.no_write,
+                                 mc_repeats=args.mc_repeats, seed=args.seed)
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from .evaluate import comparison_table
+
+    print(comparison_table(args.dirs or None))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .benchmark import run_benchmarks
+
+    run_benchmarks(quick=args.quick)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="iwae", description="Importance weighted autoencoders with random weights")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and write a model folder")
+    t.add_argument("--dataset", choices=DATASETS, default="mnist")
+    t.add_argument("--variant", choices=sorted(VARIANTS), default="iwae")
+    t.add_argument("--preset", choices=["paper"], default=None,
+                   help="paper: 784-400-40 tanh, k=25, batch 100, Adam 1e-3 cosine-decayed to 1e-4")
+    t.add_argument("--k", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--lr-final", type=float)
+    t.add_argument("--hidden", type=int, nargs="+")
+    t.add_argument("--z-dim", type=int)
+    t.add_argument("--prior-std", type=float)
+    t.add_argument("--encoder-granularity", choices=GRANULARITIES)
+    t.add_argument("--decoder-granularity", choices=GRANULARITIES)
+    t.add_argument("--estimator", choices=ESTIMATORS)
+    t.add_argument("--beta", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--data-dir")
+    t.add_argument("--out", required=True)
+    t.add_argument("--resume", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="test log-likelihood and diagnostics of model folders")
+    e.add_argument("dirs", nargs="+")
+    e.add_argument("--k", type=int, default=5000, help="joint draws S per test image")
+    e.add_argument("--limit", type=int, help="only the first N test images")
+    e.add_argument("--noise-scale", type=float, nargs="+", default=None,
+                   help="weight-noise scales tau to evaluate (default: 1 and 0 for random-weight models)")
+    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--mc-repeats", type=int, default=3)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--data-dir")
+    e.add_argument("--no-write", action="store_true", help="print only; leave metrics.json as it is")
+    e.set_defaults(func=cmd_eval)
+
+    tb = sub.add_parser("table", help="the paper's table beside these models' numbers")
+    tb.add_argument("dirs", nargs="*")
+    tb.set_defaults(func=cmd_table)
+
+    b = sub.add_parser("bench", help="speed and memory benchmarks, printed as ratios")
+    b.add_argument("--quick", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

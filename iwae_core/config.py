@@ -1,0 +1,150 @@
+"""Settings for models, training and evaluation as dataclasses that round-trip through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VARIANTS = {
+    # variant -> (random encoder phi, random decoder theta)
+    "iwae": (False, False),
+    "iwae-r": (True, True),
+    "iwae-rrec": (True, False),
+}
+GRANULARITIES = ("batch", "datapoint", "sample")
+ESTIMATORS = ("iwae", "stl", "dreg")
+DATASETS = ("mnist", "omniglot")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an IWAE and which of its networks have random (Gaussian) weights."""
+
+    x_dim: int = 784
+    hidden: tuple[int, ...] = (400,)
+    z_dim: int = 40
+    activation: str = "tanh"
+    random_encoder: bool = False
+    random_decoder: bool = False
+    encoder_granularity: str = "sample"
+    decoder_granularity: str = "datapoint"
+    prior_std: float = 1.0
+    init_sigma: float = 1e-3
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        for name in ("encoder_granularity", "decoder_granularity"):
+            if getattr(self, name) not in GRANULARITIES:
+                raise ValueError(f"{name} must be one of {GRANULARITIES}, got {getattr(self, name)!r}")
+        if self.activation not in ("tanh", "relu", "softplus"):
+            raise ValueError(f"activation must be tanh, relu or softplus, got {self.activation!r}")
+        if self.z_dim < 1 or self.x_dim < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError("x_dim, z_dim and every hidden size must be positive")
+        if not self.prior_std > 0 or not self.init_sigma > 0:
+            raise ValueError("prior_std and init_sigma must be positive")
+
+    @property
+    def variant(self) -> str:
+        """Name of the variant ("iwae", "iwae-r", "iwae-rrec"), or "custom" for other combinations."""
+        for name, flags in VARIANTS.items():
+            if flags == (self.random_encoder, self.random_decoder):
+                return name
+        return "custom"
+
+    @classmethod
+    def for_variant(cls, variant: str, **kwargs) -> ModelConfig:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+        enc, dec = VARIANTS[variant]
+        return cls(random_encoder=enc, random_decoder=dec, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained: data, objective, optimiser and schedule."""
+
+    dataset: str = "mnist"
+    k: int = 25
+    estimator: str = "iwae"
+    beta: float = 1.0
+    kl_encoder: bool = False
+    batch_size: int = 100
+    lr: float = 1e-3
+    lr_final: float | None = None  # cosine decay to this rate over the run; None keeps lr constant
+    adam_eps: float = 1e-4
+    epochs: int = 10
+    max_steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    checkpoint_every: float = 60.0  # seconds of training between checkpoints
+    eval_k: int = 100
+    eval_images: int = 400  # validation images for the per-epoch bound
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        check_k(self.k)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not (self.lr > 0):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+
+
+MAX_K = 100_000
+
+
+def check_k(k: int, name: str = "k") -> int:
+    """Reject a number of importance samples that is not a positive integer of sane size."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+    if k > MAX_K:
+        raise ValueError(f"{name}={k} is more than {MAX_K} importance samples; use a smaller {name}")
+    return k
+
+
+PAPER_PRESET = {
+    "model": {"hidden": (400,), "z_dim": 40, "activation": "tanh"},
+    "train": {"k": 25, "batch_size": 100, "lr": 1e-3, "lr_final": 1e-4, "adam_eps": 1e-4},
+}
+
+
+def to_dict(obj) -> dict:
+    d = dataclasses.asdict(obj)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def from_dict(cls, d: dict):
+    """Build a config dataclass from a dict, naming any key it does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
+    return cls(**d)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a trained model folder: written as config.json beside the weights."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_json(self) -> str:
+        return json.dumps({"model": to_dict(self.model), "train": to_dict(self.train)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        d = json.loads(text)
+        return cls(model=from_dict(ModelConfig, d["model"]), train=from_dict(TrainConfig, d["train"]))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.to_json())

@@ -1,0 +1,195 @@
+"""MNIST and Omniglot-28 as grey-value tensors in [0, 1], dynamic binarisation and minibatches.
+
+A dataset is a dict of float32 tensors {"train", "valid", "test"} shaped [n, 784] plus a "source"
+string saying exactly which data it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MNIST_VALID = 400  # last training images held out, as in Burda et al.
+OMNIGLOT_VALID = 1345  # held out of the shuffled training images, as in Burda et al.
+OMNIGLOT_TRAIN_DRAWERS = range(1, 16)  # drawers 1-15 train, 16-20 test
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data folder lacks the files a dataset needs (the message names folder and layout)."""
+
+
+class DataCorruptError(RuntimeError):
+    """Files are present but cannot be read as the dataset."""
+
+
+def data_root(path: str | os.PathLike | None = None) -> Path:
+    """The data folder: the argument, else $IWAE_DATA_DIR, else the user's cache folder."""
+    if path:
+        return Path(path).expanduser()
+    if os.environ.get("IWAE_DATA_DIR"):
+        return Path(os.environ["IWAE_DATA_DIR"]).expanduser()
+    return cache_dir() / "data"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "iwae_core"
+
+
+def binarize(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    """Each pixel ~ Bernoulli(grey value); with a seed the result is reproducible."""
+    gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+    return torch.bernoulli(x, generator=gen)
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = True) -> dict:
+    if name == "mnist":
+        return load_mnist(root, download)
+    if name == "omniglot":
+        return load_omniglot(root)
+    raise ValueError(f"unknown dataset {name!r}; choose mnist or omniglot")
+
+
+MNIST_LAYOUT = ("MNIST/raw/{train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte} (torchvision's layout)")
+
+
+def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> dict:
+    """MNIST from torchvision's layout ROOT/MNIST/raw; downloads there when missing and online."""
+    from torchvision.datasets import MNIST
+
+    root = data_root(root)
+    try:
+        train = MNIST(str(root), train=True, download=False)
+        test = MNIST(str(root), train=False, download=False)
+    except RuntimeError as missing:
+        if not download:
+            raise DataNotFoundError(f"MNIST not found in {root}; expected {MNIST_LAYOUT}") from missing
+        try:
+            train = MNIST(str(root), train=True, download=True)
+            test = MNIST(str(root), train=False, download=True)
+        except Exception as err:
+            raise DataNotFoundError(
+                f"MNIST not found in {root} and the download failed ({err}); expected {MNIST_LAYOUT}. "
+                "Set IWAE_DATA_DIR or --data-dir to a folder holding it.") from err
+    except Exception as err:
+        raise DataCorruptError(f"MNIST files in {root / 'MNIST' / 'raw'} cannot be read: {err}") from err
+    for part, n in ((train, 60000), (test, 10000)):
+        if tuple(part.data.shape) != (n, 28, 28) or len(part.targets) != n:
+            raise DataCorruptError(
+                f"MNIST in {root / 'MNIST' / 'raw'} has images {tuple(part.data.shape)}, expected ({n}, 28, 28)")
+    x_train = train.data.reshape(-1, 784).float() / 255
+    x_test = test.data.reshape(-1, 784).float() / 255
+    return {
+        "train": x_train[:-MNIST_VALID], "valid": x_train[-MNIST_VALID:], "test": x_test,
+        "train_labels": train.targets[:-MNIST_VALID], "valid_labels": train.targets[-MNIST_VALID:],
+        "test_labels": test.targets, "source": "MNIST (LeCun), 59,600 train / 400 valid / 10,000 test",
+    }
+
+
+OMNIGLOT_LAYOUT = ("chardata.mat (Burda et al.) or omniglot-py/images_{background,evaluation}/"
+                   "<Alphabet>/characterNN/*.png (torchvision's layout)")
+
+
+def load_omniglot(root: str | os.PathLike | None = None) -> dict:
+    """Omniglot-28: Burda's chardata.mat when present, else built from the original 105x105 images."""
+    root = data_root(root)
+    for mat in (root / "chardata.mat", root / "omniglot" / "chardata.mat", root / "OMNIGLOT" / "chardata.mat"):
+        if mat.exists():
+            return _load_chardata(mat)
+    folders = [root / "omniglot-py" / f"images_{s}" for s in ("background", "evaluation")]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise DataNotFoundError(
+            f"Omniglot not found in {root}: missing {', '.join(missing)}; expected {OMNIGLOT_LAYOUT}. "
+            "Set IWAE_DATA_DIR or --data-dir to a folder holding it.")
+    images, drawers = _omniglot28_cached(folders)
+    x = torch.from_numpy(images.reshape(-1, 784).astype(np.float32) / 255)
+    is_train = torch.from_numpy(np.isin(drawers, list(OMNIGLOT_TRAIN_DRAWERS)))
+    x_train, x_test = x[is_train], x[~is_train]
+    perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(123))
+    x_train = x_train[perm]
+    return {
+        "train": x_train[:-OMNIGLOT_VALID], "valid": x_train[-OMNIGLOT_VALID:], "test": x_test,
+        "source": (f"Omniglot-28 rebuilt from the original 105x105 images (area-downsampled; drawers 1-15 "
+                   f"train, 16-20 test): {len(x_train) - OMNIGLOT_VALID:,} train / {OMNIGLOT_VALID:,} valid / "
+                   f"{len(x_test):,} test; not the paper's chardata.mat"),
+    }
+
+
+def _load_chardata(path: Path) -> dict:
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(path))
+        train, test = mat["data"].T, mat["testdata"].T
+    except Exception as err:
+        raise DataCorruptError(f"{path} cannot be read as Burda's chardata.mat: {err}") from err
+    # Columns are 28x28 images in MATLAB (column-major) order; make them row-major.
+    to_rows = lambda a: torch.from_numpy(  # noqa: E731
+        np.ascontiguousarray(a.reshape(-1, 28, 28).transpose(0, 2, 1).reshape(-1, 784)).astype(np.float32))
+    train, test = to_rows(train), to_rows(test)
+    perm = np.random.RandomState(123).permutation(len(train))
+    train = train[torch.from_numpy(perm)]
+    return {"train": train[:-OMNIGLOT_VALID], "valid": train[-OMNIGLOT_VALID:], "test": test,
+            "source": f"Omniglot chardata.mat (Burda et al.): {len(train):,} train / {len(test):,} test"}
+
+
+def _omniglot28_cached(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """All images area-downsampled to 28x28 uint8 (ink = 255) and their drawer numbers, cached as .npz."""
+    files = sorted(p for f in folders for p in f.glob("*/character*/*.png"))
+    if not files:
+        raise DataNotFoundError(f"no PNG images under {folders[0].parent}; expected {OMNIGLOT_LAYOUT}")
+    key = hashlib.sha256("\n".join(f"{p.relative_to(folders[0].parent)}:{p.stat().st_size}"
+                                   for p in files).encode()).hexdigest()[:16]
+    cache = cache_dir() / f"omniglot28-{key}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return z["images"], z["drawers"]
+        except Exception:
+            cache.unlink(missing_ok=True)  # a damaged cache is rebuilt from the images
+    from PIL import Image
+    from tqdm import tqdm
+
+    images = np.empty((len(files), 28, 28), dtype=np.uint8)
+    drawers = np.empty(len(files), dtype=np.int64)
+    for i, path in enumerate(tqdm(files, desc="Omniglot 105->28", unit="img", disable=None)):
+        try:
+            with Image.open(path) as img:
+                grey = img.convert("L")
+        except Exception as err:
+            raise DataCorruptError(f"cannot read Omniglot image {path}: {err}") from err
+        if grey.size != (105, 105):
+            raise DataCorruptError(f"Omniglot image {path} is {grey.size}, expected 105x105")
+        small = np.asarray(grey.resize((28, 28), Image.Resampling.BOX), dtype=np.float32)
+        images[i] = np.rint(255 - small).astype(np.uint8)  # ink = 0 in the originals: invert
+        drawers[i] = int(path.stem.split("_")[-1])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, images=images, drawers=drawers)
+    os.replace(tmp, cache)
+    return images, drawers
+
+
+class Batches:
+    """Shuffled minibatches of a tensor, dynamically binarised; its state allows exact resumption."""
+
+    def __init__(self, x: torch.Tensor, batch_size: int, seed: int = 0) -> None:
+        self.x, self.batch_size = x, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch_size  # the ragged last batch is dropped
+
+    def epoch(self, start: int = 0, perm: torch.Tensor | None = None):
+        """Yield (index, perm, binarised batch) for one epoch, from batch `start` of `perm`."""
+        if perm is None:
+            perm = torch.randperm(len(self.x), generator=self.generator)
+        for i in range(start, len(self)):
+            idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+            yield i, perm, torch.bernoulli(self.x[idx], generator=self.generator)

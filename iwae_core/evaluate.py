@@ -1,0 +1,227 @@
+"""Evaluation: test log-likelihood from S joint draws, L_k against k, active units, weight statistics."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import checkpoint as ckpt
+from .bounds import effective_sample_size, iwae_bound
+from .config import check_k
+from .data import binarize, load_dataset
+from .model import IWAE
+
+TEST_SEED = 2016  # the fixed seed that binarises the test set for every reported number
+PAPER_TABLE = {  # Hernandez-Lobato et al. (2016), test log-likelihood (mean +- standard error)
+    "mnist": {"iwae": (-95.182, 0.022), "iwae-r": (-94.346, 0.025), "iwae-rrec": (-94.709, 0.025)},
+    "omniglot": {"iwae": (-118.771, 0.035), "iwae-r": (-118.540, 0.049), "iwae-rrec": (-118.647, 0.031)},
+}
+ROWS_PER_CHUNK = 40_000  # (draw, image) rows held at once: about 0.5 GB of activations for 784 pixels
+
+
+def test_binarized(data: dict, limit: int | None = None) -> torch.Tensor:
+    """The test images binarised with the fixed seed, so every model sees the same binary images."""
+    x = binarize(data["test"], seed=TEST_SEED)
+    return x[:limit] if limit else x
+
+
+@torch.no_grad()
+def log_likelihood(model: IWAE, x: torch.Tensor, S: int = 5000, noise_scale: float = 1.0,
+                   batch_size: int | None = None, rows_per_chunk: int = ROWS_PER_CHUNK,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """log p^(x) = logmeanexp_s log w_s with S independent joint draws (theta_s, phi_s, z_s) per image.
+
+    Weights are drawn per (draw, image) row ('sample' granularity in both networks), in chunks of
+    at most rows_per_chunk rows, so memory stays bounded whatever S and the batch size. x: [n, 784] -> [n].
+    """
+    check_k(S, "S")
+    model.eval()
+    batch_size = batch_size or max(1, min(len(x), rows_per_chunk // 50))
+    chunk = max(1, min(S, rows_per_chunk // batch_size))
+    out = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        acc = torch.full((len(xb),), -math.inf, device=x.device)
+        for s0 in range(0, S, chunk):
+            lw = model.log_weights(xb, min(chunk, S - s0), noise_scale=noise_scale,
+                                   encoder_granularity="sample", decoder_granularity="sample")
+            acc = torch.logaddexp(acc, torch.logsumexp(lw, 0))
+        out.append(acc - math.log(S))
+        if progress:
+            progress(min(start + batch_size, len(x)), len(x))
+    return torch.cat(out)
+
+
+def summarize(values: torch.Tensor) -> dict:
+    n = len(values)
+    return {"mean": values.mean().item(), "stderr": (values.std() / math.sqrt(n)).item() if n > 1 else None,
+            "n_images": n}
+
+
+@torch.no_grad()
+def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, noise_scale: float = 1.0,
+               seed: int = 0) -> list[dict]:
+    """Mean L_k over the images x for each k (model's own granularities), with its standard error."""
+    model.eval()
+    rows = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for k in ks:
+            check_k(k)
+            per_image = []
+            for _ in range(repeats):
+                b = max(1, ROWS_PER_CHUNK // k)
+                per_image.append(torch.cat([iwae_bound(model.log_weights(xb, k, noise_scale=noise_scale))
+                                            for xb in x.split(b)]))
+            vals = torch.stack(per_image).mean(0)
+            rows.append({"k": k, **summarize(vals)})
+    return rows
+
+
+@torch.no_grad()
+def importance_weights(model: IWAE, x: torch.Tensor, k: int, noise_scale: float = 1.0,
+                       seed: int = 0) -> dict:
+    """For one image x [784]: its k log weights, normalised weights, ESS and posterior draws z."""
+    check_k(k)
+    model.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        mean, std = model.encode(x[None], k, noise_scale)
+        z = mean + std * torch.randn(k, 1, model.config.z_dim)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        log_w = model.log_weights(x[None], k, noise_scale=noise_scale)[:, 0]
+    w = torch.softmax(log_w, 0)
+    return {"log_w": log_w, "weights": w, "ess": effective_sample_size(log_w[:, None]).item(),
+            "bound": iwae_bound(log_w[:, None]).item(), "z": z[:, 0]}
+
+
+@torch.no_grad()
+def active_units(model: IWAE, x: torch.Tensor, threshold: float = 0.01, weight_draws: int = 10,
+                 noise_scale: float = 1.0) -> dict:
+    """Burda et al.'s activity Var_x E_q[z_j|x] per latent unit; active where it exceeds threshold."""
+    draws = weight_draws if model.config.random_encoder else 1
+    activity = model.posterior_mean(x, draws, noise_scale).var(0)
+    return {"count": int((activity > threshold).sum()), "activity": activity.tolist(), "threshold": threshold}
+
+
+@torch.no_grad()
+def weight_statistics(model: IWAE) -> list[dict]:
+    """Per layer: shape, mean sigma, median sigma, mean |mu|/sigma and KL (random layers only)."""
+    rows = []
+    for net_name, net in (("encoder", model.encoder), ("decoder", model.decoder)):
+        for i, layer in enumerate(net.layers):
+            row = {"layer": f"{net_name}.{i}", "shape": list(layer.weight_mu.shape), "random": layer.random,
+                   "mean_abs_mu": layer.weight_mu.abs().mean().item()}
+            if layer.random:
+                sigma = layer.weight_sigma
+                row.update(mean_sigma=sigma.mean().item(), median_sigma=sigma.median().item(),
+                           mean_snr=(layer.weight_mu.abs() / sigma).mean().item(),
+                           kl=layer.kl_divergence().item())
+            rows.append(row)
+    return rows
+
+
+def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_scales=None,
+                    batch_size: int | None = None, data_dir=None, write: bool = True, mc_repeats: int = 3,
+                    mc_images: int = 500, seed: int = 0, progress: Callable | None = None,
+                    data: dict | None = None) -> dict:
+    """The full protocol on a model folder; writes metrics.json["test"] and test_ll.safetensors."""
+    directory = Path(directory)
+    model, run = ckpt.load_model(directory)
+    data = data if data is not None else load_dataset(run.train.dataset, data_dir)
+    x = test_binarized(data, limit)
+    random = run.model.random_encoder or run.model.random_decoder
+    taus = list(noise_scales) if noise_scales else ([1.0, 0.0] if random else [1.0])
+    result = {"S": S, "n_images": len(x), "test_seed": TEST_SEED, "source": data.get("source"), "by_tau": {}}
+    per_image = {}
+    for tau in taus:
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        ll = log_likelihood(model, x, S, noise_scale=tau, batch_size=batch_size, progress=progress)
+        seconds = time.perf_counter() - t0
+        # Monte-Carlo spread: repeat the estimate on the first mc_images images with other seeds.
+        sub = x[:mc_images]
+        reps = [ll[:mc_images]]
+        for r in range(1, mc_repeats):
+            torch.manual_seed(seed + 1000 * r)
+            reps.append(log_likelihood(model, sub, S, noise_scale=tau, batch_size=batch_size))
+        mc_sd = torch.stack(reps).std(0).pow(2).mean().sqrt().item() if mc_repeats > 1 else None
+        per_image[f"tau={tau:g}"] = ll
+        result["by_tau"][f"{tau:g}"] = {
+            **summarize(ll), "mc_sd_per_image": mc_sd,
+            "mc_sd_of_mean": mc_sd / math.sqrt(len(x)) if mc_sd is not None else None,
+            "mc_repeats": mc_repeats, "mc_images": len(sub), "seconds": round(seconds, 1),
+            "images_per_second": round(len(x) / seconds, 2)}
+    torch.manual_seed(seed)
+    au_x = binarize(data["train"][:500], seed=TEST_SEED)
+    result["active_units"] = active_units(model, au_x)["count"]
+    result["weights"] = weight_statistics(model)
+    result["test_ll"] = result["by_tau"]["1"]["mean"] if "1" in result["by_tau"] else None
+    if write:
+        from safetensors.torch import save_file
+
+        ckpt.atomic_write(directory / "test_ll.safetensors",
+                          lambda p: save_file({k: v.contiguous() for k, v in per_image.items()}, str(p)))
+        metrics_path = directory / "metrics.json"
+        metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
+        metrics["test"] = result
+        ckpt.write_json(metrics_path, metrics)
+    return result
+
+
+def paired_differences(entries: list[ckpt.ZooEntry], tau: str = "1") -> list[dict]:
+    """For models of one dataset evaluated on the same images: mean per-image difference and its
+    paired standard error, for every ordered pair (a better than b when the difference is > 0)."""
+    lls = {}
+    for e in entries:
+        path = e.path / "test_ll.safetensors"
+        if path.exists():
+            lls[e.name] = ckpt.read_tensors(path)[f"tau={tau}"]
+    rows = []
+    names = sorted(lls)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if lls[a].shape != lls[b].shape:
+                continue
+            d = lls[a] - lls[b]
+            se = (d.std() / math.sqrt(len(d))).item()
+            rows.append({"a": a, "b": b, "mean_difference": d.mean().item(), "paired_stderr": se,
+                         "z": d.mean().item() / se if se > 0 else None, "n_images": len(d)})
+    return rows
+
+
+def write_paired(entries: list[ckpt.ZooEntry]) -> None:
+    """Store each model's paired differences against the others of its dataset in its metrics.json."""
+    for dataset in {e.dataset for e in entries}:
+        group = [e for e in entries if e.dataset == dataset]
+        rows = paired_differences(group)
+        for e in group:
+            metrics_path = e.path / "metrics.json"
+            metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
+            metrics["paired"] = [r for r in rows if e.name in (r["a"], r["b"])]
+            ckpt.write_json(metrics_path, metrics)
+
+
+def comparison_table(dirs=None) -> str:
+    """A plain-text table: the paper's numbers beside those of the given (or shipped) models."""
+    entries = ckpt.find_models(*[Path(d).parent for d in dirs]) if dirs else ckpt.find_models()
+    if dirs:
+        wanted = {Path(d).resolve() for d in dirs}
+        entries = [e for e in entries if e.path.resolve() in wanted]
+    lines = [f"{'dataset':9} {'variant':10} {'paper':>17} {'ours (tau=1)':>17} {'ours (tau=0)':>17} "
+             f"{'AU':>3} {'epochs':>6}  model"]
+    for e in entries:
+        paper = PAPER_TABLE.get(e.dataset, {}).get(e.variant)
+        test = e.metrics.get("test", {}).get("by_tau", {})
+        fmt = lambda r: f"{r['mean']:.3f} ± {r['stderr']:.3f}" if r and r.get("stderr") else "-"  # noqa: E731
+        paper_s = f"{paper[0]:.3f} ± {paper[1]:.3f}" if paper else "-"
+        au = e.metrics.get("test", {}).get("active_units", "-")
+        epochs = e.metrics.get("training", {}).get("epochs", "-")
+        lines.append(f"{e.dataset:9} {e.variant:10} {paper_s:>17} {fmt(test.get('1')):>17} "
+                     f"{fmt(test.get('0')):>17} {au!s:>3} {epochs!s:>6}  {e.name}")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""BayesLinear: a linear layer whose weights are deterministic or mean-field Gaussian q(W) = N(mu, sigma^2).
+
+Inputs and outputs are shaped [k or 1, batch, features]: a leading 1 means "the same for all k
+importance samples" (e.g. the data x entering the encoder), so shared work is done once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_std: float) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, prior_std^2)) summed over all entries, in closed form."""
+    s2 = prior_std**2
+    return (math.log(prior_std) - torch.log(sigma) + (sigma**2 + mu**2) / (2 * s2) - 0.5).sum()
+
+
+class BayesLinear(nn.Module):
+    """y = x W^T + b with W, b either point estimates (random=False) or Gaussian with sigma = softplus(rho).
+
+    How often a random weight is drawn (granularity):
+      batch:     one draw for the whole call (plain reparameterisation);
+      datapoint: one draw per data point, shared by its k samples (Flipout sign flips);
+      sample:    an independent draw for every (sample, data point) row (local reparameterisation).
+    noise_scale tau replaces sigma by tau * sigma (0: posterior mean, 1: learned posterior).
+    """
+
+    def __init__(self, in_features: int, out_features: int, random: bool = False,
+                 prior_std: float = 1.0, init_sigma: float = 1e-3) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.random, self.prior_std = random, prior_std
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.bias_mu = nn.Parameter(torch.zeros(out_features))
+        if random:
+            rho = inverse_softplus(init_sigma)
+            self.weight_rho = nn.Parameter(torch.full((out_features, in_features), rho))
+            self.bias_rho = nn.Parameter(torch.full((out_features,), rho))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, random={self.random}"
+
+    @property
+    def weight_sigma(self) -> torch.Tensor:
+        return F.softplus(self.weight_rho)
+
+    @property
+    def bias_sigma(self) -> torch.Tensor:
+        return F.softplus(self.bias_rho)
+
+    def kl_divergence(self) -> torch.Tensor:
+        """KL(q(W, b) || p(W, b)) in closed form; zero for a deterministic layer."""
+        if not self.random:
+            return self.weight_mu.new_zeros(())
+        return (gaussian_kl(self.weight_mu, self.weight_sigma, self.prior_std)
+                + gaussian_kl(self.bias_mu, self.bias_sigma, self.prior_std))
+
+    def forward(self, x: torch.Tensor, k: int, granularity: str = "sample",
+                noise_scale: float = 1.0) -> torch.Tensor:
+        """x: [k or 1, batch, in] -> [k or 1, batch, out] (always [k, ...] for granularity 'sample')."""
+        mean = F.linear(x, self.weight_mu, self.bias_mu)
+        if not self.random or noise_scale == 0:
+            return mean
+        w_sigma = noise_scale * self.weight_sigma
+        b_sigma = noise_scale * self.bias_sigma
+        batch = x.shape[1]
+        if granularity == "batch":
+            w_noise = w_sigma * torch.randn_like(w_sigma)
+            b_noise = b_sigma * torch.randn_like(b_sigma)
+            return mean + F.linear(x, w_noise, b_noise)
+        if granularity == "datapoint":
+            # Flipout: W_b = mu + (sigma * eps) * r_b s_b^T with random signs per data point.
+            w_noise = w_sigma * torch.randn_like(w_sigma)
+            s = torch.randint(0, 2, (1, batch, self.in_features), device=x.device).to(x.dtype) * 2 - 1
+            r = torch.randint(0, 2, (1, batch, self.out_features), device=x.device).to(x.dtype) * 2 - 1
+            b_noise = b_sigma * torch.randn(1, batch, self.out_features, device=x.device, dtype=x.dtype)
+            return mean + F.linear(x * s, w_noise) * r + b_noise
+        if granularity == "sample":
+            # Local reparameterisation: exact for independent weights per row.
+            var = F.linear(x * x, w_sigma**2, b_sigma**2)
+            rows = max(k, x.shape[0])
+            eps = torch.randn(rows, batch, self.out_features, device=x.device, dtype=x.dtype)
+            return mean + var.sqrt() * eps
+        raise ValueError(f"unknown granularity {granularity!r}; choose batch, datapoint or sample")

@@ -1,0 +1,129 @@
+"""The IWAE: a Gaussian recognition network q(z|x; phi) and a Bernoulli generative network p(x|z; theta).
+
+Either network may have random weights (BayesLinear). Tensors are shaped [k, batch, features].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bounds import bernoulli_log_prob, normal_log_prob, normalized_weights
+from .config import ModelConfig, check_k
+from .layers import BayesLinear
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "softplus": F.softplus}
+
+
+class BayesMLP(nn.Module):
+    """A stack of BayesLinear layers with a nonlinearity between them (none after the last)."""
+
+    def __init__(self, sizes: list[int], random: bool, activation: str, prior_std: float,
+                 init_sigma: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            BayesLinear(a, b, random=random, prior_std=prior_std, init_sigma=init_sigma)
+            for a, b in zip(sizes[:-1], sizes[1:]))
+        self.act = ACTIVATIONS[activation]
+        self.random = random
+
+    def forward(self, h: torch.Tensor, k: int, granularity: str, noise_scale: float) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            h = layer(h, k, granularity, noise_scale)
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+        return h
+
+    def kl_divergence(self) -> torch.Tensor:
+        return sum(layer.kl_divergence() for layer in self.layers)
+
+
+class IWAE(nn.Module):
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or ModelConfig()
+        self.encoder = BayesMLP([c.x_dim, *c.hidden, 2 * c.z_dim], c.random_encoder, c.activation,
+                                c.prior_std, c.init_sigma)
+        self.decoder = BayesMLP([c.z_dim, *reversed(c.hidden), c.x_dim], c.random_decoder,
+                                c.activation, c.prior_std, c.init_sigma)
+
+    def encode(self, x: torch.Tensor, k: int = 1, noise_scale: float = 1.0,
+               granularity: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [batch, x_dim] -> mean, std of q(z|x), each [k or 1, batch, z_dim]."""
+        g = granularity or self.config.encoder_granularity
+        h = self.encoder(x.unsqueeze(0), k, g, noise_scale)
+        mean, pre_std = h.chunk(2, dim=-1)
+        return mean, F.softplus(pre_std) + 1e-6
+
+    def decode(self, z: torch.Tensor, noise_scale: float = 1.0,
+               granularity: str | None = None) -> torch.Tensor:
+        """z: [k, batch, z_dim] -> Bernoulli logits [k, batch, x_dim]."""
+        g = granularity or self.config.decoder_granularity
+        return self.decoder(z, z.shape[0], g, noise_scale)
+
+    def log_weights(self, x: torch.Tensor, k: int, noise_scale: float = 1.0, estimator: str = "iwae",
+                    encoder_granularity: str | None = None,
+                    decoder_granularity: str | None = None) -> torch.Tensor:
+        """log w = log p(x|z) + log p(z) - log q(z|x) for k draws per data point: [batch, x_dim] -> [k, batch].
+
+        With estimator 'stl' or 'dreg' the parameters of q inside log q are stopped, so phi gets
+        gradient only through z; 'dreg' also rescales that path by the normalised weights.
+        """
+        check_k(k)
+        mean, std = self.encode(x, k, noise_scale, encoder_granularity)
+        eps = torch.randn(k, x.shape[0], self.config.z_dim, device=x.device, dtype=x.dtype)
+        z = mean + std * eps
+        if estimator in ("stl", "dreg"):
+            mean, std = mean.detach(), std.detach()
+        elif estimator != "iwae":
+            raise ValueError(f"unknown gradient estimator {estimator!r}; choose iwae, stl or dreg")
+        logits = self.decode(z, noise_scale, decoder_granularity)
+        log_w = bernoulli_log_prob(x, logits) + normal_log_prob(z, 0.0, 1.0) - normal_log_prob(z, mean, std)
+        if estimator == "dreg" and z.requires_grad:
+            w = normalized_weights(log_w.detach()).unsqueeze(-1)
+            z.register_hook(lambda grad: grad * w)
+        return log_w
+
+    def kl_divergence(self, encoder: bool = True, decoder: bool = True) -> torch.Tensor:
+        """KL(q(weights) || p(weights)) of the chosen networks, in closed form."""
+        kl = self._zero()
+        if encoder:
+            kl = kl + self.encoder.kl_divergence()
+        if decoder:
+            kl = kl + self.decoder.kl_divergence()
+        return kl
+
+    def _zero(self) -> torch.Tensor:
+        return self.encoder.layers[0].weight_mu.new_zeros(())
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor | None = None, n: int = 64, weight_draws: int = 1,
+               noise_scale: float = 1.0) -> torch.Tensor:
+        """Bernoulli means p(x|z) for z ~ p(z) (or given z [n, z_dim]); one decoder draw per row of
+        the result: [weight_draws, n, x_dim]. All n images of one draw share the same weights."""
+        if z is None:
+            z = torch.randn(n, self.config.z_dim, device=self._zero().device)
+        out = [torch.sigmoid(self.decode(z.unsqueeze(0), noise_scale, "batch"))[0]
+               for _ in range(weight_draws)]
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, noise_scale: float = 1.0) -> torch.Tensor:
+        """Bernoulli means of p(x|z) at z = posterior mean of q(z|x): [batch, x_dim]."""
+        mean, _ = self.encode(x, 1, noise_scale, "batch")
+        return torch.sigmoid(self.decode(mean, noise_scale, "batch"))[0]
+
+    @torch.no_grad()
+    def traverse(self, z0: torch.Tensor, unit: int, values: torch.Tensor,
+                 noise_scale: float = 0.0) -> torch.Tensor:
+        """Images along latent axis `unit` starting from z0 [z_dim], set to each of values: [len, x_dim]."""
+        z = z0.expand(len(values), -1).clone()
+        z[:, unit] = values.to(z)
+        return torch.sigmoid(self.decode(z.unsqueeze(0), noise_scale, "batch"))[0]
+
+    @torch.no_grad()
+    def posterior_mean(self, x: torch.Tensor, weight_draws: int = 1, noise_scale: float = 1.0) -> torch.Tensor:
+        """E_q[z|x] averaged over encoder weight draws: [batch, z_dim]."""
+        means = [self.encode(x, 1, noise_scale, "batch")[0][0] for _ in range(weight_draws)]
+        return torch.stack(means).mean(0)

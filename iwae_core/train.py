@@ -1,0 +1,273 @@
+"""Trainer: Adam on (1/B) sum_b L_k(x_b) - beta KL/N, with hooks, atomic checkpoints, exact resume, NaN guard."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import checkpoint as ckpt
+from .bounds import iwae_bound, surrogate_objective
+from .config import RunConfig
+from .data import Batches, binarize, load_dataset
+from .model import IWAE
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; the last good checkpoint is kept."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto = cuda, then mps, then cpu; an explicit device that is not available is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("device 'mps' was requested but Apple's MPS backend is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+@dataclass
+class Hooks:
+    """Callbacks the dashboard and the CLI attach to a run; each gets the trainer and a metrics dict."""
+
+    on_step: list[Callable] = field(default_factory=list)
+    on_epoch: list[Callable] = field(default_factory=list)
+    on_eval: list[Callable] = field(default_factory=list)
+    on_checkpoint: list[Callable] = field(default_factory=list)
+
+
+HISTORY_FIELDS = ["epoch", "step", "lr", "train_bound", "kl_per_datapoint", "objective", "valid_bound",
+                  "mean_sigma_encoder", "mean_sigma_decoder", "seconds"]
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, out: str | os.PathLike | None = None, data: dict | None = None,
+                 hooks: Hooks | None = None, data_dir: str | None = None) -> None:
+        self.run, self.cfg = run, run.train
+        self.out = Path(out) if out else None
+        self.hooks = hooks or Hooks()
+        self.device = pick_device(self.cfg.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.cfg.threads or os.cpu_count() or 1)
+        self.data = data if data is not None else load_dataset(self.cfg.dataset, data_dir)
+        torch.manual_seed(self.cfg.seed)
+        self.model = IWAE(run.model).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps)
+        self.batches = Batches(self.data["train"], self.cfg.batch_size, seed=self.cfg.seed)
+        self.n_train = len(self.data["train"])
+        self.valid = binarize(self.data["valid"][: self.cfg.eval_images], seed=1234).to(self.device)
+        self.step, self.epoch, self.batch_in_epoch, self.perm = 0, 0, 0, None
+        self.history: list[dict] = []
+        self.seconds = 0.0
+        self._stop = False
+        self._epoch_sums = {"bound": 0.0, "n": 0}
+
+    # ---- schedule and objective -------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    def lr_at(self, step: int) -> float:
+        if self.cfg.lr_final is None:
+            return self.cfg.lr
+        t = min(step / max(self.total_steps, 1), 1.0)
+        return self.cfg.lr_final + 0.5 * (self.cfg.lr - self.cfg.lr_final) * (1 + math.cos(math.pi * t))
+
+    def kl_per_datapoint(self) -> torch.Tensor:
+        return self.model.kl_divergence(encoder=self.cfg.kl_encoder, decoder=True) / self.n_train
+
+    def request_stop(self) -> None:
+        """Ask the run to stop after the current step (it checkpoints first)."""
+        self._stop = True
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> str:
+        """Train until the epochs or max_steps are done or a stop is requested; returns the reason."""
+        self.model.train()
+        last_ckpt = time.monotonic()
+        while self.epoch < self.cfg.epochs:
+            for i, perm, x in self.batches.epoch(self.batch_in_epoch, self.perm):
+                t0 = time.perf_counter()
+                self.perm, self.batch_in_epoch = perm, i
+                metrics = self.train_step(x.to(self.device))
+                self.batch_in_epoch = i + 1
+                self.seconds += time.perf_counter() - t0
+                for hook in self.hooks.on_step:
+                    hook(self, metrics)
+                done = self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+                if self._stop or done:
+                    self.save_checkpoint()
+                    return "stopped" if self._stop else "max_steps"
+                if self.out and time.monotonic() - last_ckpt > self.cfg.checkpoint_every:
+                    self.save_checkpoint()
+                    last_ckpt = time.monotonic()
+            self.end_epoch()
+            last_ckpt = time.monotonic()
+        return "finished"
+
+    def train_step(self, x: torch.Tensor) -> dict:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        log_w = self.model.log_weights(x, self.cfg.k, estimator=self.cfg.estimator)
+        kl = self.kl_per_datapoint()
+        objective = surrogate_objective(log_w, self.cfg.estimator).mean() - self.cfg.beta * kl
+        loss = -objective
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(self._diverged_message("the loss is not finite"))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise TrainingDiverged(self._diverged_message("a weight became NaN or infinite"))
+        self.step += 1
+        bound = iwae_bound(log_w.detach()).mean().item()
+        self._epoch_sums["bound"] += bound
+        self._epoch_sums["n"] += 1
+        return {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch + 1,
+                "steps_per_epoch": self.steps_per_epoch, "bound": bound, "kl_per_datapoint": kl.item(),
+                "lr": self.lr_at(self.step - 1)}
+
+    def _diverged_message(self, what: str) -> str:
+        where = f"{self.out / 'checkpoint'}" if self.out else "no checkpoint folder (no --out given)"
+        return (f"training stopped at step {self.step + 1} (epoch {self.epoch + 1}): {what}. "
+                f"The last good checkpoint is kept in {where}. Try a smaller learning rate "
+                f"(now {self.lr_at(self.step):.2g}) or a smaller k.")
+
+    @torch.no_grad()
+    def validation_bound(self) -> float:
+        """Mean L_k (k = eval_k) on fixed-seed binarised validation images, without touching the RNG."""
+        self.model.eval()
+        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+            torch.manual_seed(4321)
+            bounds = [iwae_bound(self.model.log_weights(xb, self.cfg.eval_k))
+                      for xb in self.valid.split(100)]
+        self.model.train()
+        return torch.cat(bounds).mean().item()
+
+    def sigma_means(self) -> tuple[float | None, float | None]:
+        def mean_sigma(net):
+            if not net.random:
+                return None
+            sig = torch.cat([torch.cat([l.weight_sigma.flatten(), l.bias_sigma]) for l in net.layers])
+            return sig.mean().item()
+        return mean_sigma(self.model.encoder), mean_sigma(self.model.decoder)
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch, self.perm = 0, None
+        valid = self.validation_bound()
+        for hook in self.hooks.on_eval:
+            hook(self, {"epoch": self.epoch, "valid_bound": valid})
+        n = max(self._epoch_sums["n"], 1)
+        kl = self.kl_per_datapoint().item()
+        train_bound = self._epoch_sums["bound"] / n
+        enc_sigma, dec_sigma = self.sigma_means()
+        row = {"epoch": self.epoch, "step": self.step, "lr": self.lr_at(self.step), "train_bound": train_bound,
+               "kl_per_datapoint": kl, "objective": train_bound - self.cfg.beta * kl, "valid_bound": valid,
+               "mean_sigma_encoder": enc_sigma, "mean_sigma_decoder": dec_sigma,
+               "seconds": round(self.seconds, 2)}
+        self.history.append(row)
+        self._epoch_sums = {"bound": 0.0, "n": 0}
+        for hook in self.hooks.on_epoch:
+            hook(self, row)
+        if self.out:
+            self.save_checkpoint()
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Write the model folder and DIR/checkpoint/ (optimizer, RNG, position) atomically."""
+        if not self.out:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt.save_model(self.out, self.model, self.run)
+        write_history(self.out / "history.csv", self.history)
+        tmp = self.out / f".checkpoint.tmp-{os.getpid()}"
+        tmp.mkdir(exist_ok=True)
+        opt_tensors, opt_plain = ckpt.optimizer_tensors(self.optimizer)
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        rng = {"torch_rng": torch.get_rng_state(), "batches_rng": self.batches.generator.get_state()}
+        if self.perm is not None:
+            rng["perm"] = self.perm
+        if self.device.type == "cuda":
+            rng["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file(rng, str(tmp / "rng.safetensors"))
+        ckpt.write_json(tmp / "trainer_state.json", {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "seconds": self.seconds, "optimizer": opt_plain, "epoch_sums": self._epoch_sums,
+            "history": self.history, "run": self.run.to_json()})
+        ckpt.replace_dir(tmp, self.out / "checkpoint")
+        for hook in self.hooks.on_checkpoint:
+            hook(self, {"step": self.step, "epoch": self.epoch})
+
+    def resume(self) -> bool:
+        """Continue from DIR/checkpoint if it exists; returns whether there was one to resume."""
+        folder = self.out / "checkpoint" if self.out else None
+        if folder is None or not folder.exists():
+            return False
+        state = ckpt.read_json(folder / "trainer_state.json")
+        saved = RunConfig.from_json(state["run"])
+        if saved.model != self.run.model or saved.train.dataset != self.cfg.dataset:
+            raise ckpt.CheckpointError(
+                f"{folder} holds a {saved.train.dataset} {saved.model.variant} model with other settings; "
+                "resume it with the same --dataset/--variant/sizes or choose another --out")
+        ckpt.load_state(self.model, folder / "model.safetensors")
+        ckpt.restore_optimizer(self.optimizer, ckpt.read_tensors(folder / "optimizer.safetensors"),
+                               state["optimizer"])
+        rng = ckpt.read_tensors(folder / "rng.safetensors")
+        torch.set_rng_state(rng["torch_rng"])
+        self.batches.generator.set_state(rng["batches_rng"])
+        if "cuda_rng" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
+        self.perm = rng.get("perm")
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch, self.seconds = state["batch_in_epoch"], state["seconds"]
+        self._epoch_sums, self.history = state["epoch_sums"], state["history"]
+        return True
+
+    def finish(self, extra_metrics: dict | None = None) -> None:
+        """Write the final model folder with metrics.json describing the run."""
+        if not self.out:
+            return
+        ckpt.save_model(self.out, self.model, self.run)
+        write_history(self.out / "history.csv", self.history)
+        metrics_path = self.out / "metrics.json"
+        metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
+        metrics["training"] = {
+            "dataset": self.cfg.dataset, "variant": self.run.model.variant, "epochs": self.epoch,
+            "steps": self.step, "train_seconds": round(self.seconds, 1), "device": str(self.device),
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "source": self.data.get("source"),
+            "final_valid_bound": self.history[-1]["valid_bound"] if self.history else None,
+            **(extra_metrics or {})}
+        ckpt.write_json(metrics_path, metrics)
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+    ckpt.atomic_write(path, write)
