@@ -169,6 +169,9 @@ def find_models(*roots: str | os.PathLike) -> list[ZooEntry]:
             except CheckpointError:
                 continue
             metrics_path = d / "metrics.json"
-            metrics = read_json(metrics_path) if metrics_path.exists() else {}
+            try:
+                metrics = read_json(metrics_path) if metrics_path.exists() else {}
+            except CheckpointError as err:
+                metrics = {"error": str(err)}  # the weights are still usable; say why numbers are missing
             entries.append(ZooEntry(d.name, d, run, metrics))
     return entries

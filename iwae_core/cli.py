@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def cmd_train(args) -> int:
         if bar is None:
             total = trainer.total_steps if trainer.cfg.max_steps is None else min(trainer.cfg.max_steps,
                                                                                    trainer.total_steps)
-            bar = tqdm(total=total, initial=trainer.step - 1, unit="step", desc=f"{run.model.variant} {run.train.dataset}",
+            bar = tqdm(total=total, initial=trainer.step - 1, unit="step",
+                       desc=f"{run.model.variant} {run.train.dataset}",
                        disable=None)
         bar.update(1)
         if m["step"] % 20 == 0:
@@ -56,6 +58,7 @@ def cmd_train(args) -> int:
         (bar.write if bar else print)(msg)
 
     trainer = Trainer(run, out=out, hooks=Hooks(on_step=[on_step], on_epoch=[on_epoch]), data_dir=args.data_dir)
+    signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())  # `kill` stops cleanly after a checkpoint
     if args.resume and trainer.resume():
         print(f"resuming {out} at step {trainer.step} (epoch {trainer.epoch})")
     try:
@@ -71,6 +74,9 @@ def cmd_train(args) -> int:
         if bar is not None:
             bar.close()
     trainer.finish({"command": "iwae " + " ".join(shlex.quote(a) for a in sys.argv[1:])})
+    if reason == "stopped":
+        print(f"stopped at step {trainer.step}; checkpoint saved, continue with --resume")
+        return 0
     print(f"{reason}: {trainer.step} steps, model folder {out}")
     return 0
 

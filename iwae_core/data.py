@@ -63,21 +63,22 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> 
     from torchvision.datasets import MNIST
 
     root = data_root(root)
-    try:
-        train = MNIST(str(root), train=True, download=False)
-        test = MNIST(str(root), train=False, download=False)
-    except RuntimeError as missing:
+    raw = root / "MNIST" / "raw"
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    if not all((raw / n).exists() for n in names):
         if not download:
-            raise DataNotFoundError(f"MNIST not found in {root}; expected {MNIST_LAYOUT}") from missing
+            raise DataNotFoundError(f"MNIST not found in {root}; expected {MNIST_LAYOUT}")
         try:
-            train = MNIST(str(root), train=True, download=True)
-            test = MNIST(str(root), train=False, download=True)
+            MNIST(str(root), train=True, download=True)
         except Exception as err:
             raise DataNotFoundError(
                 f"MNIST not found in {root} and the download failed ({err}); expected {MNIST_LAYOUT}. "
                 "Set IWAE_DATA_DIR or --data-dir to a folder holding it.") from err
+    try:
+        train = MNIST(str(root), train=True, download=False)
+        test = MNIST(str(root), train=False, download=False)
     except Exception as err:
-        raise DataCorruptError(f"MNIST files in {root / 'MNIST' / 'raw'} cannot be read: {err}") from err
+        raise DataCorruptError(f"MNIST files in {raw} cannot be read: {err}") from err
     for part, n in ((train, 60000), (test, 10000)):
         if tuple(part.data.shape) != (n, 28, 28) or len(part.targets) != n:
             raise DataCorruptError(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -40,7 +40,7 @@ def log_likelihood(model: IWAE, x: torch.Tensor, S: int = 5000, noise_scale: flo
     """
     check_k(S, "S")
     model.eval()
-    batch_size = batch_size or max(1, min(len(x), rows_per_chunk // 50))
+    batch_size = min(batch_size or max(1, min(len(x), rows_per_chunk // 50)), rows_per_chunk)
     chunk = max(1, min(S, rows_per_chunk // batch_size))
     out = []
     for start in range(0, len(x), batch_size):
@@ -64,10 +64,12 @@ def summarize(values: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, noise_scale: float = 1.0,
-               seed: int = 0) -> list[dict]:
-    """Mean L_k over the images x for each k (model's own granularities), with its standard error."""
+               seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Mean L_k over the images x for each k (model's own granularities), with its standard error.
+    progress(done, total) is called after each chunk of images, counted over all k and repeats."""
     model.eval()
     rows = []
+    done, total = 0, len(ks) * repeats * len(x)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for k in ks:
@@ -75,8 +77,13 @@ def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, no
             per_image = []
             for _ in range(repeats):
                 b = max(1, ROWS_PER_CHUNK // k)
-                per_image.append(torch.cat([iwae_bound(model.log_weights(xb, k, noise_scale=noise_scale))
-                                            for xb in x.split(b)]))
+                chunks = []
+                for xb in x.split(b):
+                    chunks.append(iwae_bound(model.log_weights(xb, k, noise_scale=noise_scale)))
+                    done += len(xb)
+                    if progress:
+                        progress(done, total)
+                per_image.append(torch.cat(chunks))
             vals = torch.stack(per_image).mean(0)
             rows.append({"k": k, **summarize(vals)})
     return rows

@@ -24,7 +24,7 @@ class BayesMLP(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             BayesLinear(a, b, random=random, prior_std=prior_std, init_sigma=init_sigma)
-            for a, b in zip(sizes[:-1], sizes[1:]))
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.act = ACTIVATIONS[activation]
         self.random = random
 
@@ -103,7 +103,8 @@ class IWAE(nn.Module):
         """Bernoulli means p(x|z) for z ~ p(z) (or given z [n, z_dim]); one decoder draw per row of
         the result: [weight_draws, n, x_dim]. All n images of one draw share the same weights."""
         if z is None:
-            z = torch.randn(n, self.config.z_dim, device=self._zero().device)
+            ref = self._zero()
+            z = torch.randn(n, self.config.z_dim, device=ref.device, dtype=ref.dtype)
         out = [torch.sigmoid(self.decode(z.unsqueeze(0), noise_scale, "batch"))[0]
                for _ in range(weight_draws)]
         return torch.stack(out)

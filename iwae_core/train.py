@@ -6,9 +6,9 @@ import csv
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -113,6 +113,8 @@ class Trainer:
                 for hook in self.hooks.on_step:
                     hook(self, metrics)
                 done = self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+                if done and self.batch_in_epoch == self.steps_per_epoch:
+                    self.end_epoch()  # the last step closed an epoch: record it before stopping
                 if self._stop or done:
                     self.save_checkpoint()
                     return "stopped" if self._stop else "max_steps"
@@ -146,9 +148,12 @@ class Trainer:
                 "lr": self.lr_at(self.step - 1)}
 
     def _diverged_message(self, what: str) -> str:
-        where = f"{self.out / 'checkpoint'}" if self.out else "no checkpoint folder (no --out given)"
-        return (f"training stopped at step {self.step + 1} (epoch {self.epoch + 1}): {what}. "
-                f"The last good checkpoint is kept in {where}. Try a smaller learning rate "
+        if self.out and (self.out / "checkpoint").exists():
+            kept = f"The last good checkpoint is kept in {self.out / 'checkpoint'}."
+        else:
+            kept = "No checkpoint had been written yet."
+        return (f"training stopped at step {self.step + 1} (epoch {self.epoch + 1}): {what}. {kept} "
+                f"Try a smaller learning rate "
                 f"(now {self.lr_at(self.step):.2g}) or a smaller k.")
 
     @torch.no_grad()
@@ -166,7 +171,7 @@ class Trainer:
         def mean_sigma(net):
             if not net.random:
                 return None
-            sig = torch.cat([torch.cat([l.weight_sigma.flatten(), l.bias_sigma]) for l in net.layers])
+            sig = torch.cat([torch.cat([layer.weight_sigma.flatten(), layer.bias_sigma]) for layer in net.layers])
             return sig.mean().item()
         return mean_sigma(self.model.encoder), mean_sigma(self.model.decoder)
 
