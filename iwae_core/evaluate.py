@@ -216,10 +216,7 @@ def write_paired(entries: list[ckpt.ZooEntry]) -> None:
 
 def comparison_table(dirs=None) -> str:
     """A plain-text table: the paper's numbers beside those of the given (or shipped) models."""
-    entries = ckpt.find_models(*[Path(d).parent for d in dirs]) if dirs else ckpt.find_models()
-    if dirs:
-        wanted = {Path(d).resolve() for d in dirs}
-        entries = [e for e in entries if e.path.resolve() in wanted]
+    entries = ckpt.select_models(dirs)
     lines = [f"{'dataset':9} {'variant':10} {'paper':>17} {'ours (tau=1)':>17} {'ours (tau=0)':>17} "
              f"{'AU':>3} {'epochs':>6}  model"]
     for e in entries:

@@ -1,0 +1,59 @@
+"""The Bayesian IWAE explorer (`streamlit run app.py`): the home page (model zoo, the paper's table beside
+ours, data status) and the navigation to the views, one file each under pages/.
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+import ui
+
+
+def home() -> None:
+    """The model zoo, the paper's table beside the loaded models' numbers, and whether the data is there."""
+    st.title("Bayesian IWAE explorer")
+    st.markdown("Importance weighted autoencoders whose network weights are random (Gaussian), after Hernández-Lobato, "
+                "Bui, Li, Hernández-Lobato and Turner (NIPS 2016 Bayesian Deep Learning workshop). **IWAE**: point-"
+                "estimate weights; **IWAE-R**: random encoder and decoder weights; **IWAE-Rrec**: random encoder only.")
+
+    entries = ui.zoo()
+    st.header("Model zoo")
+    if entries:
+        st.dataframe(ui.zoo_table(entries), hide_index=True, key="zoo-table",
+                     column_config={"folder": st.column_config.TextColumn(width="small")})
+        st.caption("Test LL: log p(x) estimated from 5000 joint draws per test image (`iwae eval`); "
+                   "“not evaluated yet” until that has run. Valid L_k: the last validation bound seen in training.")
+    else:
+        st.info("No trained model yet (looked in "
+                + ", ".join(f"`{p}`" for p in ui.zoo_sources())
+                + "). Train one on the **Train live** page, or with "
+                  "`iwae train --dataset mnist --variant iwae-r --epochs 1 --out DIR`.")
+
+    st.header("The paper's test log-likelihood beside ours")
+    st.dataframe(ui.paper_table(entries), hide_index=True, key="paper-table")
+    st.caption("Paper: one hidden layer of 400 units, 40 latent units, k = 25; its training budget is not stated. "
+               "Ours: the best evaluated model of each dataset and variant at τ = 1.")
+
+    if entries:
+        st.header("Explore")
+        chosen = st.selectbox("Model", list(entries), key="home:model")
+        cols = st.columns(len(ui.PAGES))
+        for col, (page, title) in zip(cols, ui.PAGES.items(), strict=True):
+            with col:
+                st.page_link(page, label=title, query_params={"model": chosen}, icon=":material/arrow_forward:")
+
+    st.header("Data")
+    status = ui.data_status()
+    st.dataframe(status, hide_index=True, key="data-table")
+    for row in status.itertuples():
+        if not row.present:
+            st.warning(f"{row.dataset}: not found under `{row.folder}`; expected {row.expected}. Set IWAE_DATA_DIR to "
+                       "the folder holding it. Samples and Weight variance work without data; traversals start from "
+                       "the prior; Bound vs k needs the test images.")
+
+
+st.set_page_config(page_title="Bayesian IWAE explorer", layout="wide")
+views = [st.Page(str(path.relative_to(Path(__file__).parent)), title=ui.page_title(path),
+                 url_path=ui.page_title(path).replace(" ", "_"))
+         for path in sorted(Path(__file__).parent.glob("pages/*.py"))]
+st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), *views]).run()

@@ -1,0 +1,136 @@
+"""Dashboard latency in a real browser: cold start to the first painted page, and slider-to-update times.
+
+Usage: python bench/dashboard.py [--zoo DIR ...] [--repeats 3]
+Starts `streamlit run app.py` on a free port (the zoo: pretrained/ + finished runs, or the --zoo folders),
+drives the system Chromium with Playwright, and prints every time and the ratios between them, all from one run.
+A "new" slider value has never been computed; a "cached" one has (the view must not recompute it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from browser_support import IDLE, Server, chromium_path, launch, move_slider, wait_idle  # noqa: E402
+
+CHART = "[data-testid=stPlotlyChart] .js-plotly-plot"
+DATA_JS = "el => JSON.stringify(el.data.map(t => [t.x, t.y, t.z]))"  # what the chart shows
+
+
+def chart_state(page, index: int = 0) -> str:
+    return page.locator(CHART).nth(index).evaluate(DATA_JS)
+
+
+def slider_update(page, label: str, key: str, index: int = 0) -> tuple[float, float]:
+    """Press one arrow key on a slider: seconds until the chart shows new data, and until the script is done."""
+    before = chart_state(page, index)
+    t0 = time.perf_counter()
+    move_slider(page, label, presses=1, key=key)
+    page.wait_for_function("([sel, i, old]) => { const el = document.querySelectorAll(sel)[i]; return el && "
+                           "el.data && JSON.stringify(el.data.map(t => [t.x, t.y, t.z])) !== old; }",
+                           arg=[CHART, index, before], timeout=300_000, polling=20)
+    changed = time.perf_counter() - t0
+    wait_idle(page, timeout=300_000, settle=0.05)
+    return changed, time.perf_counter() - t0
+
+
+def open_page(page, url: str) -> float:
+    """Seconds from navigation to the page's first chart painted and its script done."""
+    t0 = time.perf_counter()
+    page.goto(url)
+    page.wait_for_selector(CHART, timeout=600_000)
+    page.wait_for_selector(IDLE, timeout=600_000)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", nargs="*", help="folders of model folders (default: the app's zoo)")
+    ap.add_argument("--repeats", type=int, default=3, help="slider moves per measurement (median reported)")
+    args = ap.parse_args()
+    executable = chromium_path()
+    if executable is None:
+        print("error: no Chromium on PATH (or BROWSER_PATH); this benchmark needs a real browser", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    env = {"IWAE_ZOO_DIRS": os.pathsep.join(args.zoo)} if args.zoo else {}
+    results: dict[str, float] = {}
+    with sync_playwright() as pw:
+        browser = launch(pw, executable)  # the browser is up before the clock starts
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        server = Server(env)
+        t0 = time.perf_counter()
+        server.start()
+        try:
+            results["server health check"] = server.wait_healthy()
+            page.goto(server.url)
+            page.wait_for_selector("h1", timeout=300_000)
+            page.wait_for_selector("[data-testid=stDataFrame]", timeout=300_000)
+            page.wait_for_selector(IDLE, timeout=300_000)
+            results["cold start: launch to home painted"] = time.perf_counter() - t0
+
+            results["Samples: first paint (models load, cold cache)"] = open_page(page, f"{server.url}/Samples")
+            new, new_done, back, back_done = [], [], [], []
+            for _ in range(args.repeats):
+                changed, done = slider_update(page, "τ", "ArrowLeft")
+                new.append(changed)
+                new_done.append(done)
+            for _ in range(args.repeats):
+                changed, done = slider_update(page, "τ", "ArrowRight")
+                back.append(changed)
+                back_done.append(done)
+            results["Samples τ, new value: chart updated"] = statistics.median(new)
+            results["Samples τ, new value: script done"] = statistics.median(new_done)
+            results["Samples τ, cached value: chart updated"] = statistics.median(back)
+            results["Samples τ, cached value: script done"] = statistics.median(back_done)
+
+            results["Bound vs k: first paint (k ≤ 100, cold cache)"] = open_page(page, f"{server.url}/Bound_vs_k")
+            changed, done = slider_update(page, "largest k", "ArrowRight")
+            results["Bound vs k, k 100→500 (new L_500): chart updated"] = changed
+            results["Bound vs k, k 100→500 (new L_500): script done"] = done
+            back, back_done = [], []
+            for i in range(args.repeats):
+                changed, done = slider_update(page, "largest k", "ArrowLeft" if i % 2 == 0 else "ArrowRight")
+                back.append(changed)
+                back_done.append(done)
+            results["Bound vs k, k moved to a cached value: chart updated"] = statistics.median(back)
+            results["Bound vs k, k moved to a cached value: script done"] = statistics.median(back_done)
+            errors = page.locator("[data-testid=stException]").count()
+        finally:
+            server.stop()
+            browser.close()
+
+    width = max(len(k) for k in results) + 2
+    print(f"Dashboard benchmark ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+          f"median of {args.repeats} moves where repeated)")
+    for name, seconds in results.items():
+        print(f"  {name:<{width}} {seconds:8.3f} s")
+    r = results
+    ratios = {
+        "Samples τ: new / cached value": r["Samples τ, new value: chart updated"]
+        / r["Samples τ, cached value: chart updated"],
+        "Bound vs k: new L_500 / cached k": r["Bound vs k, k 100→500 (new L_500): chart updated"]
+        / r["Bound vs k, k moved to a cached value: chart updated"],
+        "cold start / Samples τ update (new value)": r["cold start: launch to home painted"]
+        / r["Samples τ, new value: chart updated"],
+        "Samples first paint / τ update (new value)": r["Samples: first paint (models load, cold cache)"]
+        / r["Samples τ, new value: chart updated"],
+        "Bound vs k first paint / k update (new L_500)": r["Bound vs k: first paint (k ≤ 100, cold cache)"]
+        / r["Bound vs k, k 100→500 (new L_500): chart updated"],
+    }
+    print("Ratios")
+    for name, value in ratios.items():
+        print(f"  {name:<{width}} {value:8.2f}x")
+    if errors:
+        print(f"warning: {errors} exception(s) shown on the last page", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,539 @@
+"""Every figure of the dashboard and the CLI as a plotly Figure, and their export (no Streamlit here).
+
+Images are tiled into one heatmap per panel (pads are NaN, so they show as gaps); `image_grid`
+returns such a plotly Figure. Export: `figure_bytes(fig, fmt)` gives PNG, SVG or PDF through
+kaleido and a Chromium (raising ExportUnavailable, with the reason, when there is none), and HTML
+(self-contained) or CSV (the figure's data) always; `page_zip` bundles a page's figures.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import io
+import math
+import os
+import shutil
+import threading
+import warnings
+import zipfile
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import get_colorscale
+from plotly.subplots import make_subplots
+
+SIDE = 28  # images are SIDE x SIDE
+IMAGE_FORMATS = ("png", "svg", "pdf")  # need kaleido and a Chromium
+TEXT_FORMATS = ("html", "csv")  # always available
+FORMATS = IMAGE_FORMATS + TEXT_FORMATS
+MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
+        "csv": "text/csv", "zip": "application/zip"}
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+RENDER_TIMEOUT = 120.0  # seconds for one static image before giving up
+MAGMA_ZERO = "#010004"  # the colour of 0 in the magma scale (see _colorscale)
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def to_numpy(a) -> np.ndarray:
+    """A torch tensor, list or array as a float numpy array (on the CPU)."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+# ---- image tiles -----------------------------------------------------------------------------------
+
+def tile(images, ncol: int, pad: int = 1) -> np.ndarray:
+    """Lay out images [n, 784] (or [n, 28, 28]) row by row, ncol per row, NaN between them: 2-D array."""
+    imgs = to_numpy(images).reshape(-1, SIDE, SIDE)
+    n = len(imgs)
+    ncol = max(1, min(ncol, n)) if n else 1
+    nrow = max(1, math.ceil(n / ncol))
+    step = SIDE + pad
+    out = np.full((nrow * step - pad, ncol * step - pad), np.nan)
+    for i, img in enumerate(imgs):
+        r, c = divmod(i, ncol)
+        out[r * step:r * step + SIDE, c * step:c * step + SIDE] = img
+    return out
+
+
+def _colorscale(scale) -> list:
+    """A named or explicit colour scale as explicit stops, nudging colours #000001-#000099 to #01....: Streamlit's
+    plotly theme uses those exact values as placeholders and repaints them (magma starts at #000004)."""
+    stops = get_colorscale(scale) if isinstance(scale, str) else [list(s) for s in scale]
+    return [[pos, f"#01{c[3:]}" if isinstance(c, str) and c.lower().startswith("#0000") and c[5:].isdigit() else c]
+            for pos, c in stops]
+
+
+def _heatmap(z: np.ndarray, colorscale="gray", zmin=0.0, zmax=1.0, showscale=False, name="", colorbar=None,
+             value_label="value") -> go.Heatmap:
+    z = np.round(z, 4)
+    return go.Heatmap(z=z, colorscale=_colorscale(colorscale), zmin=zmin, zmax=zmax, showscale=showscale, name=name,
+                      colorbar=colorbar, zsmooth=False, hoverongaps=False,
+                      hovertemplate=f"{name}<br>row %{{y}}, col %{{x}}<br>{value_label} %{{z:.3g}}<extra></extra>")
+
+
+def _image_axes(fig: go.Figure, n_panels: int) -> None:
+    """Hide ticks, put row 0 at the top and keep pixels square in every panel."""
+    for i in range(1, n_panels + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="")
+        fig.layout[f"yaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="",
+                                            autorange="reversed", scaleanchor=f"x{suffix}", constrain="domain")
+    fig.update_layout(plot_bgcolor="white", paper_bgcolor="white")
+
+
+def _panel_height(rows: int, cols_total: int, width: int = 1100, min_h: int = 220, extra: int = 90) -> int:
+    """Figure height that keeps square tiles for panels totalling cols_total tiles across `width` pixels."""
+    tile_px = min(60.0, width / max(cols_total, 1))
+    return int(max(min_h, rows * tile_px + extra))
+
+
+def image_grid(images, nrow: int = 8, title: str | None = None) -> go.Figure:
+    """A grid of images [n, 784] in [0, 1], `nrow` images per row (torchvision's meaning), white ink on black."""
+    n = len(to_numpy(images).reshape(-1, SIDE * SIDE))
+    z = tile(images, nrow)
+    fig = go.Figure(_heatmap(z, name=title or "images", value_label="p(pixel on)"))
+    _image_axes(fig, 1)
+    rows = max(1, math.ceil(n / max(nrow, 1)))
+    fig.update_layout(title=title, height=_panel_height(rows, min(nrow, n) or 1, width=500, min_h=160),
+                      width=max(200, min(700, 40 * min(nrow, n or 1) + 60)), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def sample_grids(samples: Mapping[str, object], title: str | None = None) -> go.Figure:
+    """Models side by side, each a block of samples [draws, n, 784]: row d = decoder weight draw d,
+    column i = latent draw z_i (the same z in every model)."""
+    names = list(samples)
+    arrays = [to_numpy(samples[m]) for m in names]
+    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
+    for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1):
+        draws, n = a.shape[0], a.shape[1]
+        z = tile(a.reshape(draws * n, -1), n)
+        fig.add_trace(_heatmap(z, name=name, value_label="p(pixel on)"), row=1, col=i)
+    _image_axes(fig, len(names))
+    rows = max((a.shape[0] for a in arrays), default=1)
+    cols = sum(a.shape[1] for a in arrays) or 1
+    fig.update_layout(title=title or "Samples: rows are weight draws θ ~ q(θ), columns the same latent draws z",
+                      height=_panel_height(rows, cols), width=1100, margin=dict(l=10, r=10, t=70, b=10))
+    return fig
+
+
+def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Figure:
+    """Per-pixel standard deviation across weight draws for each latent draw, models side by side,
+    one colour scale for all (0 everywhere for a deterministic decoder)."""
+    names = list(samples)
+    spreads = []
+    for m in names:
+        a = to_numpy(samples[m])
+        same = a.shape[0] < 2 or (a.max(0) == a.min(0)).all()  # exactly 0, not a rounding residue
+        spreads.append(np.zeros_like(a[0]) if same else a.std(0, ddof=1))
+    top = max((float(s.max()) for s in spreads), default=0.0)
+    top = top if top > 0 else 1e-3
+    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
+    bar_panel = next((i for i, s in enumerate(spreads, start=1) if s.max() > 0), None)
+    for i, (name, s) in enumerate(zip(names, spreads, strict=True), start=1):
+        flat = not s.max() > 0
+        # A constant panel gets a one-colour scale: some plotly.js versions paint constant z mid-scale.
+        scale = [[0, MAGMA_ZERO], [1, MAGMA_ZERO]] if flat else "magma"
+        fig.add_trace(_heatmap(tile(s, len(s)), colorscale=scale, zmin=0.0, zmax=top, showscale=(i == bar_panel),
+                               name=name, value_label="std", colorbar=dict(title="std", thickness=12)),
+                      row=1, col=i)
+        if flat:
+            fig.add_annotation(text="no spread: every weight draw gives the same image", showarrow=False,
+                               xref=f"x{i if i > 1 else ''} domain", yref=f"y{i if i > 1 else ''} domain",
+                               x=0.5, y=-0.15, yanchor="top", font=dict(size=11, color="#555"))
+    _image_axes(fig, len(names))
+    cols = sum(len(s) for s in spreads) or 1
+    fig.update_layout(title=title or "Per-pixel spread of p(x|z) across weight draws",
+                      height=_panel_height(1, cols, min_h=200), width=1100, margin=dict(l=10, r=10, t=70, b=10))
+    return fig
+
+
+def traversal_grid(images, units: Sequence[int], values: Sequence[float], title: str | None = None) -> go.Figure:
+    """Latent traversals [units, steps, 784]: row r moves unit units[r] through `values`, the rest fixed."""
+    a = to_numpy(images)
+    n_units, steps = (a.shape[0], a.shape[1]) if a.size else (0, len(values))
+    z = tile(a.reshape(n_units * steps, -1), steps) if n_units else np.full((SIDE, SIDE), np.nan)
+    fig = go.Figure(_heatmap(z, name="traversal", value_label="p(pixel on)"))
+    _image_axes(fig, 1)
+    step = SIDE + 1
+    fig.update_yaxes(showticklabels=True, tickmode="array", tickvals=[r * step + SIDE / 2 for r in range(n_units)],
+                     ticktext=[f"z{u}" for u in units])
+    fig.update_xaxes(showticklabels=True, tickmode="array", tickvals=[c * step + SIDE / 2 for c in range(steps)],
+                     ticktext=[f"{v:+.2g}" for v in values], side="top")
+    fig.update_layout(title=title or "Latent traversals", height=_panel_height(max(n_units, 1), steps, width=800),
+                      width=max(400, 60 * steps + 120), margin=dict(l=50, r=10, t=90, b=10))
+    return fig
+
+
+def activity_bar(activity: Sequence[float], threshold: float = 0.01, title: str | None = None) -> go.Figure:
+    """Burda's activity Var_x E_q[z_j|x] per latent unit (log scale) with the 'active' threshold."""
+    act = to_numpy(activity)
+    colors = [PALETTE[0] if a > threshold else "#bbbbbb" for a in act]
+    fig = go.Figure(go.Bar(x=[f"z{j}" for j in range(len(act))], y=np.maximum(act, 1e-8), marker_color=colors,
+                           name="activity", hovertemplate="%{x}: %{y:.3g}<extra></extra>"))
+    fig.add_hline(y=threshold, line_dash="dash", annotation_text=f"active above {threshold:g}")
+    fig.update_yaxes(type="log", title="Var_x E_q[z_j | x]", dtick=1, exponentformat="power")
+    n_active = int((act > threshold).sum())
+    fig.update_layout(title=title or f"Active units: {n_active} of {len(act)}", height=320, width=900,
+                      margin=dict(l=60, r=10, t=50, b=40), showlegend=False)
+    return fig
+
+
+def weight_tiles(maps: Mapping[str, object], ncol: int = 8, log10: bool = True, colorscale: str = "viridis",
+                 value_label: str = "σ", shared_scale: bool = False, title: str | None = None) -> go.Figure:
+    """Panels side by side, each a set of units' 784 weights [units, 784] as 28x28 tiles, coloured by
+    log10 of the values when log10=True; each panel has its own colour scale unless shared_scale."""
+    names = list(maps)
+    arrays = [to_numpy(maps[m]) for m in names]
+    if log10:
+        arrays = [np.log10(np.maximum(a, 1e-12)) for a in arrays]
+
+    def limits(values: list[np.ndarray]) -> tuple[float, float]:
+        finite = np.concatenate([a[np.isfinite(a)].ravel() for a in values]) if values else np.zeros(1)
+        finite = finite if finite.size else np.zeros(1)
+        lo, hi = float(np.percentile(finite, 0.5)), float(np.percentile(finite, 99.5))
+        return lo, hi if hi > lo else lo + 1e-6
+
+    label = f"log10 {value_label}" if log10 else value_label
+    gap = 0.12 if not shared_scale else 0.04
+    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=gap)
+    for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1):
+        lo, hi = limits(arrays) if shared_scale else limits([a])
+        domain = fig.layout[f"xaxis{i if i > 1 else ''}"].domain
+        fig.add_trace(_heatmap(tile(a, ncol), colorscale=colorscale, zmin=lo, zmax=hi,
+                               showscale=(i == 1) or not shared_scale, name=name, value_label=label,
+                               colorbar=dict(title=label, thickness=12, len=0.9,
+                                             x=1.02 if shared_scale else domain[1] + 0.01)),
+                      row=1, col=i)
+    _image_axes(fig, len(names))
+    rows = max((math.ceil(len(a) / ncol) for a in arrays), default=1)
+    fig.update_layout(title=title, height=_panel_height(rows, ncol * max(len(names), 1), width=1000, extra=100),
+                      width=1100, margin=dict(l=10, r=60, t=70, b=10))
+    return fig
+
+
+def sigma_histograms(sigmas: Mapping[str, object], prior_std: float = 1.0, bins: int = 60,
+                     title: str | None = None) -> go.Figure:
+    """Distribution of the weight sigmas of each random layer (log x axes): on the left zoomed to the
+    sigmas, on the right on an axis that reaches the prior's std (dashed line)."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
+                        subplot_titles=("σ per layer (zoomed to the data)", f"against the prior std {prior_std:g}"))
+    arrays = {m: to_numpy(s).ravel() for m, s in sigmas.items()}
+    arrays = {m: a[a > 0] for m, a in arrays.items() if a.size and (a > 0).any()}
+    if arrays:
+        lo = min(np.log10(a.min()) for a in arrays.values())
+        hi = max(np.log10(a.max()) for a in arrays.values())
+        hi = hi if hi > lo else lo + 0.01
+        zoom = np.linspace(lo, hi, bins + 1)
+        wide = np.linspace(min(lo, np.log10(prior_std)) - 0.1, max(hi, np.log10(prior_std)) + 0.1, bins + 1)
+        for i, (name, a) in enumerate(arrays.items()):
+            color = PALETTE[i % len(PALETTE)]
+            for col, edges in ((1, zoom), (2, wide)):
+                counts, _ = np.histogram(np.log10(a), bins=edges)
+                x = np.repeat(10 ** edges, 2)[1:-1]
+                y = np.repeat(counts / counts.sum(), 2)
+                fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{name} ({a.size:,} weights)",
+                                         legendgroup=name, showlegend=(col == 1), fill="tozeroy", opacity=0.6,
+                                         line=dict(color=color, width=2),
+                                         hovertemplate="σ %{x:.3g}: %{y:.3f}<extra></extra>"), row=1, col=col)
+    fig.add_vline(x=prior_std, line_dash="dash", line_color="black", annotation_text=f"prior std {prior_std:g}",
+                  row=1, col=2)
+    fig.update_xaxes(type="log", title_text="weight σ", exponentformat="power")
+    fig.update_yaxes(title_text="share of the layer's weights", row=1, col=1)
+    fig.update_layout(title=title or "Posterior weight σ per layer against the prior", height=400, width=1100,
+                      margin=dict(l=60, r=10, t=70, b=50), legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str, float] | None = None,
+               band: float = 1.0, k_max: int | None = None, title: str | None = None) -> go.Figure:
+    """Mean L_k against k (log x axis) per model, with a band of ± `band` standard errors over images;
+    optional dotted lines (references: label -> value), e.g. the paper's test log-likelihood.
+    k_max fixes the x axis to [1, k_max]."""
+    fig = go.Figure()
+    for i, (name, rows) in enumerate(curves.items()):
+        rows = sorted(rows, key=lambda r: r["k"])
+        if not rows:
+            continue
+        color = PALETTE[i % len(PALETTE)]
+        k = [r["k"] for r in rows]
+        mean = np.array([r["mean"] for r in rows])
+        se = np.array([r.get("stderr") or 0.0 for r in rows])
+        fig.add_trace(go.Scatter(x=k + k[::-1], y=np.concatenate([mean + band * se, (mean - band * se)[::-1]]),
+                                 fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0),
+                                 name=f"{name} ± {band:g} s.e.", showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=k, y=mean, mode="lines+markers", name=name, line=dict(color=color),
+                                 error_y=None, customdata=se,
+                                 hovertemplate=f"{name}<br>k=%{{x}}<br>L_k=%{{y:.3f}} ± %{{customdata:.3f}}"
+                                               "<extra></extra>"))
+    ks = sorted({r["k"] for rows in curves.values() for r in rows})
+    lo, hi = (ks[0], ks[-1]) if ks else (1, k_max or 10)
+    hi = k_max or hi
+    for j, (label, value) in enumerate((references or {}).items()):
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[value, value], mode="lines", name=label, opacity=0.8,
+                                 line=dict(dash="dot", color=PALETTE[(len(curves) + j) % len(PALETTE)]),
+                                 hovertemplate=f"{label}: {value:.3f}<extra></extra>"))
+    fig.update_xaxes(type="log", title="k (importance samples)", tickvals=ks or None)
+    if k_max:
+        fig.update_xaxes(range=[math.log10(lo) - 0.1, math.log10(max(k_max, 1)) + 0.1])
+    fig.update_yaxes(title="mean L_k (nats)")
+    fig.update_layout(title=title or f"L_k against k (band: ± {band:g} standard error over images)",
+                      height=450, width=900, margin=dict(l=60, r=10, t=50, b=50))
+    return fig
+
+
+FLOOR = 1e-15  # smallest normalised weight the importance-weight axis shows
+
+
+def importance_weights(results: Mapping[str, Mapping], title: str | None = None) -> go.Figure:
+    """Normalised importance weights of one image, sorted, per model (log y), ESS in the legend.
+
+    results: name -> {"weights": [k], "ess": float}.
+    """
+    fig = go.Figure()
+    smallest = 1.0
+    for i, (name, r) in enumerate(results.items()):
+        w = np.sort(to_numpy(r["weights"]))[::-1]
+        smallest = min(smallest, float(w[w > 0].min()) if (w > 0).any() else FLOOR)
+        fig.add_trace(go.Scatter(x=np.arange(1, len(w) + 1), y=np.maximum(w, 1e-300), mode="lines+markers",
+                                 marker=dict(size=4), line=dict(color=PALETTE[i % len(PALETTE)]),
+                                 name=f"{name}: ESS {r['ess']:.1f} of {len(w)}",
+                                 hovertemplate="rank %{x}: %{y:.3g}<extra></extra>"))
+    fig.update_xaxes(type="log", title="rank of the weight")
+    fig.update_yaxes(type="log", title="normalised weight w_m / Σ w", exponentformat="power",
+                     range=[math.log10(max(smallest, FLOOR)) - 0.3, 0.2])
+    cut = " (axis cut at 10⁻¹⁵)" if smallest < FLOOR else ""
+    fig.update_layout(title=title or f"Importance weights of the chosen image (sorted){cut}", height=380, width=900,
+                      margin=dict(l=60, r=10, t=50, b=50))
+    return fig
+
+
+def posterior_scatter(results: Mapping[str, Mapping], dims: tuple[int, int] = (0, 1),
+                      title: str | None = None) -> go.Figure:
+    """The k posterior draws z ~ q(z|x) of one image in two latent dimensions, per model side by side,
+    coloured and sized by their normalised importance weight; a star marks the weighted mean.
+
+    results: name -> {"z": [k, z_dim], "weights": [k]}.
+    """
+    names = list(results)
+    a, b = dims
+    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.06)
+    for i, name in enumerate(names, start=1):
+        z, w = to_numpy(results[name]["z"]), to_numpy(results[name]["weights"])
+        if z.shape[1] <= max(a, b):
+            continue
+        size = 4 + 16 * np.sqrt(w / w.max()) if w.max() > 0 else np.full(len(w), 4.0)
+        fig.add_trace(go.Scatter(x=z[:, a], y=z[:, b], mode="markers", name=f"{name} draws",
+                                 marker=dict(size=size, color=w, colorscale="viridis", showscale=(i == 1),
+                                             colorbar=dict(title="weight", thickness=12), opacity=0.7),
+                                 hovertemplate=f"z{a} %{{x:.2f}}, z{b} %{{y:.2f}}<br>weight %{{marker.color:.3g}}"
+                                               "<extra></extra>", showlegend=False), row=1, col=i)
+        mean = (w[:, None] * z).sum(0) / max(w.sum(), 1e-300)
+        fig.add_trace(go.Scatter(x=[mean[a]], y=[mean[b]], mode="markers", name=f"{name} weighted mean",
+                                 marker=dict(symbol="star", size=16, color="red", line=dict(color="black", width=1)),
+                                 showlegend=False), row=1, col=i)
+        fig.update_xaxes(title_text=f"z{a}", row=1, col=i)
+        fig.update_yaxes(title_text=f"z{b}", row=1, col=i)
+    fig.update_layout(title=title or "Posterior draws z ~ q(z|x), sized by importance weight (★ weighted mean)",
+                      height=420, width=1100, margin=dict(l=60, r=10, t=70, b=50))
+    return fig
+
+
+def _number(v) -> float | None:
+    """A history value (float, numeric string, '' or None) as a float, or None when absent."""
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def training_curves(history_rows: Sequence[Mapping]) -> go.Figure:
+    """Per-epoch training curves from rows with train.HISTORY_FIELDS keys (values may be CSV strings):
+    the bound (train and validation) and the weight KL per data point against the epoch."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("bound (nats)", "KL(q(W) ‖ p(W)) / N"),
+                        horizontal_spacing=0.1)
+    use_epoch = any(_number(r.get("epoch")) is not None for r in history_rows)
+    xname = "epoch" if use_epoch else "step"
+    series = (("train_bound", "train L_k", 1, PALETTE[0]), ("valid_bound", "valid L_k", 1, PALETTE[1]),
+              ("objective", "objective", 1, PALETTE[2]), ("kl_per_datapoint", "KL per data point", 2, PALETTE[3]))
+    for field, label, col, color in series:
+        pts = [(_number(r.get(xname)), _number(r.get(field))) for r in history_rows]
+        pts = [(x, y) for x, y in pts if x is not None and y is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", name=label,
+                                 line=dict(color=color), marker=dict(size=5)), row=1, col=col)
+    fig.update_xaxes(title_text=xname)
+    fig.update_layout(title="Training curves", height=360, width=1000, margin=dict(l=60, r=10, t=60, b=50),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+# ---- export ------------------------------------------------------------------------------------------
+
+class ExportUnavailable(RuntimeError):
+    """PNG, SVG or PDF cannot be made here (no Chromium, or it failed); the message says why and what to do."""
+
+
+def find_browser() -> str:
+    """The Chromium kaleido will use: $BROWSER_PATH if set, else the first Chromium/Chrome on PATH."""
+    hint = "HTML and CSV export still work."
+    env = os.environ.get("BROWSER_PATH")
+    if env:
+        if os.path.isfile(env) and os.access(env, os.X_OK):
+            return env
+        raise ExportUnavailable(f"BROWSER_PATH={env!r} is not an executable file, so PNG, SVG and PDF export "
+                                f"(kaleido) cannot run. Point BROWSER_PATH at Chromium or Chrome, or unset it. {hint}")
+    for name in BROWSER_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise ExportUnavailable("No Chromium or Chrome found on PATH, so PNG, SVG and PDF export (kaleido) cannot run. "
+                            "Install one (e.g. `apt-get install chromium`) or set BROWSER_PATH to its executable. "
+                            + hint)
+
+
+def export_unavailable_reason() -> str | None:
+    """None when PNG/SVG/PDF export can run, else the reason (cheap: starts no browser)."""
+    try:
+        find_browser()
+    except ExportUnavailable as err:
+        return str(err)
+    return None
+
+
+_render_lock = threading.Lock()
+_server = {"started": False, "failed": False}
+_pool = {"executor": concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="figure-export")}
+
+
+def _ensure_server() -> None:
+    """Keep one kaleido browser open for all exports (about 0.2 s per image instead of about 2 s)."""
+    if _server["started"] or _server["failed"]:
+        return
+    import kaleido
+
+    try:
+        kaleido.start_sync_server(silence_warnings=True)
+        _server["started"] = True
+    except Exception:
+        _server["failed"] = True  # fall back to one browser per image
+
+
+def _stop_server() -> None:
+    import kaleido
+
+    if _server["started"]:
+        kaleido.stop_sync_server(silence_warnings=True)
+        _server["started"] = False
+
+
+def _static_image(fig: go.Figure, fmt: str) -> bytes:
+    find_browser()
+    width = int(fig.layout.width or 1000)
+    height = int(fig.layout.height or 500)
+    with _render_lock:
+        _ensure_server()
+
+        def render() -> bytes:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return fig.to_image(format=fmt, width=width, height=height, scale=2 if fmt == "png" else 1)
+
+        future = _pool["executor"].submit(render)
+        try:
+            return future.result(timeout=RENDER_TIMEOUT)
+        except concurrent.futures.TimeoutError as err:
+            _server["failed"] = True  # a hung browser: later exports start their own, in a fresh thread
+            _pool["executor"] = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="figure-export")
+            raise ExportUnavailable(f"{fmt.upper()} export timed out after {RENDER_TIMEOUT:.0f} s in kaleido's "
+                                    "Chromium. HTML and CSV export still work.") from err
+        except ExportUnavailable:
+            raise
+        except Exception as err:
+            raise ExportUnavailable(f"{fmt.upper()} export failed in kaleido/Chromium: {err}. "
+                                    "HTML and CSV export still work.") from err
+
+
+def figure_html(fig: go.Figure) -> str:
+    """The figure as one self-contained HTML page (plotly.js inlined, works offline)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def figure_csv(fig: go.Figure) -> str:
+    """The data of every trace in long form: trace, x, y, value (heatmaps: one row per pixel, NaN gaps left out;
+    scatter/bar: one row per point, value = marker colour or error when there is one)."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["trace", "x", "y", "value"])
+    for i, trace in enumerate(fig.data):
+        name = trace.name or f"trace {i}"
+        if getattr(trace, "z", None) is not None:
+            z = np.asarray(trace.z, dtype=float)
+            xs = trace.x if trace.x is not None else range(z.shape[1])
+            ys = trace.y if trace.y is not None else range(z.shape[0])
+            for r, y in enumerate(ys):
+                for c, x in enumerate(xs):
+                    if np.isfinite(z[r, c]):
+                        w.writerow([name, x, y, f"{z[r, c]:.6g}"])
+            continue
+        xs = list(trace.x) if getattr(trace, "x", None) is not None else []
+        ys = list(trace.y) if getattr(trace, "y", None) is not None else []
+        extra = None
+        marker = getattr(trace, "marker", None)
+        if marker is not None and marker.color is not None and not isinstance(marker.color, str):
+            extra = list(marker.color)
+        elif getattr(trace, "customdata", None) is not None:
+            extra = list(np.asarray(trace.customdata).ravel())
+        for j in range(max(len(xs), len(ys))):
+            x = xs[j] if j < len(xs) else ""
+            y = ys[j] if j < len(ys) else ""
+            value = extra[j] if extra is not None and j < len(extra) else ""
+            w.writerow([name, x, y, value])
+    return out.getvalue()
+
+
+def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
+    """The figure as png, svg or pdf (kaleido + Chromium; ExportUnavailable if impossible), or html or csv."""
+    fmt = fmt.lower()
+    if fmt in IMAGE_FORMATS:
+        return _static_image(fig, fmt)
+    if fmt == "html":
+        return figure_html(fig).encode()
+    if fmt == "csv":
+        return figure_csv(fig).encode()
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def page_zip(figures: Mapping[str, go.Figure]) -> bytes:
+    """A zip with every figure in every available format and a README.txt saying what was skipped and why."""
+    buf = io.BytesIO()
+    skipped: list[str] = []
+    reason = export_unavailable_reason()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, fig in figures.items():
+            for fmt in FORMATS:
+                if fmt in IMAGE_FORMATS and reason:
+                    continue
+                try:
+                    zf.writestr(f"{name}.{fmt}", figure_bytes(fig, fmt))
+                except ExportUnavailable as err:
+                    skipped.append(f"{name}.{fmt}: {err}")
+        lines = [f"Figures: {', '.join(figures) or 'none'}.", f"Formats tried: {', '.join(FORMATS)}.", ""]
+        if reason:
+            lines.append(f"Skipped PNG, SVG and PDF for every figure: {reason}")
+        lines += [f"Skipped {s}" for s in skipped]
+        if not reason and not skipped:
+            lines.append("Nothing was skipped.")
+        lines += ["", "CSV files hold each figure's data in long form (trace, x, y, value); "
+                  "HTML files open offline in any browser."]
+        zf.writestr("README.txt", "\n".join(lines) + "\n")
+    return buf.getvalue()

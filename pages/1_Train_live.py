@@ -1,0 +1,131 @@
+"""Train live: train a small IWAE in a background process and watch its bound, KL and samples as it learns.
+
+Runs live on disk (iwae_core.runs), not in the session, so a reload or a second tab finds them again.
+"""
+
+import streamlit as st
+
+from iwae_core import figures, runs
+from iwae_core.config import DATASETS, VARIANTS, ModelConfig, RunConfig, TrainConfig
+
+REFRESH_SECONDS = 1.5
+VARIANT_LABELS = {"iwae": "IWAE (deterministic weights)", "iwae-r": "IWAE-R (random encoder and decoder)",
+                  "iwae-rrec": "IWAE-Rrec (random encoder only)"}
+
+st.set_page_config(page_title="Train live", layout="wide")
+st.title("Train live")
+st.caption("Each run trains in its own process and writes its progress to disk: this page only reads it, so it "
+           "stays responsive, and a reload or another tab finds the run again. Finished runs join the model zoo.")
+
+runs.dispatch()  # start queued runs whose slot has freed up (say, after a worker crashed)
+
+form_col, run_col = st.columns([1, 3], gap="medium")
+
+with form_col:
+    with st.form("tl_form"):
+        st.subheader("New run")
+        dataset = st.selectbox("Dataset", DATASETS, key="tl_dataset")
+        variant = st.selectbox("Variant", list(VARIANTS), key="tl_variant", format_func=VARIANT_LABELS.get)
+        k = st.number_input("Importance samples k", 1, 5000, 5, key="tl_k")
+        hidden = st.number_input("Hidden units (one layer)", 1, 2000, 200, key="tl_hidden")
+        z_dim = st.number_input("Latent size", 1, 200, 20, key="tl_z")
+        lr = st.number_input("Learning rate", 1e-6, 10.0, 1e-3, step=1e-4, format="%.1e", key="tl_lr")
+        epochs = st.number_input("Epochs", 1, 5000, 5, key="tl_epochs")
+        batch_size = st.number_input("Batch size", 1, 2000, 100, key="tl_batch")
+        device = st.selectbox("Device", runs.available_devices(), key="tl_device")
+        with st.expander("More"):
+            train_images = st.number_input("Training images (0 = all)", 0, 100_000, 0, key="tl_images",
+                                           help="Train on the first N training images only, for a quick run.")
+            seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="tl_seed")
+            threads = st.number_input("CPU threads", 1, 64, 1, key="tl_threads",
+                                      help="Threads of this run's process; one keeps several runs from "
+                                           "fighting over the cores.")
+        submitted = st.form_submit_button("Start training", type="primary")
+    if submitted:
+        try:
+            run = RunConfig(
+                model=ModelConfig.for_variant(variant, hidden=(int(hidden),), z_dim=int(z_dim)),
+                train=TrainConfig(dataset=dataset, k=int(k), lr=float(lr), epochs=int(epochs),
+                                  batch_size=int(batch_size), device=device, seed=int(seed), threads=int(threads)))
+            started = runs.start_run(run, train_images=int(train_images) or None)
+        except (runs.RunError, ValueError, RuntimeError) as err:
+            st.error(f"Not started: {err}")
+        else:
+            st.session_state["tl_run"] = started.name
+            st.query_params["run"] = started.name
+            if started.status == "queued":
+                st.info(f"Queued {started.name}: {started.message}")
+            else:
+                st.success(f"Started {started.name}")
+    st.caption(f"At most {runs.max_runs()} run(s) train at once (IWAE_MAX_RUNS); more wait in a queue. "
+               f"Runs are kept in {runs.runs_dir()}.")
+
+with run_col:
+    all_runs = runs.list_runs()
+    if not all_runs:
+        st.info("No runs yet: choose the settings on the left and press Start training.")
+        st.stop()
+    names = [r.name for r in all_runs]
+    wanted = st.session_state.get("tl_run") or st.query_params.get("run")
+    if wanted not in names:
+        wanted = names[0]
+    st.session_state["tl_run"] = wanted
+    choice = st.selectbox("Run", names, key="tl_run",
+                          format_func=lambda n: f"{n}  ({next(r.status for r in all_runs if r.name == n)})")
+    st.query_params["run"] = choice
+    statuses = {r.name: r.status for r in all_runs}
+    watching = any(r.active or r.status == "queued" for r in all_runs)
+
+    @st.fragment(run_every=REFRESH_SECONDS if watching else None)
+    def live_view(name: str) -> None:
+        """Re-read the runs from disk every refresh; when a status changes, redraw the whole page once."""
+        now = runs.list_runs()
+        if {r.name: r.status for r in now} != statuses:
+            st.rerun()
+        info = next(r for r in now if r.name == name)
+        path = info.path
+        p = info.progress
+        st.markdown(f"**{info.name}** · status **{info.status}** · {info.message}")
+        total = p.get("total_steps")
+        rate = f" · {p['steps_per_second']:.0f} steps/s" if p.get("steps_per_second") else ""
+        st.progress(info.fraction, text=(f"step {p.get('step', 0):,} of {total:,} · epoch "
+                                         f"{min(p.get('epoch', 0) + 1, p.get('epochs', 1))} of {p.get('epochs')}{rate}"
+                                         if total else "waiting to start"))
+        curves, grid = st.columns([3, 2])
+        with curves:
+            if p.get("points"):
+                fig = figures.training_curves(info.curve_rows())
+                fig.update_layout(title=None, width=None, uirevision=info.name)  # keep zoom across refreshes
+                st.plotly_chart(fig, key=f"tl_curves_{info.name}")
+            else:
+                st.caption("The bound and KL curves appear after the first training steps.")
+        with grid:
+            if info.samples:
+                st.image(info.samples.read_bytes(), width="stretch",
+                         caption=f"p(x|z) means of 64 fixed z, one fixed weight draw (step {p.get('samples_step')})")
+        stop_col, resume_col, delete_col = st.columns(3)
+        if stop_col.button("Kill worker" if info.status == "unresponsive" else "Stop", key="tl_stop",
+                           disabled=not (info.active or info.status == "queued"),
+                           help="Stops after the current step and keeps a checkpoint; Resume continues."):
+            runs.stop_run(path, force=info.status == "unresponsive")
+            st.rerun()
+        if resume_col.button("Resume", key="tl_resume", disabled=not info.resumable):
+            try:
+                runs.resume_run(path)
+            except runs.RunError as err:
+                st.error(str(err))
+            else:
+                st.rerun()
+        if delete_col.button("Delete", key="tl_delete", disabled=info.active or info.status == "queued"):
+            runs.delete_run(path)
+            st.rerun()
+        if info.status == "finished":
+            st.success(f"Finished: {info.name} is in the model zoo; pick it on the other pages.")
+        elif info.status == "failed":
+            st.error(info.message)
+        st.caption("All runs")
+        st.dataframe([r.summary() for r in now], hide_index=True, height=min(38 + 35 * len(now), 250),
+                     column_config={"progress": st.column_config.ProgressColumn(
+                         "progress", min_value=0, max_value=100, format="%.0f%%")})
+
+    live_view(choice)

@@ -1,0 +1,82 @@
+"""Latent traversals: move one latent unit at a time, from a test image's posterior mean or a prior draw."""
+
+import numpy as np
+import streamlit as st
+
+import ui
+from iwae_core import figures
+
+st.set_page_config(page_title="Latent traversals · Bayesian IWAE", layout="wide")
+st.title("Latent traversals")
+st.caption("Each row sets one latent unit to the values on top, the others held at the starting point; "
+           "units are ordered by activity Var_x E_q[z_j|x] (Burda et al.), most active first.")
+
+label, entry = next(iter(ui.pick_models("traversals", multi=False).items()))
+model_ref = ui.ref(entry)
+model = ui.load_model(model_ref)
+test = ui.test_set(entry.dataset)
+has_data = "error" not in test
+
+sources = ["Test image", "Prior draw"] if has_data else ["Prior draw"]
+source = st.sidebar.radio("Start from", sources, key="traversals:source")
+index = None
+if source == "Test image":
+    index = int(st.sidebar.number_input("Test image", 0, len(test["x"]) - 1, 0, key="traversals:index"))
+tau = ui.tau_slider("traversals", default=0.0)
+seed = ui.seed_input("traversals")
+span = st.sidebar.slider("Range (± around the start)", 0.5, 5.0, 3.0, 0.5, key="traversals:span")
+steps = st.sidebar.slider("Steps", 3, 15, 9, 2, key="traversals:steps")
+ui.sync_url(model=label, tau=tau, seed=seed)
+
+if not has_data:
+    st.warning(f"No {entry.dataset} test images, so traversals start from a prior draw and every unit is shown "
+               f"(active units need data). {test['error']}")
+    ui.retry_data_button("traversals:retry")
+
+act = ui.activity(model_ref, entry.dataset, ui.data_key()) if has_data else None
+if act:
+    order = [int(j) for j in np.argsort(act["activity"])[::-1]]
+    active = [j for j in order if act["activity"][j] > act["threshold"]]
+    only_active = st.sidebar.checkbox("Active units only", True, key="traversals:only_active")
+    candidates = active if only_active and active else order
+else:
+    candidates = list(range(model.config.z_dim))
+n_units = st.sidebar.slider("Units shown", 1, max(1, len(candidates)), min(8, len(candidates)),
+                            key="traversals:units") if len(candidates) > 1 else 1
+units = candidates[:n_units]
+
+z0 = ui.start_point(model_ref, entry.dataset, ui.data_key(), index, tau, seed)
+offsets = tuple(float(o) for o in np.linspace(-span, span, steps))
+start = tuple(float(v) for v in z0)
+images = np.stack([ui.traversal(model_ref, start, (u,), offsets, tau, seed)[0] for u in units]) if units \
+    else np.zeros((0, steps, 784))
+
+col_img, col_info = st.columns([1, 3])
+with col_img:
+    if index is not None:
+        pair = ui.reconstruction(model_ref, entry.dataset, ui.data_key(), index, tau, seed)
+        fig_start = figures.image_grid(pair, nrow=2, title=f"test image {index} and reconstruction")
+    else:
+        fig_start = figures.image_grid(ui.traversal(model_ref, start, (0,), (0.0,), tau, seed)[0], nrow=1,
+                                       title=f"prior draw (seed {seed})")
+    st.plotly_chart(fig_start, key="traversals-start")
+    ui.export_buttons(fig_start, "start")
+with col_info:
+    st.markdown(f"**{label}** ({ui.variant_label(entry.variant)}, {entry.dataset}); starting point: "
+                + (f"E_q[z|x] of test image {index}" if index is not None else f"z ~ p(z), seed {seed}")
+                + f"; τ = {tau:g}. Columns add the offsets on top to the unit's starting value.")
+    if act:
+        st.markdown(f"Active units: **{len(active)} of {model.config.z_dim}** "
+                    f"(activity > {act['threshold']:g} on {ui.ACTIVITY_IMAGES} test images).")
+
+fig_trav = figures.traversal_grid(images, units, offsets,
+                                  title="Latent traversals (columns: offset from the starting value)")
+st.plotly_chart(fig_trav, key="traversals-grid")
+ui.export_buttons(fig_trav, "traversals")
+figs = {"traversals": fig_trav, "start": fig_start}
+if act:
+    fig_act = figures.activity_bar(act["activity"], act["threshold"])
+    st.plotly_chart(fig_act, key="traversals-activity")
+    ui.export_buttons(fig_act, "activity")
+    figs["activity"] = fig_act
+ui.zip_button(figs, "traversals")

@@ -1,0 +1,62 @@
+"""Weight variance: where the random networks are unsure, as 28x28 maps of sigma and |mu|/sigma per unit."""
+
+import streamlit as st
+
+import ui
+from iwae_core import figures
+
+st.set_page_config(page_title="Weight variance · Bayesian IWAE", layout="wide")
+st.title("Weight variance")
+st.caption("First encoder layer: each hidden unit's 784 incoming weights; last decoder layer: each hidden unit's "
+           "784 outgoing weights, both drawn as 28×28 tiles (one tile per unit). σ is the posterior standard "
+           "deviation of a weight, |μ|/σ its signal-to-noise ratio (log10 colour scales).")
+
+label, entry = next(iter(ui.pick_models("weights", multi=False, prefer="iwae-r").items()))
+model_ref = ui.ref(entry)
+model = ui.load_model(model_ref)
+maps = ui.weight_maps(model_ref)
+hidden = {net: len(maps[net]["abs_mu"]) for net in maps}
+n_max = min(hidden.values())
+count = st.sidebar.slider("Units shown", 1, min(n_max, 144), min(64, n_max), key="weights:count")
+start = st.sidebar.slider("First unit", 0, max(0, n_max - count), 0, key="weights:start") if n_max > count else 0
+ncol = st.sidebar.slider("Tiles per row", 2, 16, 8, key="weights:ncol")
+ui.sync_url(model=label)
+units = slice(start, start + count)
+titles = {"encoder": f"first encoder layer (units {start}–{start + count - 1})",
+          "decoder": f"last decoder layer (units {start}–{start + count - 1})"}
+st.markdown(f"**{label}**: {ui.variant_label(entry.variant)} on {entry.dataset}, prior std "
+            f"{model.config.prior_std:g}; encoder {'random' if model.config.random_encoder else 'deterministic'}, "
+            f"decoder {'random' if model.config.random_decoder else 'deterministic'}.")
+
+figs = {}
+sigma = {titles[net]: maps[net]["sigma"][units] for net in maps if maps[net]["sigma"] is not None}
+if sigma:
+    snr = {titles[net]: maps[net]["snr"][units] for net in maps if maps[net]["snr"] is not None}
+    figs["sigma_maps"] = figures.weight_tiles(sigma, ncol=ncol, value_label="σ", colorscale="viridis",
+                                              title="Posterior weight σ")
+    figs["snr_maps"] = figures.weight_tiles(snr, ncol=ncol, value_label="|μ|/σ", colorscale="cividis",
+                                            title="Signal-to-noise |μ|/σ")
+    st.plotly_chart(figs["sigma_maps"], key="weights-sigma")
+    ui.export_buttons(figs["sigma_maps"], "sigma_maps")
+    st.plotly_chart(figs["snr_maps"], key="weights-snr")
+    ui.export_buttons(figs["snr_maps"], "snr_maps")
+deterministic = [net for net in maps if maps[net]["sigma"] is None]
+if deterministic:
+    nets = " and ".join(deterministic)
+    st.info(f"The {nets} of {label} {'have' if len(deterministic) > 1 else 'has'} point-estimate weights (σ = 0): "
+            f"no σ map, |μ| is shown instead.")
+    mu = {titles[net]: maps[net]["abs_mu"][units] for net in deterministic}
+    figs["mu_maps"] = figures.weight_tiles(mu, ncol=ncol, value_label="|μ|", colorscale="viridis",
+                                           title="Deterministic weights |μ|")
+    st.plotly_chart(figs["mu_maps"], key="weights-mu")
+    ui.export_buttons(figs["mu_maps"], "mu_maps")
+
+sigmas = ui.layer_sigmas(model_ref)
+if sigmas:
+    st.subheader("σ per layer against the prior")
+    figs["sigma_histograms"] = figures.sigma_histograms(sigmas, prior_std=model.config.prior_std)
+    st.plotly_chart(figs["sigma_histograms"], key="weights-hist")
+    ui.export_buttons(figs["sigma_histograms"], "sigma_histograms")
+st.subheader("Per-layer summary")
+st.dataframe(ui.weight_table(model_ref), hide_index=True, key="weights-table")
+ui.zip_button(figs, "weight_variance")

@@ -1,0 +1,314 @@
+"""Every dashboard page in Streamlit's AppTest, on tiny trained models: it renders without exception and
+its widgets change what is shown (asserted on the figures' data and the tables' values)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from iwae_core.checkpoint import write_json
+from support import require_data
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+@pytest.fixture
+def zoo(tiny_zoo, monkeypatch) -> Path:
+    monkeypatch.setenv("IWAE_ZOO_DIRS", str(tiny_zoo))
+    return tiny_zoo
+
+
+@pytest.fixture
+def mnist(monkeypatch) -> Path:
+    root = require_data("MNIST", "raw")
+    monkeypatch.setenv("IWAE_DATA_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def no_data(monkeypatch, tmp_path) -> Path:
+    empty = tmp_path / "no-data-here"
+    empty.mkdir()
+    monkeypatch.setenv("IWAE_DATA_DIR", str(empty))
+    return empty
+
+
+def open_app(page: str | None = None, **params) -> AppTest:
+    """Run the app (home first, as a browser would), then switch to pages/<page>; URL params set before."""
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    for name, value in params.items():
+        at.query_params[name] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page:
+        at.switch_page(f"pages/{page}").run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def rerun(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def array(value) -> np.ndarray:
+    """A plotly JSON array (a list, or a typed array {dtype, bdata, shape}) as a float numpy array."""
+    if isinstance(value, dict) and "bdata" in value:
+        a = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if shape:
+            a = a.reshape([int(s) for s in str(shape).split(",")])
+        return a.astype(float)
+    return np.array(value, dtype=float)
+
+
+def panels(spec: dict) -> dict[str, np.ndarray]:
+    """name -> z of every heatmap in a chart spec."""
+    return {t["name"]: array(t["z"]) for t in spec["data"] if t.get("type") == "heatmap"}
+
+
+def texts(at: AppTest, kind: str) -> str:
+    return "\n".join(str(e.value) for e in at.get(kind))
+
+
+# ---- home ----------------------------------------------------------------------------------------------
+
+def test_home_lists_the_zoo_beside_the_paper_and_the_data_status(zoo, mnist):
+    at = open_app()
+    table = at.dataframe[0].value
+    assert list(table["model"]) == ["tiny-iwae", "tiny-iwae-r", "tiny-iwae-rrec"]
+    assert list(table["variant"]) == ["IWAE", "IWAE-R", "IWAE-Rrec"]
+    assert set(table["test LL (τ=1)"]) == {"not evaluated yet"}
+    assert list(table["paper test LL"]) == ["-95.182 ± 0.022", "-94.346 ± 0.025", "-94.709 ± 0.025"]
+    assert list(table["layers"]) == ["784-32-4"] * 3
+    paper = at.dataframe[1].value
+    mnist_rows = paper[paper["dataset"] == "mnist"]
+    assert set(mnist_rows["ours (τ=1)"]) == {"not evaluated yet"}
+    assert set(paper[paper["dataset"] == "omniglot"]["ours (τ=1)"]) == {"no model"}
+    status = at.dataframe[2].value
+    assert bool(status.set_index("dataset").loc["mnist", "present"])
+    assert at.selectbox(key="home:model").value == "tiny-iwae"
+
+
+def test_home_shows_evaluated_numbers_next_to_the_papers(tiny_zoo, tmp_path, monkeypatch, mnist):
+    shutil.copytree(tiny_zoo / "tiny-iwae-r", tmp_path / "zoo" / "tiny-iwae-r")
+    metrics_path = tmp_path / "zoo" / "tiny-iwae-r" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["test"] = {"by_tau": {"1": {"mean": -120.5, "stderr": 0.4}, "0": {"mean": -121.25, "stderr": 0.5}},
+                       "active_units": 3}
+    write_json(metrics_path, metrics)
+    monkeypatch.setenv("IWAE_ZOO_DIRS", str(tmp_path / "zoo"))
+    at = open_app()
+    row = at.dataframe[0].value.iloc[0]
+    assert (row["test LL (τ=1)"], row["test LL (τ=0)"], row["active units"]) == ("-120.500 ± 0.400",
+                                                                                 "-121.250 ± 0.500", 3)
+    paper = at.dataframe[1].value.set_index(["dataset", "variant"])
+    assert paper.loc[("mnist", "IWAE-R"), "ours (τ=1)"] == "-120.500 ± 0.400"
+    assert paper.loc[("mnist", "IWAE-R"), "ours − paper"] == f"{-120.5 + 94.346:+.3f}"
+    assert paper.loc[("mnist", "IWAE"), "ours (τ=1)"] == "no model"
+
+
+def test_home_and_pages_say_clearly_when_there_is_no_model_or_no_data(tmp_path, monkeypatch, no_data):
+    monkeypatch.setenv("IWAE_ZOO_DIRS", str(tmp_path / "empty-zoo"))
+    at = open_app()
+    assert "No trained model yet" in texts(at, "info") and "empty-zoo" in texts(at, "info")
+    assert "no-data-here" in texts(at, "warning") and "MNIST" in texts(at, "warning")
+    at.switch_page("pages/2_Samples.py")
+    rerun(at)
+    assert "No trained model found" in texts(at, "info")
+    assert not at.get("plotly_chart")
+
+
+# ---- samples -------------------------------------------------------------------------------------------
+
+def test_samples_tau_changes_only_the_random_decoder_and_draws_add_rows(zoo, no_data):
+    at = open_app("2_Samples.py")
+    assert at.multiselect(key="samples:model").value == ["tiny-iwae", "tiny-iwae-r", "tiny-iwae-rrec"]
+    before = panels(charts(at)[0])
+    assert list(before) == ["tiny-iwae (IWAE)", "tiny-iwae-r (IWAE-R)", "tiny-iwae-rrec (IWAE-Rrec)"]
+    assert before["tiny-iwae-r (IWAE-R)"].shape == (4 * 29 - 1, 8 * 29 - 1)  # 4 weight draws x 8 latent draws
+    at.slider(key="samples:tau").set_value(2.0)
+    after = panels(charts(rerun(at))[0])
+    np.testing.assert_array_equal(after["tiny-iwae (IWAE)"], before["tiny-iwae (IWAE)"])
+    np.testing.assert_array_equal(after["tiny-iwae-rrec (IWAE-Rrec)"], before["tiny-iwae-rrec (IWAE-Rrec)"])
+    assert np.nanmax(np.abs(after["tiny-iwae-r (IWAE-R)"] - before["tiny-iwae-r (IWAE-R)"])) > 1e-3
+    assert at.query_params["tau"] == ["2"] or at.query_params["tau"] == "2"
+    at.slider(key="samples:draws").set_value(2)
+    assert panels(charts(rerun(at))[0])["tiny-iwae-r (IWAE-R)"].shape == (2 * 29 - 1, 8 * 29 - 1)
+    at.slider(key="samples:n").set_value(3)
+    fewer = panels(charts(rerun(at))[0])["tiny-iwae (IWAE)"]
+    assert fewer.shape == (2 * 29 - 1, 3 * 29 - 1)
+    np.testing.assert_array_equal(fewer[:28, :28], before["tiny-iwae (IWAE)"][:28, :28])  # same z, same seed
+
+
+def test_samples_spread_is_zero_for_deterministic_decoders_and_at_tau_zero(zoo, no_data):
+    at = open_app("2_Samples.py")
+    spread = charts(at)[1]
+    notes = [a["text"] for a in spread["layout"].get("annotations", []) if "no spread" in a["text"]]
+    assert len(notes) == 2  # IWAE and IWAE-Rrec: deterministic decoders
+    assert np.nanmax(panels(spread)["tiny-iwae-r (IWAE-R)"]) > 1e-3
+    at.slider(key="samples:tau").set_value(0.0)
+    spread = charts(rerun(at))[1]
+    assert np.nanmax(panels(spread)["tiny-iwae-r (IWAE-R)"]) == 0
+    assert sum("no spread" in a["text"] for a in spread["layout"]["annotations"]) == 3
+
+
+def test_samples_url_sets_the_widgets(zoo, no_data):
+    at = open_app("2_Samples.py", model="tiny-iwae-r,not-a-model", tau="0.5", seed="3")
+    assert at.multiselect(key="samples:model").value == ["tiny-iwae-r"]
+    assert at.slider(key="samples:tau").value == 0.5
+    assert at.number_input(key="samples:seed").value == 3
+    other = open_app("2_Samples.py", model="tiny-iwae-r", tau="0.5", seed="4")
+    assert not np.array_equal(panels(charts(at)[0])["tiny-iwae-r (IWAE-R)"],
+                              panels(charts(other)[0])["tiny-iwae-r (IWAE-R)"])
+    bad = open_app("2_Samples.py", tau="lots", seed="-5")
+    assert bad.slider(key="samples:tau").value == 1.0 and bad.number_input(key="samples:seed").value == 0
+
+
+def test_export_widgets_explain_a_missing_chromium(zoo, no_data, monkeypatch, tmp_path):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium"))
+    at = open_app("2_Samples.py")
+    captions = texts(at, "caption")
+    assert "BROWSER_PATH" in captions and "no-chromium" in captions and "HTML and CSV export still work" in captions
+
+
+# ---- latent traversals ---------------------------------------------------------------------------------
+
+def test_traversals_from_a_test_image_units_and_tau(zoo, mnist):
+    at = open_app("3_Latent_traversals.py", model="tiny-iwae-r")
+    assert at.radio(key="traversals:source").options == ["Test image", "Prior draw"]
+    grid = charts(at)[1]
+    n_units = len(grid["layout"]["yaxis"]["ticktext"])
+    assert n_units >= 1 and panels(grid)["traversal"].shape == (n_units * 29 - 1, 9 * 29 - 1)
+    assert "Active units" in texts(at, "markdown")
+    at.slider(key="traversals:steps").set_value(5)
+    grid5 = charts(rerun(at))[1]
+    assert panels(grid5)["traversal"].shape[1] == 5 * 29 - 1
+    assert grid5["layout"]["xaxis"]["ticktext"] == ["-3", "-1.5", "+0", "+1.5", "+3"]
+    at.slider(key="traversals:tau").set_value(1.5)
+    noisy = charts(rerun(at))[1]
+    assert np.nanmax(np.abs(panels(noisy)["traversal"] - panels(grid5)["traversal"])) > 1e-3
+    start_image = panels(charts(at)[0])
+    at.number_input(key="traversals:index").set_value(5)
+    assert not np.array_equal(panels(charts(rerun(at))[0])["test image 5 and reconstruction"],
+                              start_image["test image 0 and reconstruction"])
+
+
+def test_traversals_unit_count_and_prior_start(zoo, mnist):
+    at = open_app("3_Latent_traversals.py", model="tiny-iwae")
+    at.checkbox(key="traversals:only_active").uncheck()
+    rerun(at)
+    at.slider(key="traversals:units").set_value(2)
+    grid = charts(rerun(at))[1]
+    assert len(grid["layout"]["yaxis"]["ticktext"]) == 2
+    assert panels(grid)["traversal"].shape[0] == 2 * 29 - 1
+    at.radio(key="traversals:source").set_value("Prior draw")
+    start = charts(rerun(at))[0]
+    assert "prior draw (seed 0)" in start["layout"]["title"]["text"]
+    at.number_input(key="traversals:seed").set_value(9)
+    assert "prior draw (seed 9)" in charts(rerun(at))[0]["layout"]["title"]["text"]
+
+
+def test_traversals_work_from_the_prior_without_data(zoo, no_data):
+    at = open_app("3_Latent_traversals.py", model="tiny-iwae")
+    assert at.radio(key="traversals:source").options == ["Prior draw"]
+    assert "no-data-here" in texts(at, "warning")
+    grid = charts(at)[1]
+    assert grid["layout"]["yaxis"]["ticktext"] == ["z0", "z1", "z2", "z3"]  # no activity without data: every unit
+    assert np.nanmax(panels(grid)["traversal"]) > 0
+
+
+# ---- weight variance -----------------------------------------------------------------------------------
+
+def test_weight_variance_maps_histograms_and_unit_slider(zoo, no_data):
+    at = open_app("4_Weight_variance.py")
+    assert at.selectbox(key="weights:model").value == "tiny-iwae-r"  # a random model by default
+    specs = charts(at)
+    assert [s["layout"]["title"]["text"] for s in specs] == [
+        "Posterior weight σ", "Signal-to-noise |μ|/σ", "Posterior weight σ per layer against the prior"]
+    sigma = panels(specs[0])
+    assert list(sigma) == ["first encoder layer (units 0–31)", "last decoder layer (units 0–31)"]
+    assert sigma["first encoder layer (units 0–31)"].shape == (4 * 29 - 1, 8 * 29 - 1)  # 32 units, 8 per row
+    # the tiles are log10 sigma: init sigma 0.05 moved a little by training
+    assert -1.6 < np.nanmedian(sigma["first encoder layer (units 0–31)"]) < -1.0
+    at.slider(key="weights:count").set_value(8)
+    at.slider(key="weights:ncol").set_value(4)
+    smaller = panels(charts(rerun(at))[0])
+    assert smaller["first encoder layer (units 0–7)"].shape == (2 * 29 - 1, 4 * 29 - 1)
+    stats = at.dataframe[0].value
+    assert list(stats["layer"]) == ["encoder.0", "encoder.1", "decoder.0", "decoder.1"]
+
+
+def test_weight_variance_of_a_deterministic_model_shows_mu(zoo, no_data):
+    at = open_app("4_Weight_variance.py")
+    at.selectbox(key="weights:model").set_value("tiny-iwae")
+    specs = charts(rerun(at))
+    assert [s["layout"]["title"]["text"] for s in specs] == ["Deterministic weights |μ|"]
+    assert "point-estimate weights" in texts(at, "info")
+    assert at.query_params["model"] in ("tiny-iwae", ["tiny-iwae"])
+
+
+# ---- bound vs k ----------------------------------------------------------------------------------------
+
+def curve_means(spec: dict) -> dict[str, list]:
+    return {t["name"]: (list(array(t["x"])), list(array(t["y"]))) for t in spec["data"]
+            if t.get("mode") == "lines+markers" and not t["name"].startswith("paper")}
+
+
+def test_bound_vs_k_k_slider_sets_the_range_and_tau_moves_random_models(zoo, mnist):
+    at = open_app("5_Bound_vs_k.py")
+    assert at.select_slider(key="bound:k").value == 100
+    means = curve_means(charts(at)[0])
+    assert set(means) == {"tiny-iwae", "tiny-iwae-r", "tiny-iwae-rrec"}
+    assert means["tiny-iwae"][0] == [1, 2, 5, 10, 25, 50, 100]
+    table = at.dataframe[0].value
+    assert len(table) == 3 * 7 and set(table["n_images"]) == {100}
+    ys = means["tiny-iwae"][1]
+    assert ys[-1] > ys[0]  # L_100 above L_1 on average
+    at.select_slider(key="bound:k").set_value(10)
+    spec = charts(rerun(at))[0]
+    assert curve_means(spec)["tiny-iwae"][0] == [1, 2, 5, 10]
+    assert spec["layout"]["xaxis"]["range"][1] == pytest.approx(1.1)
+    assert curve_means(spec)["tiny-iwae"][1] == ys[:4]  # cached per k: same numbers
+    at.slider(key="bound:tau").set_value(2.0)
+    moved = curve_means(charts(rerun(at))[0])
+    assert moved["tiny-iwae"][1] == ys[:4]  # deterministic weights: tau changes nothing
+    assert moved["tiny-iwae-r"][1] != curve_means(spec)["tiny-iwae-r"][1]
+    assert at.query_params["k"] in ("10", ["10"])
+
+
+def test_bound_vs_k_url_and_the_chosen_image(zoo, mnist):
+    at = open_app("5_Bound_vs_k.py", k="30", model="tiny-iwae-r", tau="1")
+    assert at.select_slider(key="bound:k").value == 25  # nearest k of the grid
+    assert at.multiselect(key="bound:model").value == ["tiny-iwae-r"]
+    assert "ESS" in texts(at, "markdown")
+    weights = next(s for s in charts(at) if "Importance weights" in s["layout"]["title"]["text"])
+    assert weights["data"][0]["name"].endswith("of 25")
+    posterior = next(s for s in charts(at) if "Posterior draws" in s["layout"]["title"]["text"])
+    x0 = array(posterior["data"][0]["x"])
+    assert len(x0) == 25
+    at.number_input(key="bound:index").set_value(3)
+    rerun(at)
+    posterior3 = next(s for s in charts(at) if "Posterior draws" in s["layout"]["title"]["text"])
+    assert not np.array_equal(array(posterior3["data"][0]["x"]), x0)
+    at.selectbox(key="bound:dim_a").set_value(2)
+    posterior_dims = next(s for s in charts(rerun(at)) if "Posterior draws" in s["layout"]["title"]["text"])
+    assert posterior_dims["layout"]["xaxis"]["title"]["text"] == "z2"
+
+
+def test_bound_vs_k_without_data_names_the_folder(zoo, no_data):
+    at = open_app("5_Bound_vs_k.py")
+    errors = texts(at, "error")
+    assert "no-data-here" in errors and "MNIST" in errors
+    assert not at.get("plotly_chart")

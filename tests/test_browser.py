@@ -1,0 +1,186 @@
+"""The dashboard in a real Chromium: `streamlit run app.py` on a free port, every page, a slider, an export,
+and a live training run. Needs Chromium (PATH or BROWSER_PATH) and real MNIST (IWAE_DATA_DIR)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+from browser_support import IDLE, Server, chromium_path, launch, move_slider, wait_idle
+from support import require_data
+
+from iwae_core import runs
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # reported by the chromium fixture: a failure in CI, a skip elsewhere
+    sync_playwright = None
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+PAGES = {"Train live": "Train_live", "Samples": "Samples", "Latent traversals": "Latent_traversals",
+         "Weight variance": "Weight_variance", "Bound vs k": "Bound_vs_k"}
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = chromium_path()
+    if path is None or sync_playwright is None:
+        msg = ("Chromium not found: install it (apt-get install chromium) or set BROWSER_PATH" if path is None
+               else "the playwright package is missing: pip install -e '.[test]'")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_zoo, tmp_path_factory):
+    """The app over conftest's tiny zoo (real MNIST test images for Bound vs k), runs in a fresh folder."""
+    require_data("MNIST", "raw")
+    runs_root = tmp_path_factory.mktemp("runs")
+    env = {"IWAE_ZOO_DIRS": str(tiny_zoo), "IWAE_RUNS_DIR": str(runs_root), "IWAE_MAX_RUNS": "1"}
+    with Server(env) as srv:
+        srv.runs_root = runs_root
+        yield srv
+    for info in runs.list_runs(runs_root):
+        if info.active or info.status == "queued":
+            runs.stop_run(info.path, force=True)
+
+
+@pytest.fixture
+def page(chromium, server):
+    with sync_playwright() as pw:
+        browser = launch(pw, chromium)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        pg = context.new_page()
+        pg.set_default_timeout(120_000)
+        pg.goto(server.url)
+        wait_idle(pg)
+        yield pg
+        context.close()
+        browser.close()
+
+
+def assert_no_exception(page, where: str) -> None:
+    errors = page.locator("[data-testid=stException]")
+    assert errors.count() == 0, f"{where}: {errors.first.inner_text()[:2000]}"
+
+
+def open_page(page, server, label: str) -> None:
+    """Follow the sidebar link to a page, as a user would, and wait for its script to finish."""
+    page.locator("[data-testid=stSidebarNavLink]").filter(has_text=label).first.click()
+    page.wait_for_url(re.compile(f"/{PAGES[label]}"))
+    wait_idle(page)
+    page.wait_for_selector("h1")
+
+
+def chart_data(page, index: int = 0) -> list:
+    """The z arrays of the index-th plotly chart on the page, read from the browser's own figure."""
+    return page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").nth(index).evaluate(
+        "el => el.data.map(t => t.z || t.y)")
+
+
+def progress_step(page, more_than: int, timeout: float = 120.0) -> int:
+    """The step shown in the Train live progress bar, polled (no reload) until it exceeds more_than."""
+    deadline = time.monotonic() + timeout
+    steps = 0
+    while time.monotonic() < deadline:
+        m = re.search(r"step ([\d,]+) of 4,000", page.locator("[data-testid=stProgress]").first.inner_text())
+        steps = int(m.group(1).replace(",", "")) if m else 0
+        if steps > more_than:
+            break
+        time.sleep(0.5)
+    return steps
+
+
+def test_every_page_renders_without_exception(page, server):
+    assert_no_exception(page, "home")
+    link = page.locator("[data-testid=stPageLink] a").first
+    link.wait_for()
+    assert "model=tiny-iwae" in link.get_attribute("href")  # the home page lists the test zoo
+    for label in PAGES:
+        open_page(page, server, label)
+        assert_no_exception(page, label)
+        assert page.locator("h1").first.inner_text().strip().startswith(label.split()[0])
+        if label != "Train live":
+            page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
+
+
+def test_tau_slider_changes_the_samples_and_png_export_downloads(page, server):
+    open_page(page, server, "Samples")
+    page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
+    before = chart_data(page)
+    assert "tau=1" in page.url
+    move_slider(page, "τ", presses=4, key="ArrowLeft")
+    wait_idle(page)
+    page.wait_for_url(re.compile(r"tau=0\.8"))
+    wait_idle(page)
+    after = chart_data(page)
+    assert_no_exception(page, "Samples after the τ slider")
+    assert len(after) == len(before)
+    assert json.dumps(after[0]) == json.dumps(before[0])  # IWAE: deterministic decoder, τ changes nothing
+    assert json.dumps(after[1]) != json.dumps(before[1])  # IWAE-R: the weight draws moved with τ
+    assert json.dumps(after[2]) == json.dumps(before[2])  # IWAE-Rrec: random encoder only, same samples
+
+    page.get_by_role("button", name=re.compile("Export samples")).first.click()
+    png = page.locator("[data-testid=stDownloadButton]").filter(has_text="PNG").first
+    png.wait_for()
+    with page.expect_download(timeout=120_000) as info:
+        png.click()
+    path = info.value.path()
+    content = open(path, "rb").read()
+    assert content[:8] == b"\x89PNG\r\n\x1a\n" and len(content) > 1000
+    assert info.value.suggested_filename == "samples.png"
+
+
+def test_bound_vs_k_slider_extends_the_curve(page, server):
+    open_page(page, server, "Bound vs k")
+    page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
+    xs = page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").first.evaluate(
+        "el => Math.max(...el.data.flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
+    move_slider(page, "largest k", presses=1, key="ArrowRight")
+    wait_idle(page)
+    page.wait_for_url(re.compile(r"k=500"))
+    wait_idle(page)
+    xs_after = page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").first.evaluate(
+        "el => Math.max(...el.data.flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
+    assert_no_exception(page, "Bound vs k after the k slider")
+    assert xs == 100 and xs_after == 500
+
+
+def test_train_live_starts_a_run_and_shows_progress(page, server):
+    open_page(page, server, "Train live")
+    assert_no_exception(page, "Train live")
+    for label, value in (("Importance samples k", "2"), ("Hidden units (one layer)", "16"), ("Latent size", "2"),
+                         ("Epochs", "200"), ("Batch size", "20")):
+        box = page.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Tab")
+    page.get_by_text("More", exact=True).click()
+    images = page.get_by_label("Training images (0 = all)", exact=True)
+    images.fill("400")
+    images.press("Tab")
+    page.get_by_role("button", name="Start training").click()
+    wait_idle(page)
+    page.wait_for_selector("[data-testid=stProgress]")
+    steps = progress_step(page, more_than=0)
+    assert steps > 0, page.locator("[data-testid=stMain]").inner_text()[:2000]
+    assert progress_step(page, more_than=steps) > steps  # the view refreshes by itself while the run trains
+    page.wait_for_selector("[data-testid=stImage] img")
+    assert_no_exception(page, "Train live while training")
+    (started,) = runs.list_runs(server.runs_root)
+    assert started.run.model.hidden == (16,) and started.run.train.k == 2 and started.options["train_images"] == 400
+
+    page.reload()  # the run is found again after a reload
+    page.wait_for_selector(IDLE)
+    page.wait_for_selector(f"text={started.name}")
+    page.get_by_role("button", name="Stop", exact=True).click()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "status stopped" not in page.locator("[data-testid=stMain]").inner_text():
+        time.sleep(0.5)
+    assert "status stopped" in page.locator("[data-testid=stMain]").inner_text()
+    assert runs.read_run(started.path).status == "stopped"

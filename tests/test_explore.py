@@ -1,0 +1,93 @@
+"""The computations behind the dashboard views: seeds make them reproducible, tau and draws do what they say."""
+
+from __future__ import annotations
+
+import torch
+
+from iwae_core import explore
+from iwae_core.config import ModelConfig
+from iwae_core.model import IWAE
+
+
+def model(variant: str, seed: int = 0) -> IWAE:
+    torch.manual_seed(seed)
+    return IWAE(ModelConfig.for_variant(variant, hidden=(16,), z_dim=3, init_sigma=0.1)).eval()
+
+
+def test_latent_draws_depend_only_on_the_seed():
+    a, b = explore.latent_draws(3, 5, seed=7), explore.latent_draws(3, 5, seed=7)
+    assert torch.equal(a, b) and a.shape == (5, 3)
+    assert not torch.equal(a, explore.latent_draws(3, 5, seed=8))
+    assert torch.equal(explore.latent_draws(3, 2, seed=7), a[:2])  # more draws keep the first ones
+
+
+def test_more_weight_draws_keep_the_first_ones_and_random_decoders_differ_between_draws():
+    m = model("iwae-r")
+    z = explore.latent_draws(3, 4, seed=1)
+    two = explore.decoder_samples(m, z, 2, noise_scale=1.0, seed=1)
+    four = explore.decoder_samples(m, z, 4, noise_scale=1.0, seed=1)
+    assert four.shape == (4, 4, 784)
+    assert torch.equal(two, four[:2])
+    assert (four[0] - four[1]).abs().max() > 1e-3
+    assert four.std(0).max() > 1e-3
+
+
+def test_tau_zero_and_deterministic_decoders_give_identical_draws():
+    z = explore.latent_draws(3, 4, seed=2)
+    still = explore.decoder_samples(model("iwae-r"), z, 3, noise_scale=0.0, seed=2)
+    assert torch.equal(still[0], still[2])
+    assert torch.equal(still[0], still[1])
+    det = explore.decoder_samples(model("iwae"), z, 3, noise_scale=1.0, seed=2)
+    assert torch.equal(det[0], det[1])
+
+
+def test_larger_tau_spreads_the_samples_more():
+    m = model("iwae-r")
+    z = explore.latent_draws(3, 8, seed=3)
+    small = explore.decoder_samples(m, z, 6, noise_scale=0.5, seed=3).std(0).mean()
+    large = explore.decoder_samples(m, z, 6, noise_scale=2.0, seed=3).std(0).mean()
+    assert large > small > 0
+
+
+def test_traversal_rows_move_one_unit_and_offset_zero_decodes_the_start():
+    m = model("iwae")
+    z0 = explore.prior_draw(3, seed=4)
+    offsets = torch.tensor([-1.0, 0.0, 1.0])
+    rows = explore.traversal(m, z0, [0, 2], offsets, noise_scale=0.0, seed=4)
+    assert rows.shape == (2, 3, 784)
+    start = torch.sigmoid(m.decode(z0[None, None], 0.0, "batch"))[0, 0]
+    torch.testing.assert_close(rows[0, 1], start)
+    torch.testing.assert_close(rows[1, 1], start)
+    assert (rows[0, 0] - rows[1, 0]).abs().max() > 1e-4  # moving unit 0 or unit 2 gives different images
+
+
+def test_encoded_mean_and_reconstruction_are_reproducible():
+    m = model("iwae-r")
+    x = torch.bernoulli(torch.full((784,), 0.3), generator=torch.Generator().manual_seed(0))
+    a = explore.encoded_mean(m, x, 1.0, weight_draws=4, seed=5)
+    assert torch.equal(a, explore.encoded_mean(m, x, 1.0, weight_draws=4, seed=5)) and a.shape == (3,)
+    r = explore.reconstruction(m, x, 1.0, seed=5)
+    assert torch.equal(r, explore.reconstruction(m, x, 1.0, seed=5)) and r.shape == (784,)
+
+
+def test_weight_maps_are_one_row_of_784_per_hidden_unit():
+    m = model("iwae-rrec")
+    maps = explore.weight_maps(m)
+    assert maps["encoder"]["sigma"].shape == (16, 784)
+    assert maps["decoder"]["abs_mu"].shape == (16, 784)
+    torch.testing.assert_close(maps["decoder"]["abs_mu"], m.decoder.layers[-1].weight_mu.abs().t())
+    torch.testing.assert_close(maps["encoder"]["snr"], maps["encoder"]["abs_mu"] / maps["encoder"]["sigma"])
+    assert maps["decoder"]["sigma"] is None and maps["decoder"]["snr"] is None  # Rrec: deterministic decoder
+    assert set(explore.layer_sigmas(m)) == {"encoder.0", "encoder.1"}
+    assert explore.layer_sigmas(model("iwae")) == {}
+
+
+def test_bound_vs_k_reports_progress_without_changing_the_numbers():
+    from iwae_core import evaluate
+
+    m = model("iwae-r")
+    x = torch.bernoulli(torch.full((6, 784), 0.2), generator=torch.Generator().manual_seed(1))
+    calls = []
+    with_progress = evaluate.bound_vs_k(m, x, [5, 10000], seed=3, progress=lambda d, t: calls.append((d, t)))
+    assert with_progress == evaluate.bound_vs_k(m, x, [5, 10000], seed=3)
+    assert calls == [(6, 12), (10, 12), (12, 12)]  # k = 10000 runs in chunks of 4 images

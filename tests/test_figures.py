@@ -1,0 +1,223 @@
+"""Figures hold the data they show, and every export format produces a valid file (or a clear refusal)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from iwae_core import figures
+from iwae_core.train import HISTORY_FIELDS
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def require_chromium() -> None:
+    """PNG/SVG/PDF tests need a Chromium: fail in CI, skip elsewhere."""
+    reason = figures.export_unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+# ---- image figures -----------------------------------------------------------------------------------
+
+def test_tile_places_images_row_by_row_with_nan_gaps():
+    imgs = np.arange(5 * 784, dtype=float).reshape(5, 784)
+    t = figures.tile(imgs, 3)
+    assert t.shape == (2 * 29 - 1, 3 * 29 - 1)
+    np.testing.assert_array_equal(t[:28, :28], imgs[0].reshape(28, 28))
+    np.testing.assert_array_equal(t[29:, 29:57], imgs[4].reshape(28, 28))
+    assert np.isnan(t[28]).all() and np.isnan(t[:, 28]).all()
+    assert np.isnan(t[29:, 58:]).all()  # the sixth slot is empty
+
+
+def test_image_grid_shows_the_images():
+    imgs = rng().random((6, 784))
+    fig = figures.image_grid(imgs, nrow=3, title="six")
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (57, 86)
+    np.testing.assert_allclose(z[:28, 29:57], imgs[1].reshape(28, 28), atol=1e-4)
+    assert fig.layout.title.text == "six"
+
+
+def test_sample_grids_put_models_side_by_side_with_a_row_per_weight_draw():
+    samples = {"IWAE": rng(1).random((3, 4, 784)), "IWAE-R": rng(2).random((3, 4, 784))}
+    fig = figures.sample_grids(samples)
+    assert [t.name for t in fig.data] == ["IWAE", "IWAE-R"]
+    z = np.asarray(fig.data[1].z, dtype=float)
+    assert z.shape == (3 * 29 - 1, 4 * 29 - 1)
+    np.testing.assert_allclose(z[29:57, 58:86], samples["IWAE-R"][1, 2].reshape(28, 28), atol=1e-4)
+    assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis2.scaleanchor == "x2"
+
+
+def test_spread_map_is_the_per_pixel_std_and_says_when_there_is_none():
+    rand = rng(3).random((5, 2, 784))
+    flat = np.repeat(rng(4).random((1, 2, 784)), 5, axis=0)
+    fig = figures.spread_map({"random": rand, "deterministic": flat})
+    z = np.asarray(fig.data[0].z, dtype=float)
+    np.testing.assert_allclose(z[:28, :28], rand[:, 0].std(0, ddof=1).reshape(28, 28), atol=1e-4)
+    assert np.nanmax(np.asarray(fig.data[1].z, dtype=float)) == 0
+    assert fig.data[0].showscale and not fig.data[1].showscale
+    assert any("no spread" in a.text for a in fig.layout.annotations)
+    # Streamlit repaints the exact colours #000001-#000099 (theme placeholders): none may remain.
+    colours = [c for t in fig.data for _, c in t.colorscale]
+    assert not any(c.lower().startswith("#0000") for c in colours)
+
+
+def test_traversal_grid_labels_units_and_offsets():
+    imgs = rng(5).random((2, 3, 784))
+    fig = figures.traversal_grid(imgs, units=[4, 1], values=[-1.0, 0.0, 1.0])
+    assert list(fig.layout.yaxis.ticktext) == ["z4", "z1"]
+    assert list(fig.layout.xaxis.ticktext) == ["-1", "+0", "+1"]
+    z = np.asarray(fig.data[0].z, dtype=float)
+    np.testing.assert_allclose(z[29:57, 58:86], imgs[1, 2].reshape(28, 28), atol=1e-4)
+
+
+def test_weight_tiles_use_log10_and_own_or_shared_colour_scales():
+    small, large = np.full((4, 784), 1e-3), np.full((4, 784), 1e-1)
+    small[0, 0], large[0, 0] = 2e-3, 2e-1
+    own = figures.weight_tiles({"enc": small, "dec": large}, ncol=2)
+    assert own.data[0].zmax < -2 and own.data[1].zmin > -1.5  # each panel spans its own values
+    assert np.nanmin(np.asarray(own.data[1].z, dtype=float)) == pytest.approx(-1, abs=1e-3)
+    shared = figures.weight_tiles({"enc": small, "dec": large}, ncol=2, shared_scale=True)
+    assert shared.data[0].zmin == shared.data[1].zmin and shared.data[0].zmax == shared.data[1].zmax
+    assert np.asarray(own.data[0].z, dtype=float).shape == (2 * 29 - 1, 2 * 29 - 1)
+
+
+def test_sigma_histograms_show_each_layer_and_the_prior():
+    fig = figures.sigma_histograms({"encoder.0": rng(6).uniform(1e-3, 2e-3, 1000),
+                                    "decoder.1": rng(7).uniform(0.1, 0.2, 500)}, prior_std=1.0)
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert legend == ["encoder.0 (1,000 weights)", "decoder.1 (500 weights)"]
+    for t in fig.data:
+        assert np.asarray(t.y).max() <= 1 and np.asarray(t.y).sum() == pytest.approx(2.0)  # shares (steps drawn twice)
+    assert any(s.x0 == 1.0 for s in fig.layout.shapes)
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis2.type == "log"
+
+
+def test_bound_vs_k_draws_means_bands_references_and_the_chosen_k_range():
+    curves = {"A": [{"k": 1, "mean": -100.0, "stderr": 1.0}, {"k": 10, "mean": -95.0, "stderr": 0.5}],
+              "B": [{"k": 1, "mean": -101.0, "stderr": None}, {"k": 10, "mean": -97.0, "stderr": 0.2}]}
+    fig = figures.bound_vs_k(curves, references={"paper": -94.3}, k_max=10)
+    lines = {t.name: t for t in fig.data if t.mode == "lines+markers"}
+    assert list(lines["A"].y) == [-100.0, -95.0] and list(lines["A"].x) == [1, 10]
+    band = next(t for t in fig.data if t.fill == "toself" and t.name.startswith("A"))
+    assert max(band.y) == pytest.approx(-94.5) and min(band.y) == pytest.approx(-101.0)
+    ref = next(t for t in fig.data if t.name == "paper")
+    assert list(ref.y) == [-94.3, -94.3]
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.range[1] == pytest.approx(1.1)
+    wider = figures.bound_vs_k(curves, k_max=1000)
+    assert wider.layout.xaxis.range[1] == pytest.approx(3.1)
+
+
+def test_importance_weights_sorts_weights_and_reports_ess():
+    w = np.array([0.1, 0.6, 0.3])
+    fig = figures.importance_weights({"m": {"weights": w, "ess": 2.17}})
+    assert list(fig.data[0].y) == pytest.approx([0.6, 0.3, 0.1])
+    assert fig.data[0].name == "m: ESS 2.2 of 3"
+
+
+def test_posterior_scatter_plots_the_chosen_dimensions():
+    z = rng(8).normal(size=(20, 4))
+    w = rng(9).random(20)
+    w /= w.sum()
+    fig = figures.posterior_scatter({"m": {"z": z, "weights": w}}, dims=(2, 3))
+    np.testing.assert_allclose(fig.data[0].x, z[:, 2])
+    np.testing.assert_allclose(fig.data[0].y, z[:, 3])
+    np.testing.assert_allclose([fig.data[1].x[0], fig.data[1].y[0]], (w[:, None] * z).sum(0)[[2, 3]])
+    assert fig.layout.xaxis.title.text == "z2"
+
+
+def test_training_curves_read_history_rows_including_csv_strings():
+    rows = [dict.fromkeys(HISTORY_FIELDS, "") | {"epoch": "1", "step": "10", "train_bound": "-150.5",
+                                                 "valid_bound": "-140", "kl_per_datapoint": "3.5"},
+            dict.fromkeys(HISTORY_FIELDS) | {"epoch": 2, "step": 20, "train_bound": -120.0,
+                                             "valid_bound": None, "kl_per_datapoint": 2.0}]
+    fig = figures.training_curves(rows)
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["train L_k"].y) == [-150.5, -120.0] and list(by_name["train L_k"].x) == [1.0, 2.0]
+    assert list(by_name["valid L_k"].y) == [-140.0]
+    assert list(by_name["KL per data point"].y) == [3.5, 2.0]
+    assert "objective" not in by_name  # no values, no trace
+
+
+# ---- export ------------------------------------------------------------------------------------------
+
+def small_figures() -> dict:
+    return {"grid": figures.image_grid(rng(10).random((2, 784)), nrow=2),
+            "curve": figures.bound_vs_k({"A": [{"k": 1, "mean": -100.0, "stderr": 1.0},
+                                               {"k": 5, "mean": -98.0, "stderr": 1.0}]})}
+
+
+def test_csv_export_holds_every_pixel_and_point():
+    figs = small_figures()
+    rows = list(csv.DictReader(io.StringIO(figures.figure_bytes(figs["grid"], "csv").decode())))
+    assert len(rows) == 2 * 784  # NaN gaps left out
+    assert {r["trace"] for r in rows} == {"images"}
+    curve = list(csv.DictReader(io.StringIO(figures.figure_csv(figs["curve"]))))
+    mean_rows = [r for r in curve if r["trace"] == "A"]
+    assert [(r["x"], r["y"], r["value"]) for r in mean_rows] == [("1", "-100.0", "1.0"), ("5", "-98.0", "1.0")]
+
+
+def test_html_export_is_self_contained():
+    html = figures.figure_bytes(small_figures()["curve"], "html").decode()
+    assert html.lstrip().lower().startswith(("<html", "<!doctype html")) and "</html>" in html
+    assert '<script src="http' not in html and len(html) > 1_000_000  # plotly.js inlined
+
+
+def test_unknown_format_is_refused():
+    with pytest.raises(ValueError, match="unknown export format"):
+        figures.figure_bytes(small_figures()["grid"], "bmp")
+
+
+def test_missing_browser_path_gives_a_clear_error_and_the_zip_says_so(monkeypatch, tmp_path):
+    missing = tmp_path / "no-chromium"
+    monkeypatch.setenv("BROWSER_PATH", str(missing))
+    with pytest.raises(figures.ExportUnavailable, match="BROWSER_PATH=.*no-chromium.*not an executable"):
+        figures.figure_bytes(small_figures()["grid"], "png")
+    assert "HTML and CSV export still work" in figures.export_unavailable_reason()
+    with zipfile.ZipFile(io.BytesIO(figures.page_zip(small_figures()))) as zf:
+        names = set(zf.namelist())
+        readme = zf.read("README.txt").decode()
+    assert names == {"grid.html", "grid.csv", "curve.html", "curve.csv", "README.txt"}
+    assert "Skipped PNG, SVG and PDF" in readme and "no-chromium" in readme
+
+
+def test_no_chromium_on_path_gives_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(figures.ExportUnavailable, match="No Chromium or Chrome found on PATH"):
+        figures.figure_bytes(small_figures()["grid"], "svg")
+
+
+@pytest.mark.slow
+def test_png_svg_pdf_export_and_the_full_zip():
+    require_chromium()
+    fig = small_figures()["curve"]
+    assert figures.figure_bytes(fig, "png").startswith(b"\x89PNG\r\n\x1a\n")
+    svg = figures.figure_bytes(fig, "svg")
+    assert svg.lstrip().startswith(b"<svg") and b"</svg>" in svg
+    assert figures.figure_bytes(fig, "pdf").startswith(b"%PDF")
+    with zipfile.ZipFile(io.BytesIO(figures.page_zip(small_figures()))) as zf:
+        names = set(zf.namelist())
+        assert zf.read("grid.png").startswith(b"\x89PNG")
+        assert "Nothing was skipped." in zf.read("README.txt").decode()
+    assert names == {f"{n}.{f}" for n in ("grid", "curve") for f in figures.FORMATS} | {"README.txt"}
+
+
+def test_training_curves_fall_back_to_the_step_for_live_runs():
+    rows = [{"step": 1, "train_bound": -200.0, "kl_per_datapoint": 1.0},
+            {"step": 2, "train_bound": -190.0, "kl_per_datapoint": 0.9},
+            {"step": 2, "valid_bound": -185.0}]
+    fig = figures.training_curves(rows)
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["train L_k"].x) == [1.0, 2.0] and list(by_name["valid L_k"].y) == [-185.0]
+    assert fig.layout.xaxis.title.text == "step"

@@ -1,0 +1,284 @@
+"""The run manager with real worker processes on a tiny model and 400 real MNIST images, and the Train live page."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from support import require_data
+
+from iwae_core import runs
+from iwae_core.checkpoint import find_models, load_model
+from iwae_core.config import ModelConfig, RunConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny(epochs: int = 100, lr: float = 1e-3, variant: str = "iwae") -> RunConfig:
+    """784-16-2 with k = 2 on batches of 20: 20 steps per epoch on 400 images, a few ms per step."""
+    return RunConfig(ModelConfig.for_variant(variant, hidden=(16,), z_dim=2),
+                     TrainConfig(k=2, batch_size=20, epochs=epochs, lr=lr, device="cpu", eval_images=40, eval_k=5))
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """A fresh IWAE_RUNS_DIR with room for two concurrent runs; stops whatever a test leaves running."""
+    require_data("MNIST", "raw")
+    monkeypatch.setenv("IWAE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("IWAE_MAX_RUNS", "2")
+    yield tmp_path / "runs"
+    for info in runs.list_runs(tmp_path / "runs"):
+        if info.status in (*runs.ACTIVE, "queued", "unresponsive"):
+            runs.stop_run(info.path, force=info.status == "unresponsive")
+    for info in runs.list_runs(tmp_path / "runs"):
+        wait_for(info.path, lambda r: not r.active and r.status != "queued", timeout=60)
+
+
+def wait_for(path, condition, timeout: float = 90.0) -> runs.RunInfo:
+    """Poll the run's status on disk until condition(info) holds; fail with the last state otherwise."""
+    end = time.monotonic() + timeout
+    while True:
+        info = runs.read_run(path)
+        if condition(info):
+            return info
+        if time.monotonic() > end:
+            log = (Path(path) / runs.LOG).read_text() if (Path(path) / runs.LOG).exists() else ""
+            pytest.fail(f"timed out: {info.status} {info.message} step {info.progress.get('step')}\n{log[-2000:]}")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_start_progress_stop_resume_finish_then_in_the_zoo(root):
+    info = runs.start_run(tiny(epochs=300), train_images=400, name="life")
+    assert info.status in ("starting", "running")
+    first = wait_for(info.path, lambda r: r.status == "running" and r.progress.get("step", 0) >= 5)
+    later = wait_for(info.path, lambda r: r.progress.get("step", 0) > first.progress["step"])
+    stopping = runs.stop_run(info.path)
+    assert stopping.status in ("running", "stopping", "stopped")
+    assert later.progress["total_steps"] == 300 * 20
+    assert 0 < later.fraction < 1
+    points = later.progress["points"]
+    assert points and all(isinstance(b, float) and kl >= 0 for _, b, kl in points)
+    assert time.time() - later.progress["heartbeat"] < 10
+    stopped = wait_for(info.path, lambda r: r.status == "stopped")
+    state = json.loads((info.path / "checkpoint" / "trainer_state.json").read_text())
+    assert 0 < state["step"] < 6000
+    assert stopped.progress["step"] == state["step"]
+    assert stopped.resumable and not runs.is_locked(info.path)
+    assert info.name not in [e.name for e in runs.finished_models(root)]
+
+    resumed = runs.resume_run(info.path)
+    assert resumed.status in ("starting", "running")
+    done = wait_for(info.path, lambda r: r.status in ("finished", "failed"), timeout=240)
+    assert done.status == "finished", done.message
+    assert done.progress["step"] == 6000 and done.progress["resumed_from"] == state["step"]
+    assert [p[0] for p in done.progress["points"]] == sorted(p[0] for p in done.progress["points"])
+    assert len(done.progress["history"]) == 300
+    assert info.name in [e.name for e in find_models(root)]
+    assert info.name in [e.name for e in runs.finished_models(root)]
+    model, run = load_model(info.path)
+    assert run.model.hidden == (16,)
+    metrics = json.loads((info.path / "metrics.json").read_text())["training"]
+    assert metrics["steps"] == 6000 and metrics["train_images"] == 400
+    assert (info.path / runs.SAMPLES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "--- launch 2" in (info.path / runs.LOG).read_text()
+    again = subprocess.run([sys.executable, "-m", "iwae_core.runs", "worker", str(info.path)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 4 and "is finished" in again.stderr
+
+
+def test_worker_refuses_a_run_whose_lock_is_held(tmp_path):
+    """The exclusive flock alone decides: with it held elsewhere the worker exits without touching the run."""
+    path = tmp_path / "held"
+    path.mkdir()
+    (path / runs.CONFIG).write_text(tiny().to_json())
+    (path / runs.OPTIONS).write_text("{}")
+    (path / runs.PROGRESS).write_text(json.dumps({"status": "running", "pid": 12345}))
+    with open(path / runs.LOCK, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out = subprocess.run([sys.executable, "-m", "iwae_core.runs", "worker", str(path)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 4
+        assert "pid 12345" in out.stderr
+        assert runs.is_locked(path)
+        assert runs.read_run(path).status == "running"  # a live lock holder keeps its status
+    assert json.loads((path / runs.PROGRESS).read_text()) == {"status": "running", "pid": 12345}
+    assert runs.read_run(path).status == "interrupted"  # the holder is gone: detected
+
+
+@pytest.mark.slow
+def test_limit_queues_or_refuses_and_a_queued_run_starts_when_a_slot_frees(root, monkeypatch):
+    monkeypatch.setenv("IWAE_MAX_RUNS", "1")
+    a = runs.start_run(tiny(epochs=1000), train_images=400, name="a")
+    assert a.status == "starting"
+    with pytest.raises(runs.RunLimitError, match="IWAE_MAX_RUNS"):
+        runs.start_run(tiny(), train_images=400, name="refused", queue=False)
+    assert [r.name for r in runs.list_runs(root)] == ["a"]
+    b = runs.start_run(tiny(epochs=1000), train_images=400, name="b")
+    assert b.status == "queued" and "IWAE_MAX_RUNS=1" in b.message
+    monkeypatch.setattr(runs, "MAX_QUEUED", 1)
+    with pytest.raises(runs.RunLimitError, match="waiting"):
+        runs.start_run(tiny(), train_images=400, name="c")
+    assert runs.dispatch(root) == []  # no free slot: nothing starts
+    with pytest.raises(runs.RunError, match="stop it before deleting"):
+        runs.delete_run(b.path)
+    wait_for(a.path, lambda r: r.status == "running")
+    assert runs.read_run(b.path).status == "queued"
+    second = subprocess.run([sys.executable, "-m", "iwae_core.runs", "worker", str(a.path)],
+                            capture_output=True, text=True, timeout=120)  # a second worker on a live run
+    assert second.returncode == 4 and "another worker" in second.stderr, second.stderr
+    with pytest.raises(runs.RunError, match="only stopped or interrupted"):
+        runs.resume_run(a.path)
+    assert runs.read_run(a.path).status == "running"
+    runs.stop_run(a.path)
+    wait_for(a.path, lambda r: r.status == "stopped")
+    running = wait_for(b.path, lambda r: r.status == "running" and r.progress.get("step", 0) > 0)
+    assert running.progress["pid"] != runs.read_run(a.path).progress["pid"]
+    assert runs.active_runs(root) == ["b"]
+    with pytest.raises(runs.RunLimitError):
+        runs.resume_run(a.path, queue=False)
+    with pytest.raises(runs.RunError, match="stop it before deleting"):
+        runs.delete_run(b.path)
+    runs.delete_run(a.path)
+    assert not a.path.exists() and [r.name for r in runs.list_runs(root)] == ["b"]
+
+
+@pytest.mark.slow
+def test_killed_worker_is_interrupted_and_hung_worker_is_unresponsive(root, monkeypatch):
+    info = runs.start_run(tiny(epochs=1000), train_images=400, name="victim")
+    running = wait_for(info.path, lambda r: r.status == "running" and r.progress.get("step", 0) > 0)
+    pid = running.progress["pid"]
+
+    os.kill(pid, signal.SIGSTOP)  # hung: holds the lock, no heartbeat
+    try:
+        monkeypatch.setattr(runs, "STALE_SECONDS", 1.5)
+        hung = wait_for(info.path, lambda r: r.status == "unresponsive", timeout=30)
+        assert f"pid {pid}" in hung.message and runs.is_locked(info.path)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    monkeypatch.setattr(runs, "STALE_SECONDS", 60.0)
+    wait_for(info.path, lambda r: r.status == "running")
+
+    os.kill(pid, signal.SIGKILL)
+    dead = wait_for(info.path, lambda r: r.status == "interrupted", timeout=30)
+    assert f"pid {pid}" in dead.message and "Resume" in dead.message
+    assert dead.resumable
+    assert json.loads((info.path / runs.PROGRESS).read_text())["status"] == "interrupted"  # written down
+
+
+@pytest.mark.slow
+def test_diverging_run_fails_with_a_clear_message(root):
+    info = runs.start_run(tiny(epochs=3, lr=1e6, variant="iwae-r"), train_images=400, name="nan")
+    done = wait_for(info.path, lambda r: r.status in ("failed", "finished"))
+    assert done.status == "failed"
+    assert "not finite" in done.message or "NaN" in done.message
+    assert "smaller learning rate" in done.message
+    assert not done.resumable and not runs.is_locked(info.path)
+
+
+def test_start_refuses_bad_requests(tmp_path, monkeypatch):
+    monkeypatch.setenv("IWAE_RUNS_DIR", str(tmp_path))
+    with pytest.raises(runs.RunError, match="smaller than one batch"):
+        runs.start_run(tiny(), train_images=5)
+    if not torch.cuda.is_available():
+        bad = tiny()
+        bad.train.device = "cuda"
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            runs.start_run(bad)
+    monkeypatch.setenv("IWAE_MAX_RUNS", "zero")
+    with pytest.raises(runs.RunError, match="IWAE_MAX_RUNS must be a positive integer"):
+        runs.max_runs()
+    assert runs.list_runs() == []
+
+
+def test_runs_dir_and_limit_follow_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("IWAE_RUNS_DIR", str(tmp_path / "r"))
+    monkeypatch.setenv("IWAE_MAX_RUNS", "3")
+    assert runs.runs_dir() == tmp_path / "r" and runs.max_runs() == 3
+    monkeypatch.delenv("IWAE_RUNS_DIR")
+    monkeypatch.delenv("IWAE_MAX_RUNS")
+    assert runs.runs_dir().name == "runs"
+    assert runs.max_runs() == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_curve_points_are_merged_pairwise_and_grid_png_is_written(tmp_path):
+    pts = [[1, 0.0, 2.0], [2, 2.0, 4.0], [3, 4.0, 6.0]]
+    assert runs._halve(pts) == [[2, 1.0, 3.0], [3, 4.0, 6.0]]
+    images = torch.zeros(64, 784)
+    images[0] = 1.0
+    runs.save_grid(images, tmp_path / "g.png")
+    from PIL import Image
+
+    with Image.open(tmp_path / "g.png") as img:
+        assert img.size == (2 * (8 * 30 + 2), 2 * (8 * 30 + 2))
+        assert img.getpixel((2 * 2 + 5, 2 * 2 + 5)) == 255  # the first image is all ink: white
+        assert img.getpixel((2 * 32 + 5, 2 * 2 + 5)) == 0  # the second image is empty: black
+        assert img.getpixel((1, 1)) == 255  # the gaps between images are white
+
+
+# ---- the Train live page -------------------------------------------------------------------------------
+
+def page(tmp_root: Path) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Train_live.py"), default_timeout=60)
+    return at
+
+
+@pytest.mark.slow
+def test_train_live_page_starts_shows_and_stops_a_run(root):
+    at = page(root)
+    at.run()
+    assert not at.exception
+    assert any("No runs yet" in i.value for i in at.info)
+    at.selectbox(key="tl_dataset").set_value("mnist")
+    at.selectbox(key="tl_variant").set_value("iwae-r")
+    at.number_input(key="tl_k").set_value(2)
+    at.number_input(key="tl_hidden").set_value(16)
+    at.number_input(key="tl_z").set_value(2)
+    at.number_input(key="tl_epochs").set_value(1000)
+    at.number_input(key="tl_batch").set_value(20)
+    at.number_input(key="tl_images").set_value(400)
+    at.button(key="FormSubmitter:tl_form-Start training").click()
+    at.run()
+    assert not at.exception, at.exception
+    started = runs.list_runs(root)
+    assert len(started) == 1
+    info = started[0]
+    assert info.run.model.variant == "iwae-r" and info.run.model.hidden == (16,) and info.run.train.k == 2
+    assert info.options["train_images"] == 400 and info.run.train.threads == 1
+    wait_for(info.path, lambda r: r.status == "running" and r.progress.get("step", 0) > 0)
+
+    at.run()  # a reload: the page finds the run on disk
+    assert not at.exception
+    assert at.selectbox(key="tl_run").value == info.name
+    bar = at.get("progress")
+    assert bar, "no progress bar for a running run"
+    done_steps = re.match(r"step ([\d,]+) of 20,000 · epoch \d+ of 1000", bar[0].proto.text)
+    assert done_steps and int(done_steps.group(1).replace(",", "")) > 0, bar[0].proto.text
+    assert any(info.name in str(df.value.to_dict()) for df in at.dataframe)
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    train_trace = next(t for t in spec["data"] if t.get("name") == "train L_k")
+    assert len(train_trace["x"]) > 0 and train_trace["x"] == sorted(train_trace["x"])
+    assert any("status **running**" in m.value for m in at.markdown)
+    assert at.button(key="tl_resume").disabled and not at.button(key="tl_stop").disabled
+
+    at.button(key="tl_stop").click().run()
+    assert not at.exception
+    stopped = wait_for(info.path, lambda r: r.status == "stopped")
+    assert stopped.progress["step"] > 0
+    at.run()
+    assert any("status **stopped**" in m.value for m in at.markdown)
+    assert at.button(key="tl_stop").disabled and not at.button(key="tl_resume").disabled
+
+    at.button(key="tl_resume").click().run()
+    assert not at.exception
+    wait_for(info.path, lambda r: r.status == "running" and r.progress.get("resumed_from") == stopped.progress["step"])

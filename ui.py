@@ -1,0 +1,452 @@
+"""Streamlit helpers shared by the dashboard pages: the model zoo, cached models, data and results,
+URL state (model, k, tau, seed) and export buttons. The maths stays in iwae_core; pages read like scripts.
+
+Where models come from: $IWAE_ZOO_DIRS (folders of model folders, separated by os.pathsep) when set,
+else the shipped pretrained/ models plus the finished runs of the Train live page (runs_dir()).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from iwae_core import checkpoint, data, evaluate, explore, figures
+from iwae_core.model import IWAE
+
+TORCH_LOCK = threading.Lock()  # seeded draws use torch's global RNG: one view computes at a time
+TEST_IMAGES = 2000  # binarised test images kept in memory per dataset
+ACTIVITY_IMAGES = 500  # images for the active-unit count, as in Burda et al.
+TAU_MAX = 3.0
+SEED_MAX = 2**31 - 1
+VARIANT_ORDER = ("iwae", "iwae-r", "iwae-rrec")
+PAGES = {  # page file -> what it shows, for the home page's links
+    "pages/2_Samples.py": "Samples",
+    "pages/3_Latent_traversals.py": "Latent traversals",
+    "pages/4_Weight_variance.py": "Weight variance",
+    "pages/5_Bound_vs_k.py": "Bound vs k",
+}
+ModelRef = tuple[str, int]  # (model folder, mtime of its weights): the cache key of everything computed from it
+
+
+def page_title(path: Path) -> str:
+    """'pages/3_Latent_traversals.py' -> 'Latent traversals' (the pages/ folder naming convention)."""
+    stem = Path(path).stem
+    return stem.split("_", 1)[1].replace("_", " ") if stem.split("_", 1)[0].isdigit() and "_" in stem else stem
+
+
+# ---- the zoo -----------------------------------------------------------------------------------------
+
+def runs_root() -> Path:
+    """The Train live page's run folder (iwae_core.runs.runs_dir)."""
+    from iwae_core.runs import runs_dir
+
+    return runs_dir()
+
+
+def zoo_dirs() -> list[Path] | None:
+    """The folders named by $IWAE_ZOO_DIRS, or None for the default (pretrained/ + finished runs)."""
+    env = os.environ.get("IWAE_ZOO_DIRS")
+    return [Path(p).expanduser() for p in env.split(os.pathsep) if p] if env else None
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def _zoo_entries(dirs: tuple[str, ...] | None, runs: str) -> list[checkpoint.ZooEntry]:
+    if dirs is not None:
+        return checkpoint.find_models(*dirs)
+    from iwae_core.runs import finished_models
+
+    return checkpoint.find_models(checkpoint.PRETRAINED_DIR) + finished_models(runs)
+
+
+def zoo() -> dict[str, checkpoint.ZooEntry]:
+    """Every model the dashboard can show, by a unique label (the folder name, plus its parent if needed)."""
+    dirs = zoo_dirs()
+    entries = _zoo_entries(tuple(str(d) for d in dirs) if dirs is not None else None, str(runs_root()))
+    names = [e.name for e in entries]
+    return {(e.name if names.count(e.name) == 1 else f"{e.name} ({e.path.parent.name})"): e for e in entries}
+
+
+def zoo_sources() -> list[Path]:
+    return zoo_dirs() or [checkpoint.PRETRAINED_DIR, runs_root()]
+
+
+def no_models_message() -> None:
+    """Say where models were looked for and how to get one, then stop the page."""
+    where = ", ".join(f"`{p}`" for p in zoo_sources())
+    st.info(f"No trained model found (looked in {where}). Train one on the **Train live** page, or run "
+            "`iwae train --dataset mnist --variant iwae-r --epochs 1 --out runs/my-model` and add its parent "
+            "folder to IWAE_ZOO_DIRS.")
+    st.stop()
+
+
+def ref(entry: checkpoint.ZooEntry) -> ModelRef:
+    path = Path(entry.path) / "model.safetensors"
+    return str(entry.path), path.stat().st_mtime_ns if path.exists() else 0
+
+
+@st.cache_resource(max_entries=12, show_spinner="Loading model…")
+def _load_model(path: str, mtime: int) -> IWAE:
+    model, _ = checkpoint.load_model(path)
+    return model
+
+
+def load_model(model_ref: ModelRef) -> IWAE:
+    """The model of a folder, loaded once per version of its weights; a broken folder stops the page."""
+    try:
+        return _load_model(*model_ref)
+    except checkpoint.CheckpointError as err:
+        st.error(f"Cannot load the model in `{model_ref[0]}`: {err}")
+        st.stop()
+
+
+def variant_label(variant: str) -> str:
+    return {"iwae": "IWAE", "iwae-r": "IWAE-R", "iwae-rrec": "IWAE-Rrec"}.get(variant, variant)
+
+
+# ---- data --------------------------------------------------------------------------------------------
+
+def data_key() -> str:
+    """The data folder, part of every cache key so a changed IWAE_DATA_DIR is seen."""
+    return str(data.data_root())
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading test images…")
+def _test_set(dataset: str, root: str) -> dict:
+    try:
+        d = data.load_dataset(dataset, root, download=False)
+    except (data.DataNotFoundError, data.DataCorruptError) as err:
+        return {"error": str(err)}
+    return {"x": evaluate.test_binarized(d, TEST_IMAGES), "source": d["source"]}
+
+
+def test_set(dataset: str) -> dict:
+    """The first TEST_IMAGES test images of a dataset, binarised with the evaluation seed, or {'error': why}."""
+    return _test_set(dataset, data_key())
+
+
+def retry_data_button(key: str) -> None:
+    """After adding data, let the user drop the cached 'not found' answer."""
+    if st.button("Look for the data again", key=key):
+        _test_set.clear()
+        st.rerun()
+
+
+def data_status() -> pd.DataFrame:
+    """Whether MNIST and Omniglot are present under data_root(), without loading them."""
+    root = data.data_root()
+    raw = root / "MNIST" / "raw"
+    mnist_files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                   "t10k-labels-idx1-ubyte")
+    mnist = all((raw / f).exists() for f in mnist_files)
+    mats = [root / "chardata.mat", root / "omniglot" / "chardata.mat", root / "OMNIGLOT" / "chardata.mat"]
+    folders = [root / "omniglot-py" / f"images_{s}" for s in ("background", "evaluation")]
+    mat = next((m for m in mats if m.exists()), None)
+    omniglot = mat is not None or all(f.is_dir() for f in folders)
+    return pd.DataFrame([
+        {"dataset": "mnist", "present": mnist, "folder": str(raw), "expected": data.MNIST_LAYOUT},
+        {"dataset": "omniglot", "present": omniglot, "folder": str(mat or root / "omniglot-py"),
+         "expected": data.OMNIGLOT_LAYOUT},
+    ])
+
+
+# ---- cached results (keyed by model version and every setting; sliders only recompute what changed) ----
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def samples(model_ref: ModelRef, n: int, draws: int, tau: float, seed: int) -> np.ndarray:
+    """Bernoulli means for n latent draws (from the seed) under `draws` decoder draws: [draws, n, 784]."""
+    model = _load_model(*model_ref)
+    with TORCH_LOCK:
+        z = explore.latent_draws(model.config.z_dim, n, seed)
+        return explore.decoder_samples(model, z, draws, tau, seed).numpy()
+
+
+@st.cache_data(max_entries=64, show_spinner="Counting active units…")
+def activity(model_ref: ModelRef, dataset: str, root: str) -> dict | None:
+    """Burda's active units on the first ACTIVITY_IMAGES test images, or None without data."""
+    test = _test_set(dataset, root)
+    if "error" in test:
+        return None
+    model = _load_model(*model_ref)
+    with TORCH_LOCK, torch.random.fork_rng():
+        torch.manual_seed(0)
+        return evaluate.active_units(model, test["x"][:ACTIVITY_IMAGES])
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def start_point(model_ref: ModelRef, dataset: str, root: str, index: int | None, tau: float, seed: int) -> np.ndarray:
+    """The traversal's starting z: E_q[z|x] of test image `index`, or a prior draw when index is None."""
+    model = _load_model(*model_ref)
+    with TORCH_LOCK:
+        if index is None:
+            return explore.prior_draw(model.config.z_dim, seed).numpy()
+        x = _test_set(dataset, root)["x"][index]
+        return explore.encoded_mean(model, x, tau, weight_draws=10, seed=seed).numpy()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def traversal(model_ref: ModelRef, z0: tuple[float, ...], units: tuple[int, ...], offsets: tuple[float, ...],
+              tau: float, seed: int) -> np.ndarray:
+    """Traversal images [units, offsets, 784]: unit u set to z0[u] + offset, the rest at z0."""
+    model = _load_model(*model_ref)
+    with TORCH_LOCK:
+        return explore.traversal(model, torch.tensor(z0), list(units), torch.tensor(offsets), tau, seed).numpy()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def reconstruction(model_ref: ModelRef, dataset: str, root: str, index: int, tau: float, seed: int) -> np.ndarray:
+    """Test image `index` and its reconstruction: [2, 784]."""
+    model = _load_model(*model_ref)
+    x = _test_set(dataset, root)["x"][index]
+    with TORCH_LOCK:
+        return torch.stack([x, explore.reconstruction(model, x, tau, seed)]).numpy()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def weight_maps(model_ref: ModelRef) -> dict:
+    """mu / sigma rows of the first encoder and last decoder layer (numpy; sigma None when deterministic)."""
+    maps = explore.weight_maps(_load_model(*model_ref))
+    return {net: {q: (t.numpy() if t is not None else None) for q, t in d.items()} for net, d in maps.items()}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def layer_sigmas(model_ref: ModelRef) -> dict:
+    return {name: s.numpy() for name, s in explore.layer_sigmas(_load_model(*model_ref)).items()}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def weight_table(model_ref: ModelRef) -> pd.DataFrame:
+    return pd.DataFrame(evaluate.weight_statistics(_load_model(*model_ref)))
+
+
+class ResultCache:
+    """A small thread-safe LRU cache shared by all sessions, for results whose computation reports progress
+    to the page: st.cache_data replays the elements a cached function touches, so it cannot drive a bar."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, compute: Callable[[], object]):
+        with self.lock:
+            if key in self.data:
+                self.data.move_to_end(key)
+                return self.data[key]
+        value = compute()
+        with self.lock:
+            self.data[key] = value
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+        return value
+
+
+_BOUNDS = ResultCache(2048)
+
+
+def bound_point(model_ref: ModelRef, dataset: str, root: str, k: int, tau: float, n_images: int, seed: int,
+                progress: Callable[[int, int], None] | None = None) -> dict:
+    """Mean L_k and its standard error over the first n_images test images, for one k; computed once per
+    setting (progress(done, total) hears about each chunk of images while it is computed)."""
+    def compute() -> dict:
+        model = _load_model(*model_ref)
+        x = _test_set(dataset, root)["x"][:n_images]
+        with TORCH_LOCK:
+            return evaluate.bound_vs_k(model, x, [k], noise_scale=tau, seed=seed, progress=progress)[0]
+
+    return dict(_BOUNDS.get((model_ref, dataset, root, k, float(tau), n_images, seed), compute))
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def importance(model_ref: ModelRef, dataset: str, root: str, index: int, k: int, tau: float, seed: int) -> dict:
+    """Importance weights, ESS, L_k and posterior draws z of test image `index` (numpy)."""
+    model = _load_model(*model_ref)
+    x = _test_set(dataset, root)["x"][index]
+    with TORCH_LOCK:
+        r = evaluate.importance_weights(model, x, k, noise_scale=tau, seed=seed)
+    return {key: (v.numpy() if torch.is_tensor(v) else v) for key, v in r.items()}
+
+
+# ---- widgets whose values live in the URL ------------------------------------------------------------
+
+def _init(key: str, param: str, parse: Callable[[str], object], default, valid: Callable[[object], bool]) -> None:
+    """Seed a widget's state from the URL query string on first show (a shared link), else the default."""
+    if key in st.session_state and valid(st.session_state[key]):
+        return
+    value = default
+    raw = st.query_params.get(param)
+    if raw is not None:
+        try:
+            parsed = parse(raw)
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is not None and valid(parsed):
+            value = parsed
+    st.session_state[key] = value
+
+
+def default_models(entries: dict[str, checkpoint.ZooEntry], limit: int = 3) -> list[str]:
+    """IWAE, IWAE-R and IWAE-Rrec of the first dataset that has them (else the first models)."""
+    by_dataset: dict[str, list[str]] = {}
+    for label, e in entries.items():
+        by_dataset.setdefault(e.dataset, []).append(label)
+    for labels in by_dataset.values():
+        chosen = []
+        for v in VARIANT_ORDER:
+            match = [lab for lab in labels if entries[lab].variant == v]
+            if match:
+                chosen.append(match[0])
+        if len(chosen) >= 2:
+            return chosen[:limit]
+    return list(entries)[:limit]
+
+
+def pick_models(page: str, multi: bool = True, prefer: str | None = None) -> dict[str, checkpoint.ZooEntry]:
+    """Sidebar model picker (several or one), seeded from ?model=a,b; stops the page when the zoo is empty.
+    A single picker defaults to the first model of variant `prefer` when there is one."""
+    entries = zoo()
+    if not entries:
+        no_models_message()
+    labels = list(entries)
+    key = f"{page}:model"
+    if multi:
+        _init(key, "model", lambda raw: [x for x in raw.split(",") if x in entries] or None,
+              default_models(entries), lambda v: isinstance(v, list) and all(x in entries for x in v))
+        chosen = st.sidebar.multiselect("Models", labels, key=key, help="Shared in the URL as ?model=a,b")
+    else:
+        defaults = default_models(entries)
+        _init(key, "model", lambda raw: next((x for x in raw.split(",") if x in entries), None),
+              next((lab for lab in defaults if entries[lab].variant == prefer), defaults[0]), lambda v: v in entries)
+        chosen = [st.sidebar.selectbox("Model", labels, key=key, help="Shared in the URL as ?model=name")]
+    return {label: entries[label] for label in chosen}
+
+
+def tau_slider(page: str, default: float = 1.0) -> float:
+    """Weight-noise scale tau: sigma -> tau * sigma (0 = posterior-mean weights, 1 = learned posterior)."""
+    key = f"{page}:tau"
+    _init(key, "tau", lambda raw: round(round(min(max(float(raw), 0.0), TAU_MAX) / 0.05) * 0.05, 2), default,
+          lambda v: isinstance(v, float) and 0 <= v <= TAU_MAX)
+    return st.sidebar.slider("τ (weight-noise scale)", 0.0, TAU_MAX, step=0.05, key=key,
+                             help="σ is replaced by τσ: 0 = posterior-mean weights, 1 = the learned posterior, "
+                                  ">1 exaggerated uncertainty.")
+
+
+def k_slider(page: str, default: int = 100, options: tuple[int, ...] = explore.K_GRID, label: str = "k") -> int:
+    """Number of importance samples, one of `options`; ?k= picks the nearest option."""
+    key = f"{page}:k"
+    _init(key, "k", lambda raw: min(options, key=lambda o: abs(math.log(o) - math.log(max(float(raw), 1)))),
+          default, lambda v: v in options)
+    return st.sidebar.select_slider(label, options=list(options), key=key)
+
+
+def seed_input(page: str, default: int = 0) -> int:
+    key = f"{page}:seed"
+    _init(key, "seed", lambda raw: int(raw) if 0 <= int(raw) <= SEED_MAX else None, default,
+          lambda v: isinstance(v, int) and 0 <= v <= SEED_MAX)
+    return int(st.sidebar.number_input("Seed", 0, SEED_MAX, step=1, key=key,
+                                       help="Same seed, same latent and weight draws: shared in the URL."))
+
+
+def sync_url(**params) -> None:
+    """Write the page's current settings into the URL, so the address reproduces the view."""
+    for name, value in params.items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        st.query_params[name] = str(value)
+
+
+# ---- export ------------------------------------------------------------------------------------------
+
+def export_buttons(fig, name: str) -> None:
+    """Download buttons for one figure (files made only when clicked); PNG/SVG/PDF need a Chromium."""
+    reason = figures.export_unavailable_reason()
+    with st.popover(f"Export {name}", icon=":material/download:"):
+        formats = figures.TEXT_FORMATS if reason else figures.FORMATS
+        cols = st.columns(len(formats))
+        for col, fmt in zip(cols, formats, strict=True):
+            col.download_button(fmt.upper(), data=lambda fmt=fmt: figures.figure_bytes(fig, fmt),
+                                file_name=f"{name}.{fmt}", mime=figures.MIME[fmt], key=f"export:{name}:{fmt}",
+                                on_click="ignore")
+        if reason:
+            st.caption(reason)
+
+
+def zip_button(figs: dict, page: str) -> None:
+    """One button for the whole page: every figure in every available format, in a zip."""
+    reason = figures.export_unavailable_reason()
+    st.download_button("Download all figures (zip)", data=lambda: figures.page_zip(figs), file_name=f"{page}.zip",
+                       mime=figures.MIME["zip"], key=f"export:{page}:zip", on_click="ignore",
+                       icon=":material/folder_zip:",
+                       help="PNG, SVG, PDF, HTML and CSV of every figure on this page"
+                            + (" (no PNG/SVG/PDF here: see README.txt in the zip)" if reason else ""))
+
+
+# ---- the home page's tables --------------------------------------------------------------------------
+
+def _fmt(r: dict | None) -> str:
+    if not r or r.get("mean") is None:
+        return "not evaluated yet"
+    se = r.get("stderr")
+    return f"{r['mean']:.3f} ± {se:.3f}" if se is not None else f"{r['mean']:.3f}"
+
+
+def last_history_row(path: Path) -> dict:
+    """The last row of a model folder's history.csv (empty when there is none)."""
+    try:
+        with open(Path(path) / "history.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    return rows[-1] if rows else {}
+
+
+def zoo_table(entries: dict[str, checkpoint.ZooEntry]) -> pd.DataFrame:
+    """One row per model: what it is, how long it trained, its test log-likelihood and the paper's."""
+    rows = []
+    for label, e in entries.items():
+        test = e.metrics.get("test", {})
+        by_tau = test.get("by_tau", {})
+        training = e.metrics.get("training", {})
+        last = last_history_row(e.path)
+        paper = evaluate.PAPER_TABLE.get(e.dataset, {}).get(e.variant)
+        valid = training.get("final_valid_bound") or (float(last["valid_bound"]) if last.get("valid_bound") else None)
+        rows.append({
+            "model": label, "dataset": e.dataset, "variant": variant_label(e.variant),
+            "layers": f"784-{'-'.join(map(str, e.run.model.hidden))}-{e.run.model.z_dim}", "train k": e.run.train.k,
+            "epochs": training.get("epochs", last.get("epoch", "")),
+            "steps": training.get("steps", last.get("step", "")),
+            "valid L_k": round(valid, 2) if valid is not None else None,
+            "test LL (τ=1)": _fmt(by_tau.get("1")), "test LL (τ=0)": _fmt(by_tau.get("0")),
+            "paper test LL": f"{paper[0]:.3f} ± {paper[1]:.3f}" if paper else "—",
+            "active units": test.get("active_units", ""), "folder": str(e.path),
+        })
+    return pd.DataFrame(rows)
+
+
+def paper_table(entries: dict[str, checkpoint.ZooEntry]) -> pd.DataFrame:
+    """The paper's table with, beside each number, the best evaluated model of that dataset and variant."""
+    rows = []
+    for dataset, variants in evaluate.PAPER_TABLE.items():
+        for variant, (mean, se) in variants.items():
+            ours = [(label, e) for label, e in entries.items() if e.dataset == dataset and e.variant == variant]
+            scored = [(e.metrics["test"]["by_tau"]["1"]["mean"], label, e) for label, e in ours
+                      if e.metrics.get("test", {}).get("by_tau", {}).get("1", {}).get("mean") is not None]
+            if scored:
+                best, label, e = max(scored, key=lambda s: s[0])
+                value, who = _fmt(e.metrics["test"]["by_tau"]["1"]), label
+                diff = f"{best - mean:+.3f}"
+            else:
+                value = "not evaluated yet" if ours else "no model"
+                who, diff = (", ".join(label for label, _ in ours) or "—"), ""
+            rows.append({"dataset": dataset, "variant": variant_label(variant), "paper": f"{mean:.3f} ± {se:.3f}",
+                         "ours (τ=1)": value, "ours − paper": diff, "model": who})
+    return pd.DataFrame(rows)
