@@ -138,6 +138,14 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def select_models(dirs=None) -> list[ZooEntry]:
+    """The model folders named (in their order on disk), or all shipped pretrained models when none are."""
+    if not dirs:
+        return find_models()
+    wanted = {Path(d).resolve() for d in dirs}
+    return [e for e in find_models(*{p.parent for p in wanted}) if e.path.resolve() in wanted]
+
+
 @dataclass
 class ZooEntry:
     """A model folder found on disk, with what its JSON files say about it."""

@@ -89,15 +89,26 @@ def cmd_eval(args) -> int:
         load_model(directory)  # fail early and clearly on a bad folder
         result = evaluate_folder(directory, S=args.k, limit=args.limit, noise_scales=args.noise_scale,
                                  batch_size=args.batch_size, data_dir=args.data_dir, write=not args.no_write,
-                                 mc_repeats=args.mc_repeats, seed=args.seed)
+                                 mc_repeats=args.mc_repeats, mc_images=args.mc_images, seed=args.seed)
         print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_table(args) -> int:
-    from .evaluate import comparison_table
+    from .checkpoint import select_models
+    from .evaluate import comparison_table, paired_differences, write_paired
 
     print(comparison_table(args.dirs or None))
+    if args.paired or args.write:
+        entries = select_models(args.dirs)
+        print("\npaired differences a - b of per-image test LL (tau = 1, same binarised test images):")
+        for dataset in sorted({e.dataset for e in entries}):
+            for r in paired_differences([e for e in entries if e.dataset == dataset]):
+                print(f"{dataset:9} {r['a']:>20} - {r['b']:<20} {r['mean_difference']:+.3f} ± "
+                      f"{r['paired_stderr']:.3f}  ({r['mean_difference'] / r['paired_stderr']:+.1f} SE, "
+                      f"{r['n_images']} images)")
+        if args.write:
+            write_paired(entries)
     return 0
 
 
@@ -145,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--noise-scale", type=float, nargs="+", default=None,
                    help="weight-noise scales tau to evaluate (default: 1 and 0 for random-weight models)")
     e.add_argument("--batch-size", type=int, default=None)
-    e.add_argument("--mc-repeats", type=int, default=3)
+    e.add_argument("--mc-repeats", type=int, default=3, help="repeated estimates for the Monte-Carlo spread")
+    e.add_argument("--mc-images", type=int, default=500, help="images the repeated estimates use")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--data-dir")
     e.add_argument("--no-write", action="store_true", help="print only; leave metrics.json as it is")
@@ -153,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tb = sub.add_parser("table", help="the paper's table beside these models' numbers")
     tb.add_argument("dirs", nargs="*")
+    tb.add_argument("--paired", action="store_true", help="also print paired per-image differences")
+    tb.add_argument("--write", action="store_true", help="store the paired differences in each metrics.json")
     tb.set_defaults(func=cmd_table)
 
     b = sub.add_parser("bench", help="speed and memory benchmarks, printed as ratios")

@@ -89,5 +89,5 @@ class BayesLinear(nn.Module):
             var = F.linear(x * x, w_sigma**2, b_sigma**2)
             rows = max(k, x.shape[0])
             eps = torch.randn(rows, batch, self.out_features, device=x.device, dtype=x.dtype)
-            return mean + var.sqrt() * eps
+            return torch.addcmul(mean, var.sqrt(), eps)
         raise ValueError(f"unknown granularity {granularity!r}; choose batch, datapoint or sample")

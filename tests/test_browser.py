@@ -9,10 +9,10 @@ import re
 import time
 
 import pytest
-from browser_support import IDLE, Server, chromium_path, launch, move_slider, wait_idle
-from support import require_data
 
+from browser_support import IDLE, Server, chromium_path, launch, move_slider, wait_idle
 from iwae_core import runs
+from support import require_data
 
 try:
     from playwright.sync_api import sync_playwright

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
-from support import require_data
 
 from iwae_core import runs
 from iwae_core.checkpoint import find_models, load_model
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig
+from support import require_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
