@@ -85,6 +85,10 @@ class IWAE(nn.Module):
             z.register_hook(lambda grad: grad * w)
         return log_w
 
+    def forward(self, x: torch.Tensor, k: int, **kwargs) -> torch.Tensor:
+        """The log importance weights (see log_weights); forward exists so DDP can wrap the model."""
+        return self.log_weights(x, k, **kwargs)
+
     def kl_divergence(self, encoder: bool = True, decoder: bool = True) -> torch.Tensor:
         """KL(q(weights) || p(weights)) of the chosen networks, in closed form."""
         kl = self._zero()

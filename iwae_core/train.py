@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed
 from .bounds import iwae_bound, surrogate_objective
 from .config import RunConfig
 from .data import Batches, binarize, load_dataset
@@ -64,10 +65,15 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_num_threads(self.cfg.threads or os.cpu_count() or 1)
         self.data = data if data is not None else load_dataset(self.cfg.dataset, data_dir)
-        torch.manual_seed(self.cfg.seed)
+        self.rank, self.world_size = distributed.init_from_env(self.device)
+        torch.manual_seed(self.cfg.seed)  # the same initial weights in every process
         self.model = IWAE(run.model).to(self.device)
+        self.net = distributed.wrap(self.model, self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps)
-        self.batches = Batches(self.data["train"], self.cfg.batch_size, seed=self.cfg.seed)
+        self.batches = Batches(distributed.shard(self.data["train"]), self.cfg.batch_size,
+                               seed=self.cfg.seed + self.rank)
+        if self.world_size > 1:
+            torch.manual_seed(self.cfg.seed + self.rank)  # independent weight and latent noise per process
         self.n_train = len(self.data["train"])
         self.valid = binarize(self.data["valid"][: self.cfg.eval_images], seed=1234).to(self.device)
         self.step, self.epoch, self.batch_in_epoch, self.perm = 0, 0, 0, None
@@ -128,7 +134,7 @@ class Trainer:
     def train_step(self, x: torch.Tensor) -> dict:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        log_w = self.model.log_weights(x, self.cfg.k, estimator=self.cfg.estimator)
+        log_w = self.net(x, self.cfg.k, estimator=self.cfg.estimator)
         kl = self.kl_per_datapoint()
         objective = surrogate_objective(log_w, self.cfg.estimator).mean() - self.cfg.beta * kl
         loss = -objective
@@ -198,8 +204,8 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """Write the model folder and DIR/checkpoint/ (optimizer, RNG, position) atomically."""
-        if not self.out:
+        """Write the model folder and DIR/checkpoint/ (optimizer, RNG, position) atomically (rank 0 only)."""
+        if not self.out or self.rank != 0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt.save_model(self.out, self.model, self.run)
@@ -252,8 +258,8 @@ class Trainer:
         return True
 
     def finish(self, extra_metrics: dict | None = None) -> None:
-        """Write the final model folder with metrics.json describing the run."""
-        if not self.out:
+        """Write the final model folder with metrics.json describing the run (rank 0 only)."""
+        if not self.out or self.rank != 0:
             return
         ckpt.save_model(self.out, self.model, self.run)
         write_history(self.out / "history.csv", self.history)
@@ -263,6 +269,7 @@ class Trainer:
             "dataset": self.cfg.dataset, "variant": self.run.model.variant, "epochs": self.epoch,
             "steps": self.step, "train_seconds": round(self.seconds, 1), "device": str(self.device),
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "processes": self.world_size,
             "source": self.data.get("source"),
             "final_valid_bound": self.history[-1]["valid_bound"] if self.history else None,
             **(extra_metrics or {})}
