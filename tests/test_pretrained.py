@@ -1,0 +1,67 @@
+"""The shipped models: they load, their metadata is complete, and their test LL re-estimates agree with
+metrics.json within its stated Monte-Carlo error (same images, S = 5000, a different seed)."""
+
+import csv
+import math
+
+import pytest
+import torch
+
+from iwae_core import checkpoint as ckpt
+from iwae_core.data import load_dataset
+from iwae_core.evaluate import log_likelihood, test_binarized
+from support import require_data
+
+NAMES = [f"{d}-{v}" for d in ("mnist", "omniglot") for v in ("iwae", "iwae-r", "iwae-rrec")]
+
+
+def test_every_model_is_shipped_and_small():
+    found = {e.name for e in ckpt.find_models()}
+    assert set(NAMES) <= found, set(NAMES) - found
+    kinds = (".safetensors", ".json", ".csv")  # what is shipped; training checkpoints and logs are not
+    shipped = [f for f in ckpt.PRETRAINED_DIR.glob("*/*") if f.is_file() and f.suffix in kinds]
+    total = sum(f.stat().st_size for f in shipped)
+    assert total < 40 * 2**20, f"pretrained/ holds {total / 2**20:.1f} MB"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata(name):
+    path = ckpt.PRETRAINED_DIR / name
+    model, run = ckpt.load_model(path)
+    dataset, variant = name.split("-", 1)
+    assert run.train.dataset == dataset and run.model.variant == variant
+    assert run.model.hidden == (400,) and run.model.z_dim == 40 and run.train.k == 25
+    metrics = ckpt.read_json(path / "metrics.json")
+    training, test = metrics["training"], metrics["test"]
+    assert training["steps"] > 0 and training["train_seconds"] > 0 and training["command"].startswith("iwae train")
+    with open(path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == training["epochs"] and int(rows[-1]["step"]) == training["steps"]
+    assert test["S"] == 5000 and test["n_images"] >= 1000
+    taus = {"1", "0"} if variant != "iwae" else {"1"}
+    assert set(test["by_tau"]) == taus
+    for tau in taus:
+        r = test["by_tau"][tau]
+        assert -200 < r["mean"] < -50 and 0 < r["stderr"] < 2 and r["mc_sd_per_image"] > 0
+    assert 0 < test["active_units"] <= 40
+    assert isinstance(metrics.get("paired"), list) and len(metrics["paired"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_test_ll_reestimate_agrees_with_metrics(name):
+    dataset = name.split("-", 1)[0]
+    require_data("MNIST" if dataset == "mnist" else "omniglot-py")
+    path = ckpt.PRETRAINED_DIR / name
+    model, run = ckpt.load_model(path)
+    stored = ckpt.read_tensors(path / "test_ll.safetensors")["tau=1"]
+    metrics = ckpt.read_json(path / "metrics.json")["test"]["by_tau"]["1"]
+    n = 8
+    x = test_binarized(load_dataset(dataset), n)
+    torch.manual_seed(20261124)
+    fresh = log_likelihood(model, x, S=5000)
+    # Both are S = 5000 estimates of the same images with independent draws: their mean difference has
+    # standard deviation sqrt(2) * mc_sd_per_image / sqrt(n). Allow 4 of those.
+    tol = 4 * math.sqrt(2) * metrics["mc_sd_per_image"] / math.sqrt(n)
+    diff = (fresh - stored[:n]).mean().item()
+    assert abs(diff) < tol, (diff, tol)
