@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +96,25 @@ def test_batches_cover_the_data_once_per_epoch_with_fresh_binarisation():
     first = [xb for _, _, xb in Batches(x, 10, seed=0).epoch()]
     again = [xb for _, _, xb in Batches(x, 10, seed=0).epoch()]
     assert all(torch.equal(a, c) for a, c in zip(first, again, strict=True))  # same seed, same stream
+
+
+def test_chardata_mat_is_preferred_and_read_column_major(tmp_path):
+    """A small file in the layout of Burda et al.'s chardata.mat: 784 x n, one MATLAB column-major image each."""
+    from scipy.io import savemat
+
+    from iwae_core.data import OMNIGLOT_VALID
+
+    rng = np.random.default_rng(0)
+    images = rng.random((OMNIGLOT_VALID + 20, 28, 28)).astype(np.float32)
+    test = rng.random((7, 28, 28)).astype(np.float32)
+    def to_cols(a):  # column j = image j flattened in MATLAB (column-major) order
+        return a.transpose(0, 2, 1).reshape(len(a), -1).T
+
+    savemat(tmp_path / "chardata.mat", {"data": to_cols(images), "testdata": to_cols(test)})
+    data = load_omniglot(tmp_path)
+    assert data["test"].shape == (7, 784) and "chardata.mat" in data["source"]
+    assert torch.allclose(data["test"], torch.from_numpy(test.reshape(7, 784)))  # row-major again
+    train = torch.cat([data["train"], data["valid"]])
+    assert len(data["valid"]) == OMNIGLOT_VALID and len(train) == len(images)
+    rows = {tuple(r[:5].tolist()) for r in train}  # the same images, shuffled
+    assert rows == {tuple(r[:5].tolist()) for r in torch.from_numpy(images.reshape(-1, 784))}
