@@ -126,7 +126,7 @@ def _test_set(dataset: str, root: str) -> dict:
         d = data.load_dataset(dataset, root, download=False)
     except (data.DataNotFoundError, data.DataCorruptError) as err:
         return {"error": str(err)}
-    return {"x": evaluate.test_binarized(d, TEST_IMAGES), "source": d["source"]}
+    return {"x": evaluate.binarized_test_images(d, TEST_IMAGES), "source": d["source"]}
 
 
 def test_set(dataset: str) -> dict:

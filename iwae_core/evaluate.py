@@ -23,7 +23,7 @@ PAPER_TABLE = {  # Hernandez-Lobato et al. (2016), test log-likelihood (mean +- 
 ROWS_PER_CHUNK = 40_000  # (draw, image) rows held at once: about 0.5 GB of activations for 784 pixels
 
 
-def test_binarized(data: dict, limit: int | None = None) -> torch.Tensor:
+def binarized_test_images(data: dict, limit: int | None = None) -> torch.Tensor:
     """The test images binarised with the fixed seed, so every model sees the same binary images."""
     x = binarize(data["test"], seed=TEST_SEED)
     return x[:limit] if limit else x
@@ -141,7 +141,7 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
     directory = Path(directory)
     model, run = ckpt.load_model(directory)
     data = data if data is not None else load_dataset(run.train.dataset, data_dir)
-    x = test_binarized(data, limit)
+    x = binarized_test_images(data, limit)
     random = run.model.random_encoder or run.model.random_decoder
     taus = list(noise_scales) if noise_scales else ([1.0, 0.0] if random else [1.0])
     result = {"S": S, "n_images": len(x), "test_seed": TEST_SEED, "source": data.get("source"), "by_tau": {}}

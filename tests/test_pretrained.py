@@ -9,7 +9,7 @@ import torch
 
 from iwae_core import checkpoint as ckpt
 from iwae_core.data import load_dataset
-from iwae_core.evaluate import log_likelihood, test_binarized
+from iwae_core.evaluate import log_likelihood, binarized_test_images
 from support import require_data
 
 NAMES = [f"{d}-{v}" for d in ("mnist", "omniglot") for v in ("iwae", "iwae-r", "iwae-rrec")]
@@ -57,7 +57,7 @@ def test_test_ll_reestimate_agrees_with_metrics(name):
     stored = ckpt.read_tensors(path / "test_ll.safetensors")["tau=1"]
     metrics = ckpt.read_json(path / "metrics.json")["test"]["by_tau"]["1"]
     n = 8
-    x = test_binarized(load_dataset(dataset), n)
+    x = binarized_test_images(load_dataset(dataset), n)
     torch.manual_seed(20261124)
     fresh = log_likelihood(model, x, S=5000)
     # Both are S = 5000 estimates of the same images with independent draws: their mean difference has
