@@ -9,7 +9,7 @@ import torch
 
 from iwae_core import checkpoint as ckpt
 from iwae_core.data import load_dataset
-from iwae_core.evaluate import log_likelihood, binarized_test_images
+from iwae_core.evaluate import binarized_test_images, log_likelihood
 from support import require_data
 
 NAMES = [f"{d}-{v}" for d in ("mnist", "omniglot") for v in ("iwae", "iwae-r", "iwae-rrec")]
