@@ -1,6 +1,7 @@
 """Dashboard latency in a real browser: cold start to the first painted page, and slider-to-update times.
 
-Usage: python bench/dashboard.py [--zoo DIR ...] [--repeats 3]
+Usage: IWAE_DATA_DIR=DIR python bench/dashboard.py [--zoo DIR ...] [--repeats 3]
+(Bound vs k needs the test images: without IWAE_DATA_DIR that page shows an error and the run stalls.)
 Starts `streamlit run app.py` on a free port (the zoo: pretrained/ + finished runs, or the --zoo folders),
 drives the system Chromium with Playwright, and prints every time and the ratios between them, all from one run.
 A "new" slider value has never been computed; a "cached" one has (the view must not recompute it).
@@ -48,6 +49,14 @@ def open_page(page, url: str) -> float:
     return time.perf_counter() - t0
 
 
+class Results(dict):
+    """Measured times; each is also printed as soon as it is known, so a stalled run still shows its progress."""
+
+    def __setitem__(self, name: str, seconds: float) -> None:
+        super().__setitem__(name, seconds)
+        print(f"  ... {name}: {seconds:.3f} s", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", nargs="*", help="folders of model folders (default: the app's zoo)")
@@ -60,7 +69,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     env = {"IWAE_ZOO_DIRS": os.pathsep.join(args.zoo)} if args.zoo else {}
-    results: dict[str, float] = {}
+    results = Results()
     with sync_playwright() as pw:
         browser = launch(pw, executable)  # the browser is up before the clock starts
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
