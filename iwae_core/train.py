@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,8 +216,7 @@ class Trainer:
         opt_tensors, opt_plain = ckpt.optimizer_tensors(self.optimizer)
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+        shutil.copyfile(self.out / "model.safetensors", tmp / "model.safetensors")  # just written above
         rng = {"torch_rng": torch.get_rng_state(), "batches_rng": self.batches.generator.get_state()}
         if self.perm is not None:
             rng["perm"] = self.perm
