@@ -16,36 +16,38 @@ import time
 
 import torch
 
-from .bounds import surrogate_objective
-from .config import ModelConfig
-from .model import IWAE
+from .allocator import retain_freed_memory
+from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
+from .train import Trainer
 
 BATCH, K = 100, 25
 
 
-def median_time(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
+    """Median seconds per call of each function, timed in turn within every round so that a slow
+    spell of a shared machine hits all of them alike and their ratios stay meaningful."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def train_step_fn(variant: str):
+    """One step of the Trainer itself (the paper preset: objective, KL, Adam, NaN guard) on a fixed batch."""
     torch.manual_seed(0)
-    model = IWAE(ModelConfig.for_variant(variant))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = torch.rand(1000, 784)
+    train = {**PAPER_PRESET["train"], "batch_size": BATCH, "k": K}
+    run = RunConfig(model=ModelConfig.for_variant(variant, **PAPER_PRESET["model"]),
+                    train=TrainConfig(**train, device="cpu", threads=torch.get_num_threads()))
+    trainer = Trainer(run, data={"train": images, "valid": images[:100]})
     x = torch.bernoulli(torch.full((BATCH, 784), 0.13))
-
-    def step():
-        loss = -surrogate_objective(model.log_weights(x, K)).mean() + model.kl_divergence(encoder=False) / 60000
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
+    return lambda: trainer.train_step(x)
 
 
 def bare_matmul_fn():
@@ -88,11 +90,13 @@ report({batch_size} / (time.perf_counter() - t))
 
 
 def run_benchmarks(quick: bool = False) -> dict:
-    repeats = 5 if quick else 20
+    repeats = 5 if quick else 30
+    retain_freed_memory()  # as the Trainer and the evaluation do
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, paper model 784-400-40, "
           f"batch {BATCH}, k {K}")
-    bare = median_time(bare_matmul_fn(), repeats)
-    steps = {v: median_time(train_step_fn(v), repeats) for v in ("iwae", "iwae-rrec", "iwae-r")}
+    fns = {"bare": bare_matmul_fn(), **{v: train_step_fn(v) for v in ("iwae", "iwae-rrec", "iwae-r")}}
+    steps = median_times(fns, repeats)
+    bare = steps.pop("bare")
     print(f"bare matrix products of one step: {bare * 1e3:.1f} ms")
     for v, t in steps.items():
         print(f"train step {v:10s} {t * 1e3:7.1f} ms   step / bare matmuls = {t / bare:.2f}")

@@ -83,7 +83,7 @@ class BayesLinear(nn.Module):
             s = torch.randint(0, 2, (1, batch, self.in_features), device=x.device).to(x.dtype) * 2 - 1
             r = torch.randint(0, 2, (1, batch, self.out_features), device=x.device).to(x.dtype) * 2 - 1
             b_noise = b_sigma * torch.randn(1, batch, self.out_features, device=x.device, dtype=x.dtype)
-            return mean + F.linear(x * s, w_noise) * r + b_noise
+            return torch.addcmul(mean + b_noise, F.linear(x * s, w_noise), r)
         if granularity == "sample":
             # Local reparameterisation: exact for independent weights per row.
             var = F.linear(x * x, w_sigma**2, b_sigma**2)

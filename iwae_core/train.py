@@ -15,6 +15,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed
+from .allocator import retain_freed_memory
 from .bounds import iwae_bound, surrogate_objective
 from .config import RunConfig
 from .data import Batches, binarize, load_dataset
@@ -65,12 +66,15 @@ class Trainer:
         self.device = pick_device(self.cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(self.cfg.threads or os.cpu_count() or 1)
+            retain_freed_memory()
         self.data = data if data is not None else load_dataset(self.cfg.dataset, data_dir)
         self.rank, self.world_size = distributed.init_from_env(self.device)
         torch.manual_seed(self.cfg.seed)  # the same initial weights in every process
         self.model = IWAE(run.model).to(self.device)
         self.net = distributed.wrap(self.model, self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps)
+        # fused: one kernel per step instead of a dozen passes per parameter (CPU and CUDA support it)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps,
+                                          fused=self.device.type in ("cpu", "cuda") or None)
         self.batches = Batches(distributed.shard(self.data["train"]), self.cfg.batch_size,
                                seed=self.cfg.seed + self.rank)
         if self.world_size > 1:
