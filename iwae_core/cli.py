@@ -81,6 +81,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def progress_bar(desc: str):
+    """A progress(done, total) callback drawing a tqdm bar on stderr, a new bar whenever a pass restarts."""
+    from tqdm import tqdm
+
+    state = {"bar": None}
+
+    def update(done: int, total: int) -> None:
+        bar = state["bar"]
+        if bar is None or bar.total != total or done < bar.n:
+            if bar is not None:
+                bar.close()
+            bar = state["bar"] = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=5)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            state["bar"] = None
+    return update
+
+
 def cmd_eval(args) -> int:
     from .checkpoint import load_model
     from .evaluate import evaluate_folder
@@ -89,7 +108,8 @@ def cmd_eval(args) -> int:
         load_model(directory)  # fail early and clearly on a bad folder
         result = evaluate_folder(directory, S=args.k, limit=args.limit, noise_scales=args.noise_scale,
                                  batch_size=args.batch_size, data_dir=args.data_dir, write=not args.no_write,
-                                 mc_repeats=args.mc_repeats, mc_images=args.mc_images, seed=args.seed)
+                                 mc_repeats=args.mc_repeats, mc_images=args.mc_images, seed=args.seed,
+                                 progress=progress_bar(f"test LL {directory}"))
         print(json.dumps(result, indent=2))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -149,7 +150,9 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
     x = binarized_test_images(data, limit)
     random = run.model.random_encoder or run.model.random_decoder
     taus = list(noise_scales) if noise_scales else ([1.0, 0.0] if random else [1.0])
-    result = {"S": S, "n_images": len(x), "test_seed": TEST_SEED, "source": data.get("source"), "by_tau": {}}
+    result = {"S": S, "n_images": len(x), "test_seed": TEST_SEED, "source": data.get("source"),
+              "model_sha256": hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest(),
+              "by_tau": {}}
     per_image = {}
     for tau in taus:
         t0 = time.perf_counter()
@@ -173,17 +176,35 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
     au_x = binarize(data["train"][:500], seed=TEST_SEED)
     result["active_units"] = active_units(model, au_x)["count"]
     result["weights"] = weight_statistics(model)
+    metrics_path = directory / "metrics.json"
+    metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
+    kept = _comparable_taus(metrics.get("test"), result, directory / "test_ll.safetensors")
+    result["by_tau"] = {**{tau: entry for tau, (entry, _) in kept.items()}, **result["by_tau"]}
+    per_image = {**{f"tau={tau}": ll for tau, (_, ll) in kept.items()}, **per_image}
     result["test_ll"] = result["by_tau"]["1"]["mean"] if "1" in result["by_tau"] else None
     if write:
         from safetensors.torch import save_file
 
         ckpt.atomic_write(directory / "test_ll.safetensors",
                           lambda p: save_file({k: v.contiguous() for k, v in per_image.items()}, str(p)))
-        metrics_path = directory / "metrics.json"
-        metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
         metrics["test"] = result
         ckpt.write_json(metrics_path, metrics)
     return result
+
+
+def _comparable_taus(old: dict | None, new: dict, per_image_path: Path) -> dict:
+    """Results for other noise scales from an earlier evaluation of the same weights with the same S,
+    the same test images and seed, kept so that evaluating tau = 0 later does not discard tau = 1."""
+    if not old or not per_image_path.exists() or any(old.get(key) != new[key]
+                                                     for key in ("S", "n_images", "test_seed", "source",
+                                                                 "model_sha256")):
+        return {}
+    try:
+        stored = ckpt.read_tensors(per_image_path)
+    except ckpt.CheckpointError:
+        return {}
+    return {tau: (entry, stored[f"tau={tau}"]) for tau, entry in old.get("by_tau", {}).items()
+            if tau not in new["by_tau"] and f"tau={tau}" in stored}
 
 
 def paired_differences(entries: list[ckpt.ZooEntry], tau: str = "1") -> list[dict]:

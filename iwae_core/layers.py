@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ops import softplus
+
 
 def inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
@@ -51,11 +53,11 @@ class BayesLinear(nn.Module):
 
     @property
     def weight_sigma(self) -> torch.Tensor:
-        return F.softplus(self.weight_rho)
+        return softplus(self.weight_rho)
 
     @property
     def bias_sigma(self) -> torch.Tensor:
-        return F.softplus(self.bias_rho)
+        return softplus(self.bias_rho)
 
     def kl_divergence(self) -> torch.Tensor:
         """KL(q(W, b) || p(W, b)) in closed form; zero for a deterministic layer."""
@@ -83,6 +85,8 @@ class BayesLinear(nn.Module):
             s = torch.randint(0, 2, (1, batch, self.in_features), device=x.device).to(x.dtype) * 2 - 1
             r = torch.randint(0, 2, (1, batch, self.out_features), device=x.device).to(x.dtype) * 2 - 1
             b_noise = b_sigma * torch.randn(1, batch, self.out_features, device=x.device, dtype=x.dtype)
+            # out of place: F.linear's output is a view to autograd, and in-place ops on it make the
+            # backward copy whole tensors (CopySlices)
             return torch.addcmul(mean + b_noise, F.linear(x * s, w_noise), r)
         if granularity == "sample":
             # Local reparameterisation: exact for independent weights per row.

@@ -8,6 +8,7 @@ import torch
 from iwae_core.bounds import bernoulli_log_prob, effective_sample_size, iwae_bound, logmeanexp, normal_log_prob
 from iwae_core.config import ModelConfig
 from iwae_core.model import IWAE
+from iwae_core.ops import softplus
 
 
 def test_logmeanexp_is_stable_far_below_zero():
@@ -96,3 +97,14 @@ def test_bound_increases_with_k_on_average():
     x = torch.bernoulli(torch.full((200, 30), 0.3))
     means = [iwae_bound(model.log_weights(x, k)).mean().item() for k in (1, 5, 50)]
     assert means[0] < means[1] < means[2]
+
+
+def test_softplus_matches_float64_reference_and_has_its_gradient():
+    # Includes x far below 0, where log(1 + exp(x)) ~ exp(x) must not round to 0 (sigma = softplus(rho)).
+    x = torch.cat([torch.linspace(-79, 100, 20001), torch.randn(10_000) * 5])
+    expected = torch.nn.functional.softplus(x.double(), threshold=1000)
+    rel = (softplus(x).double() - expected).abs() / expected
+    assert rel.max().item() < 5e-7  # a few float32 ulps
+    assert softplus(torch.tensor([-30.0])).item() == pytest.approx(math.exp(-30), rel=1e-6)
+    xd = (torch.randn(30, dtype=torch.float64) * 4).requires_grad_(True)
+    assert torch.autograd.gradcheck(softplus, (xd,))

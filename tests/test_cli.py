@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from safetensors.torch import load_file
 
 from iwae_core.cli import main
 from support import require_data
@@ -34,6 +35,16 @@ def test_train_eval_table(tmp_path):
     assert test["S"] == 50 and test["n_images"] == 20 and set(test["by_tau"]) == {"1", "0"}
     assert -400 < test["by_tau"]["1"]["mean"] < -100 and test["by_tau"]["1"]["stderr"] > 0
     assert metrics["training"]["steps"] == 30
+    # Evaluating one noise scale again keeps the other's result for the same weights, images and S ...
+    iwae("eval", str(out), "--k", "50", "--limit", "20", "--mc-repeats", "1", "--noise-scale", "0", "--seed", "7")
+    again = json.loads((out / "metrics.json").read_text())["test"]
+    assert again["by_tau"]["1"] == test["by_tau"]["1"] and again["by_tau"]["0"] != test["by_tau"]["0"]
+    assert set(load_file(str(out / "test_ll.safetensors"))) == {"tau=1", "tau=0"}
+    # ... but not a result on other images.
+    iwae("eval", str(out), "--k", "50", "--limit", "10", "--mc-repeats", "1", "--noise-scale", "0")
+    other = json.loads((out / "metrics.json").read_text())["test"]
+    assert set(other["by_tau"]) == {"0"} and other["n_images"] == 10
+    assert set(load_file(str(out / "test_ll.safetensors"))) == {"tau=0"}
     r = iwae("table", str(out))
     assert "-94.709" in r.stdout and "run" in r.stdout  # the paper's IWAE-Rrec number beside ours
 
