@@ -82,9 +82,10 @@ def test_weight_maps_are_one_row_of_784_per_hidden_unit():
     assert explore.layer_sigmas(model("iwae")) == {}
 
 
-def test_bound_vs_k_reports_progress_without_changing_the_numbers():
+def test_bound_vs_k_reports_progress_without_changing_the_numbers(monkeypatch):
     from iwae_core import evaluate
 
+    monkeypatch.setattr(evaluate, "ROWS_PER_CHUNK", 40_000)
     m = model("iwae-r")
     x = torch.bernoulli(torch.full((6, 784), 0.2), generator=torch.Generator().manual_seed(1))
     calls = []
