@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from . import ops
+
 
 def logmeanexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """log(mean(exp(x))) along dim, computed stably with logsumexp."""
@@ -47,40 +49,8 @@ def normal_log_prob(z: torch.Tensor, mean: torch.Tensor | float, std: torch.Tens
     return (-0.5 * ((z - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-class _BernoulliLogProb(torch.autograd.Function):
-    """sum_d log Bernoulli(x_d | sigmoid(l_d)) with a hand-written backward, x - sigmoid(l).
-
-    log sigmoid(y) with y = l (2x - 1) is computed as min(y, 0) + log sigmoid(|y|) in place on one
-    buffer: ATen's log_sigmoid and log1p are not vectorised on CPU and took a third of a training step.
-    log sigmoid(|y|) = -log(1 + exp(-|y|)) loses at most exp(-|y|) < 1.2e-7 per term where 1 + exp(-|y|)
-    rounds to 1, below float32's rounding of the sum itself. |y| is capped at 80, which changes nothing
-    (sigmoid(80) rounds to 1 in float32 and float64) but keeps exp away from its slow subnormal path,
-    which the large logits of a trained decoder's background pixels would hit.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, logits)
-        y = logits * (2 * x - 1)
-        log_sigmoid_abs = y.abs().clamp_max_(80).sigmoid_().log_()  # -log(1 + exp(-|y|))
-        return y.clamp_max_(0).add_(log_sigmoid_abs).sum(-1)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, logits = ctx.saved_tensors
-        g = grad.unsqueeze(-1)
-        grad_x = grad_logits = None
-        if ctx.needs_input_grad[1]:
-            p = torch.sigmoid(logits)
-            grad_logits = torch.sub(x, p, out=p).mul_(g).sum_to_size(logits.shape)
-        if ctx.needs_input_grad[0]:
-            grad_x = (2 * logits * torch.sigmoid(logits * (1 - 2 * x)) * g).sum_to_size(x.shape)
-        return grad_x, grad_logits
-
-
 def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log prod_d Bernoulli(x_d | sigmoid(logits_d)) for binary x, summed over the last axis.
 
     x and logits broadcast against each other (e.g. x [batch, D] against logits [k, batch, D])."""
-    return _BernoulliLogProb.apply(x, logits)
+    return ops.bernoulli_log_prob(x, logits)

@@ -29,6 +29,43 @@ class _Softplus(torch.autograd.Function):
         return torch.sigmoid(x).mul_(grad)
 
 
+class _BernoulliLogProb(torch.autograd.Function):
+    """sum_d log Bernoulli(x_d | sigmoid(l_d)) with a hand-written backward, x - sigmoid(l).
+
+    log sigmoid(y) with y = l (2x - 1) is computed as min(y, 0) + log sigmoid(|y|) with in-place ops on
+    two buffers: ATen's log_sigmoid and log1p are not vectorised on CPU and took a third of a training step.
+    log sigmoid(|y|) = -log(1 + exp(-|y|)) loses at most exp(-|y|) < 1.2e-7 per term where 1 + exp(-|y|)
+    rounds to 1, below float32's rounding of the sum itself. |y| is capped at 80, which changes nothing
+    (sigmoid(80) rounds to 1 in float32 and float64) but keeps exp away from its slow subnormal path,
+    which the large logits of a trained decoder's background pixels would hit.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, logits)
+        y = logits * (2 * x - 1)
+        log_sigmoid_abs = y.abs().clamp_max_(80).sigmoid_().log_()  # -log(1 + exp(-|y|))
+        return y.clamp_max_(0).add_(log_sigmoid_abs).sum(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, logits = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        grad_x = grad_logits = None
+        if ctx.needs_input_grad[1]:
+            p = torch.sigmoid(logits)
+            grad_logits = torch.sub(x, p, out=p).mul_(g).sum_to_size(logits.shape)
+        if ctx.needs_input_grad[0]:
+            grad_x = (2 * logits * torch.sigmoid(logits * (1 - 2 * x)) * g).sum_to_size(x.shape)
+        return grad_x, grad_logits
+
+
+def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """sum over the last axis of log Bernoulli(x | sigmoid(logits)) for binary x (see bounds.py)."""
+    return _BernoulliLogProb.apply(x, logits)
+
+
 def softplus(x: torch.Tensor) -> torch.Tensor:
     """log(1 + exp(x)), as torch.nn.functional.softplus (without its threshold), in fewer passes."""
     return _Softplus.apply(x)
