@@ -427,6 +427,7 @@ def zoo_table(entries: dict[str, checkpoint.ZooEntry]) -> pd.DataFrame:
             "valid L_k": round(valid, 2) if valid is not None else None,
             "test LL (τ=1)": _fmt(by_tau.get("1")), "test LL (τ=0)": _fmt(by_tau.get("0")),
             "paper test LL": f"{paper[0]:.3f} ± {paper[1]:.3f}" if paper else "—",
+            "test images": test.get("n_images", ""), "S": test.get("S", ""),
             "active units": test.get("active_units", ""), "folder": str(e.path),
         })
     return pd.DataFrame(rows)

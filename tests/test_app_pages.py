@@ -106,13 +106,14 @@ def test_home_shows_evaluated_numbers_next_to_the_papers(tiny_zoo, tmp_path, mon
     metrics_path = tmp_path / "zoo" / "tiny-iwae-r" / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     metrics["test"] = {"by_tau": {"1": {"mean": -120.5, "stderr": 0.4}, "0": {"mean": -121.25, "stderr": 0.5}},
-                       "active_units": 3}
+                       "active_units": 3, "n_images": 250, "S": 1000}
     write_json(metrics_path, metrics)
     monkeypatch.setenv("IWAE_ZOO_DIRS", str(tmp_path / "zoo"))
     at = open_app()
     row = at.dataframe[0].value.iloc[0]
     assert (row["test LL (τ=1)"], row["test LL (τ=0)"], row["active units"]) == ("-120.500 ± 0.400",
                                                                                  "-121.250 ± 0.500", 3)
+    assert (row["test images"], row["S"]) == (250, 1000)  # how much of the test set the numbers cover
     paper = at.dataframe[1].value.set_index(["dataset", "variant"])
     assert paper.loc[("mnist", "IWAE-R"), "ours (τ=1)"] == "-120.500 ± 0.400"
     assert paper.loc[("mnist", "IWAE-R"), "ours − paper"] == f"{-120.5 + 94.346:+.3f}"
