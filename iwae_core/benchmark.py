@@ -1,6 +1,7 @@
 """`iwae bench`: speed and memory of the paper model on this machine, printed as ratios from one run.
 
-- training step (batch 100, k = 25) / the bare matrix products of the same step, per variant;
+- training step (batch 100, k = 25) / the bare matrix products of an IWAE step, and / those of the
+  variant's own step (a random layer has twice the products), per variant;
 - IWAE-R step / IWAE step;
 - test log-likelihood (S = 5000): images per second, and peak memory for several batch sizes, each
   measured in a fresh process so peaks do not mask each other.
@@ -50,17 +51,25 @@ def train_step_fn(variant: str):
     return lambda: trainer.train_step(x)
 
 
-def bare_matmul_fn():
-    """The matrix products of one deterministic IWAE step: forward, and both backward products per layer."""
-    shapes = [(BATCH, 784, 400), (BATCH, 400, 80), (BATCH * K, 40, 400), (BATCH * K, 400, 784)]
-    mats = [(torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)) for m, k, n in shapes]
+def bare_matmul_fn(variant: str = "iwae"):
+    """The matrix products of one training step of `variant`: per layer the forward product, and the
+    weight- and input-gradient products (no input gradient for the data). A random layer has two of each:
+    the mean and the noise path (Flipout in the decoder, local reparameterisation in the encoder)."""
+    config = ModelConfig.for_variant(variant)
+    random_encoder, random_decoder = config.random_encoder, config.random_decoder
+    rows_enc2 = BATCH * K if random_encoder else BATCH  # a random encoder's samples differ after layer 1
+    layers = [(BATCH, 784, 400, random_encoder, False), (rows_enc2, 400, 80, random_encoder, True),
+              (BATCH * K, 40, 400, random_decoder, True), (BATCH * K, 400, 784, random_decoder, True)]
+    mats = [(torch.randn(m, k), torch.randn(k, n), torch.randn(m, n), 2 if random else 1, input_grad)
+            for m, k, n, random, input_grad in layers]
 
     def step():
-        for i, (a, w, g) in enumerate(mats):
-            a @ w  # forward
-            a.T @ g  # weight gradient
-            if i != 0:
-                g @ w.T  # input gradient (none needed for the data)
+        for a, w, g, copies, input_grad in mats:
+            for _ in range(copies):
+                a @ w  # forward
+                a.T @ g  # weight gradient
+                if input_grad:
+                    g @ w.T  # input gradient
     return step
 
 
@@ -94,12 +103,16 @@ def run_benchmarks(quick: bool = False) -> dict:
     retain_freed_memory()  # as the Trainer and the evaluation do
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, paper model 784-400-40, "
           f"batch {BATCH}, k {K}")
-    fns = {"bare": bare_matmul_fn(), **{v: train_step_fn(v) for v in ("iwae", "iwae-rrec", "iwae-r")}}
-    steps = median_times(fns, repeats)
-    bare = steps.pop("bare")
-    print(f"bare matrix products of one step: {bare * 1e3:.1f} ms")
+    variants = ("iwae", "iwae-rrec", "iwae-r")
+    fns = {**{f"bare {v}": bare_matmul_fn(v) for v in variants}, **{v: train_step_fn(v) for v in variants}}
+    times = median_times(fns, repeats)
+    steps = {v: times[v] for v in variants}
+    bare = times["bare iwae"]
+    print(f"bare matrix products of one IWAE step: {bare * 1e3:.1f} ms")
     for v, t in steps.items():
-        print(f"train step {v:10s} {t * 1e3:7.1f} ms   step / bare matmuls = {t / bare:.2f}")
+        own = times[f"bare {v}"]
+        print(f"train step {v:10s} {t * 1e3:7.1f} ms   step / IWAE bare matmuls = {t / bare:.2f}   "
+              f"step / its own bare matmuls ({own * 1e3:.1f} ms) = {t / own:.2f}")
     print(f"iwae-r step / iwae step = {steps['iwae-r'] / steps['iwae']:.2f}   "
           f"iwae-rrec step / iwae step = {steps['iwae-rrec'] / steps['iwae']:.2f}")
     S = 5000
@@ -110,4 +123,5 @@ def run_benchmarks(quick: bool = False) -> dict:
         rate = f"{m['images_per_s']:.2f} images/s" if m["images_per_s"] else f"stopped after {seconds:.0f} s"
         print(f"test LL S={S}, iwae-r, batch {b:>6}: peak RSS {m['peak_mb']:7.0f} MB "
               f"(+{m['peak_mb'] - m['base_mb']:.0f} MB over the loaded interpreter), {rate}")
-    return {"bare_s": bare, "steps_s": steps, "eval": mem}
+    return {"bare_s": bare, "bare_by_variant_s": {v: times[f"bare {v}"] for v in variants}, "steps_s": steps,
+            "eval": mem}
