@@ -2,6 +2,7 @@
 metrics.json within its stated Monte-Carlo error (same images, S = 5000, a different seed)."""
 
 import csv
+import hashlib
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from iwae_core.data import load_dataset
 from iwae_core.evaluate import binarized_test_images, log_likelihood
 from support import require_data
 
+TEST_IMAGES = {"mnist": 10_000, "omniglot": 8_115}
 NAMES = [f"{d}-{v}" for d in ("mnist", "omniglot") for v in ("iwae", "iwae-r", "iwae-rrec")]
 
 
@@ -37,7 +39,11 @@ def test_metadata(name):
     with open(path / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == training["epochs"] and int(rows[-1]["step"]) == training["steps"]
-    assert test["S"] == 5000 and test["n_images"] >= 1000
+    # The full protocol: the whole test set, on exactly the weights that are shipped.
+    assert test["S"] == 5000 and test["n_images"] == TEST_IMAGES[dataset]
+    assert test["model_sha256"] == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    per_image = ckpt.read_tensors(path / "test_ll.safetensors")
+    assert all(len(v) == test["n_images"] for v in per_image.values())
     taus = {"1", "0"} if variant != "iwae" else {"1"}
     assert set(test["by_tau"]) == taus
     for tau in taus:
@@ -45,6 +51,7 @@ def test_metadata(name):
         assert -200 < r["mean"] < -50 and 0 < r["stderr"] < 2 and r["mc_sd_per_image"] > 0
     assert 0 < test["active_units"] <= 40
     assert isinstance(metrics.get("paired"), list) and len(metrics["paired"]) == 2
+    assert all(p["n_images"] == test["n_images"] for p in metrics["paired"])
 
 
 @pytest.mark.slow
