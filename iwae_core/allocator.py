@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest accepted value on 64-bit systems
 TRIM_THRESHOLD = 1 << 30
 
-_state: dict[str, bool] = {}
-
-
+@functools.cache
 def retain_freed_memory() -> bool:
     """Tune glibc malloc once per process (a no-op elsewhere); returns whether the tuning is active."""
-    if "active" not in _state:
-        _state["active"] = _tune()
-    return _state["active"]
-
-
-def _tune() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c")

@@ -123,5 +123,4 @@ def run_benchmarks(quick: bool = False) -> dict:
         rate = f"{m['images_per_s']:.2f} images/s" if m["images_per_s"] else f"stopped after {seconds:.0f} s"
         print(f"test LL S={S}, iwae-r, batch {b:>6}: peak RSS {m['peak_mb']:7.0f} MB "
               f"(+{m['peak_mb'] - m['base_mb']:.0f} MB over the loaded interpreter), {rate}")
-    return {"bare_s": bare, "bare_by_variant_s": {v: times[f"bare {v}"] for v in variants}, "steps_s": steps,
-            "eval": mem}
+    return {"bare_s": {v: times[f"bare {v}"] for v in variants}, "steps_s": steps, "eval": mem}
