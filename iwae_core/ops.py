@@ -1,7 +1,7 @@
 """Element-wise functions with hand-written backward passes, for speed on CPU.
 
-ATen's softplus, log_sigmoid and log1p run scalar loops on CPU; these use the vectorised exp, log and
-sigmoid instead and keep full float32 accuracy (tests compare them with float64 references).
+ATen's softplus, log_sigmoid and log1p run scalar loops on CPU, and its tanh is an eighth as fast as its
+sigmoid; these use the vectorised exp, log and sigmoid instead. Tests compare them with float64 references.
 """
 
 from __future__ import annotations
@@ -27,6 +27,23 @@ class _Softplus(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return torch.sigmoid(x).mul_(grad)
+
+
+class _Tanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        # tanh(x) = 2 sigmoid(2x) - 1: absolute error below 2e-7 (float32's spacing near +-1 is 1.2e-7),
+        # which is what a hidden activation needs: the next layer sums it with values of order 1. The
+        # relative error near 0 is larger than torch.tanh's; use torch.tanh where that matters.
+        t = (2 * x).sigmoid_().mul_(2).sub_(1)
+        ctx.save_for_backward(t)
+        return t
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (t,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, t)  # grad * (1 - t^2)
 
 
 class _BernoulliLogProb(torch.autograd.Function):
@@ -69,3 +86,8 @@ def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 def softplus(x: torch.Tensor) -> torch.Tensor:
     """log(1 + exp(x)), as torch.nn.functional.softplus (without its threshold), in fewer passes."""
     return _Softplus.apply(x)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh for hidden-layer activations (absolute error below 2e-7; see _Tanh)."""
+    return _Tanh.apply(x)

@@ -8,7 +8,7 @@ import torch
 from iwae_core.bounds import bernoulli_log_prob, effective_sample_size, iwae_bound, logmeanexp, normal_log_prob
 from iwae_core.config import ModelConfig
 from iwae_core.model import IWAE
-from iwae_core.ops import softplus
+from iwae_core.ops import softplus, tanh
 
 
 def test_logmeanexp_is_stable_far_below_zero():
@@ -108,3 +108,17 @@ def test_softplus_matches_float64_reference_and_has_its_gradient():
     assert softplus(torch.tensor([-30.0])).item() == pytest.approx(math.exp(-30), rel=1e-6)
     xd = (torch.randn(30, dtype=torch.float64) * 4).requires_grad_(True)
     assert torch.autograd.gradcheck(softplus, (xd,))
+
+
+def test_tanh_has_float32_absolute_accuracy_and_the_exact_gradient():
+    # A hidden activation is summed with values of order 1 by the next layer: the absolute error counts.
+    x = torch.cat([torch.linspace(-20, 20, 400_001), torch.logspace(-30, 1, 1000), -torch.logspace(-30, 1, 1000),
+                   torch.tensor([0.0, 100.0, -100.0, float("inf"), float("-inf")])])
+    err = (tanh(x).double() - torch.tanh(x.double())).abs()
+    assert err.max().item() < 2e-7  # float32's spacing near +-1 is 1.2e-7
+    assert tanh(torch.tensor([float("nan")])).isnan().all()
+    xr = (torch.randn(10_000) * 3).requires_grad_(True)
+    (g,) = torch.autograd.grad(tanh(xr).sum(), xr)
+    assert (g.double() - (1 - torch.tanh(xr.detach().double()) ** 2)).abs().max().item() < 5e-7
+    xd = (torch.randn(30, dtype=torch.float64) * 3).requires_grad_(True)
+    assert torch.autograd.gradcheck(tanh, (xd,))

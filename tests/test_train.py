@@ -83,6 +83,24 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(small
     assert state["step"] == 40
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_weight_made_non_finite_by_the_update_stops_training(small_mnist, bad):
+    """The loss is still finite when the optimizer writes NaN or inf into a weight; the check after the
+    update must catch it before the weights are used or checkpointed."""
+    trainer = Trainer(tiny_run("iwae-r", max_steps=5), data=small_mnist)
+    x = small_mnist["train"][:8].bernoulli()
+    trainer.train_step(x)
+    rho = trainer.model.decoder.layers[1].weight_rho
+
+    def poison(grad):
+        grad = grad.clone()
+        grad[3, 2] = bad
+        return grad
+    rho.register_hook(poison)
+    with pytest.raises(TrainingDiverged, match="a weight became NaN or infinite"):
+        trainer.train_step(x)
+
+
 def test_resume_refuses_a_checkpoint_of_another_model(small_mnist, tmp_path):
     Trainer(tiny_run("iwae", max_steps=5), out=tmp_path, data=small_mnist).fit()
     other = Trainer(tiny_run("iwae-r", max_steps=5), out=tmp_path, data=small_mnist)
