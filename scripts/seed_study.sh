@@ -17,17 +17,18 @@ for seed in 0 1 2; do for variant in iwae-r iwae-rrec iwae; do echo "$variant $s
       --out "$dir" "${resume[@]}" > "$dir.train.log" 2>&1
     OMP_NUM_THREADS=1 "$IWAE" eval "$dir" --k 5000 --limit 1000 --noise-scale 1 --mc-repeats 1 > "$dir.eval.log" 2>&1'
 "$PYTHON" - <<'PY'
-import json, math, pathlib
-from safetensors.torch import load_file
+import json, pathlib
+from iwae_core.checkpoint import find_models
+from iwae_core.evaluate import paired_differences
 out = pathlib.Path("runs/seed-study")
+models = find_models(out)
 summary = []
 for seed in (0, 1, 2):
-    ll = {v: load_file(str(out / f"mnist-{v}-s{seed}" / "test_ll.safetensors"))["tau=1"]
-          for v in ("iwae", "iwae-r", "iwae-rrec")}
-    row = {"seed": seed, **{v: ll[v].mean().item() for v in ll}}
-    for a, b in (("iwae-r", "iwae"), ("iwae-rrec", "iwae"), ("iwae-r", "iwae-rrec")):
-        d = ll[a] - ll[b]
-        row[f"{a} - {b}"] = [d.mean().item(), (d.std() / math.sqrt(len(d))).item()]
+    group = [e for e in models if e.name.endswith(f"-s{seed}")]
+    variant = {e.name: e.variant for e in group}
+    row = {"seed": seed, **{e.variant: e.metrics["test"]["by_tau"]["1"]["mean"] for e in group}}
+    for p in paired_differences(group):  # names sort as iwae-r < iwae-rrec < iwae: a - b as in the README
+        row[f"{variant[p['a']]} - {variant[p['b']]}"] = [p["mean_difference"], p["paired_stderr"]]
     summary.append(row)
     print(json.dumps(row))
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
