@@ -20,7 +20,7 @@ def build_run(args) -> RunConfig:
         if getattr(args, name) is not None:
             model_kw[name] = tuple(args.hidden) if name == "hidden" else getattr(args, name)
     for name in ("k", "epochs", "max_steps", "batch_size", "lr", "lr_final", "device", "estimator", "beta",
-                 "seed", "threads"):
+                 "seed", "threads", "init_from"):
         if getattr(args, name) is not None:
             train_kw[name] = getattr(args, name)
     train_kw["dataset"] = args.dataset
@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--data-dir")
     t.add_argument("--out", required=True)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--init-from", metavar="DIR",
+                   help="start from the weights of this trained model folder: a further training stage with "
+                        "its own schedule, counting on from that model's epochs and history")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="test log-likelihood and diagnostics of model folders")

@@ -82,6 +82,9 @@ class TrainConfig:
     checkpoint_every: float = 60.0  # seconds of training between checkpoints
     eval_k: int = 100
     eval_images: int = 400  # validation images for the per-epoch bound
+    # a trained model folder whose weights start this run: a new training stage with its own schedule
+    # (fresh Adam state), counted on from that model's epochs, steps and history
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:

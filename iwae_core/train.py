@@ -70,7 +70,13 @@ class Trainer:
         self.data = data if data is not None else load_dataset(self.cfg.dataset, data_dir)
         self.rank, self.world_size = distributed.init_from_env(self.device)
         torch.manual_seed(self.cfg.seed)  # the same initial weights in every process
-        self.model = IWAE(run.model).to(self.device)
+        self.model = IWAE(run.model)
+        # what earlier stages did (zero for a run from scratch); this run's epochs and steps count on
+        self.before = {"epochs": 0, "steps": 0, "train_seconds": 0.0, "history": [], "stages": []}
+        if self.cfg.init_from:
+            self.before = read_earlier_stages(self.cfg.init_from, run)
+            ckpt.load_state(self.model, Path(self.cfg.init_from) / "model.safetensors")
+        self.model = self.model.to(self.device)
         self.net = distributed.wrap(self.model, self.device)
         # fused: one kernel per step instead of a dozen passes per parameter (CPU and CUDA support it)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps,
@@ -82,7 +88,7 @@ class Trainer:
         self.n_train = len(self.data["train"])
         self.valid = binarize(self.data["valid"][: self.cfg.eval_images], seed=1234).to(self.device)
         self.step, self.epoch, self.batch_in_epoch, self.perm = 0, 0, 0, None
-        self.history: list[dict] = []
+        self.history: list[dict] = list(self.before["history"])
         self.seconds = 0.0
         self._stop = False
         self._epoch_sums = {"bound": 0.0, "n": 0}
@@ -197,10 +203,11 @@ class Trainer:
         kl = self.kl_per_datapoint().item()
         train_bound = self._epoch_sums["bound"] / n
         enc_sigma, dec_sigma = self.sigma_means()
-        row = {"epoch": self.epoch, "step": self.step, "lr": self.lr_at(self.step), "train_bound": train_bound,
+        row = {"epoch": self.before["epochs"] + self.epoch, "step": self.before["steps"] + self.step,
+               "lr": self.lr_at(self.step), "train_bound": train_bound,
                "kl_per_datapoint": kl, "objective": train_bound - self.cfg.beta * kl, "valid_bound": valid,
                "mean_sigma_encoder": enc_sigma, "mean_sigma_decoder": dec_sigma,
-               "seconds": round(self.seconds, 2)}
+               "seconds": round(self.before["train_seconds"] + self.seconds, 2)}
         self.history.append(row)
         self._epoch_sums = {"bound": 0.0, "n": 0}
         for hook in self.hooks.on_epoch:
@@ -270,14 +277,20 @@ class Trainer:
         write_history(self.out / "history.csv", self.history)
         metrics_path = self.out / "metrics.json"
         metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
+        extra_metrics = extra_metrics or {}
+        stage = {"epochs": self.epoch, "steps": self.step, "train_seconds": round(self.seconds, 1),
+                 "lr": self.cfg.lr, "lr_final": self.cfg.lr_final, "batch_size": self.cfg.batch_size,
+                 "init_from": self.cfg.init_from, "command": extra_metrics.get("command")}
         metrics["training"] = {
-            "dataset": self.cfg.dataset, "variant": self.run.model.variant, "epochs": self.epoch,
-            "steps": self.step, "train_seconds": round(self.seconds, 1), "device": str(self.device),
+            "dataset": self.cfg.dataset, "variant": self.run.model.variant,
+            "epochs": self.before["epochs"] + self.epoch, "steps": self.before["steps"] + self.step,
+            "train_seconds": round(self.before["train_seconds"] + self.seconds, 1), "device": str(self.device),
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "processes": self.world_size,
             "source": self.data.get("source"),
             "final_valid_bound": self.history[-1]["valid_bound"] if self.history else None,
-            **(extra_metrics or {})}
+            **extra_metrics,
+            "stages": self.before["stages"] + [stage]}
         ckpt.write_json(metrics_path, metrics)
 
 
@@ -288,3 +301,40 @@ def write_history(path: Path, rows: list[dict]) -> None:
             w.writeheader()
             w.writerows(rows)
     ckpt.atomic_write(path, write)
+
+
+def read_earlier_stages(folder: str | os.PathLike, run: RunConfig) -> dict:
+    """Epochs, steps, seconds, history rows and stages of the model folder a run starts from."""
+    folder = Path(folder)
+    earlier = ckpt.load_run_config(folder)
+    if earlier.model != run.model or earlier.train.dataset != run.train.dataset:
+        raise ckpt.CheckpointError(
+            f"{folder} holds a {earlier.train.dataset} {earlier.model.variant} model with other sizes or "
+            f"settings; a run can only start from a model of the same --dataset, --variant and sizes")
+    metrics_path = folder / "metrics.json"
+    training = ckpt.read_json(metrics_path).get("training") if metrics_path.exists() else None
+    if not training:
+        raise ckpt.CheckpointError(f"{metrics_path} has no training record: {folder} is not a trained model folder")
+    history = read_history(folder / "history.csv")
+    if len(history) != training["epochs"]:
+        raise ckpt.CheckpointError(f"{folder}/history.csv has {len(history)} epochs, its metrics.json "
+                                   f"{training['epochs']}: the folder is inconsistent")
+    stages = training.get("stages") or [
+        {key: training.get(key) for key in ("epochs", "steps", "train_seconds", "command")}
+        | {"lr": earlier.train.lr, "lr_final": earlier.train.lr_final, "batch_size": earlier.train.batch_size,
+           "init_from": None}]
+    return {"epochs": training["epochs"], "steps": training["steps"], "train_seconds": training["train_seconds"],
+            "history": history, "stages": stages}
+
+
+def read_history(path: Path) -> list[dict]:
+    """history.csv back as the rows the Trainer keeps (numbers as numbers, empty cells as None)."""
+    if not path.exists():
+        raise ckpt.CheckpointError(f"{path} is missing")
+
+    def value(name: str, text: str):
+        if text == "":
+            return None
+        return int(text) if name in ("epoch", "step") else float(text)
+    with open(path, newline="") as f:
+        return [{name: value(name, row[name]) for name in HISTORY_FIELDS} for row in csv.DictReader(f)]

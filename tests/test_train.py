@@ -114,3 +114,34 @@ def test_lr_schedule_is_cosine_from_lr_to_lr_final(small_mnist):
     assert trainer.lr_at(0) == pytest.approx(1e-3)
     assert trainer.lr_at(total // 2) == pytest.approx(5.5e-4, rel=1e-2)
     assert trainer.lr_at(total) == pytest.approx(1e-4)
+
+
+def test_init_from_continues_a_trained_model_as_a_new_stage(small_mnist, tmp_path):
+    first = Trainer(tiny_run(epochs=1), out=tmp_path / "a", data=small_mnist)
+    first.fit()
+    first.finish({"command": "iwae train first"})
+    second = Trainer(tiny_run(epochs=1, lr=1e-3, seed=1, init_from=str(tmp_path / "a")), out=tmp_path / "b",
+                     data=small_mnist)
+    start = {name: p.clone() for name, p in second.model.state_dict().items()}
+    trained, _ = ckpt.load_model(tmp_path / "a")
+    assert all(torch.equal(start[name], p) for name, p in trained.state_dict().items())
+    assert second.fit() == "finished"
+    second.finish({"command": "iwae train second"})
+    training = json.loads((tmp_path / "b" / "metrics.json").read_text())["training"]
+    assert (training["epochs"], training["steps"]) == (2, 200)  # one epoch of 100 steps in each stage
+    assert [s["command"] for s in training["stages"]] == ["iwae train first", "iwae train second"]
+    assert [s["steps"] for s in training["stages"]] == [100, 100]
+    assert training["stages"][1]["init_from"] == str(tmp_path / "a")
+    rows = (tmp_path / "b" / "history.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:2] for r in rows] == [["1", "100"], ["2", "200"]]
+    assert float(rows[1].split(",")[2]) == pytest.approx(1e-3)  # the new stage's own schedule
+
+
+def test_init_from_refuses_a_model_of_other_sizes(small_mnist, tmp_path):
+    first = Trainer(tiny_run(max_steps=5, epochs=1), out=tmp_path / "a", data=small_mnist)
+    first.fit()
+    first.finish({"command": "iwae train first"})
+    other = RunConfig(ModelConfig.for_variant("iwae", hidden=(32,), z_dim=8),
+                      TrainConfig(k=5, batch_size=50, epochs=1, threads=1, init_from=str(tmp_path / "a")))
+    with pytest.raises(ckpt.CheckpointError, match="other sizes"):
+        Trainer(other, out=tmp_path / "b", data=small_mnist)
