@@ -2,7 +2,8 @@
 
 - training step (batch 100, k = 25) / the bare matrix products of an IWAE step, and / those of the
   variant's own step (a random layer has twice the products), per variant;
-- IWAE-R step / IWAE step;
+- IWAE-R step / IWAE step, with the Trainer's default noise-path precision and, where that is bfloat16,
+  also with float32;
 - test log-likelihood (S = 5000): images per second, and peak memory for several batch sizes, each
   measured in a fresh process so peaks do not mask each other.
 """
@@ -19,7 +20,7 @@ import torch
 
 from .allocator import retain_freed_memory
 from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
-from .train import Trainer
+from .train import Trainer, noise_dtype
 
 BATCH, K = 100, 25
 
@@ -39,13 +40,14 @@ def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def train_step_fn(variant: str):
+def train_step_fn(variant: str, noise_precision: str = "auto"):
     """One step of the Trainer itself (the paper preset: objective, KL, Adam, NaN guard) on a fixed batch."""
     torch.manual_seed(0)
     images = torch.rand(1000, 784)
     train = {**PAPER_PRESET["train"], "batch_size": BATCH, "k": K}
     run = RunConfig(model=ModelConfig.for_variant(variant, **PAPER_PRESET["model"]),
-                    train=TrainConfig(**train, device="cpu", threads=torch.get_num_threads()))
+                    train=TrainConfig(**train, device="cpu", threads=torch.get_num_threads(),
+                                      noise_precision=noise_precision))
     trainer = Trainer(run, data={"train": images, "valid": images[:100]})
     x = torch.bernoulli(torch.full((BATCH, 784), 0.13))
     return lambda: trainer.train_step(x)
@@ -104,17 +106,24 @@ def run_benchmarks(quick: bool = False) -> dict:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, paper model 784-400-40, "
           f"batch {BATCH}, k {K}")
     variants = ("iwae", "iwae-rrec", "iwae-r")
+    precision = str(noise_dtype("auto", torch.device("cpu")) or torch.float32).removeprefix("torch.")
+    print(f"noise-path products of the random layers: {precision} (the Trainer's default, auto, on this CPU)")
     fns = {**{f"bare {v}": bare_matmul_fn(v) for v in variants}, **{v: train_step_fn(v) for v in variants}}
+    if precision != "float32":
+        fns["iwae-r float32"] = train_step_fn("iwae-r", noise_precision="float32")
     times = median_times(fns, repeats)
-    steps = {v: times[v] for v in variants}
+    steps = {v: times[v] for v in fns if not v.startswith("bare")}
     bare = times["bare iwae"]
-    print(f"bare matrix products of one IWAE step: {bare * 1e3:.1f} ms")
+    print(f"bare float32 matrix products of one IWAE step: {bare * 1e3:.1f} ms")
     for v, t in steps.items():
-        own = times[f"bare {v}"]
-        print(f"train step {v:10s} {t * 1e3:7.1f} ms   step / IWAE bare matmuls = {t / bare:.2f}   "
-              f"step / its own bare matmuls ({own * 1e3:.1f} ms) = {t / own:.2f}")
-    print(f"iwae-r step / iwae step = {steps['iwae-r'] / steps['iwae']:.2f}   "
-          f"iwae-rrec step / iwae step = {steps['iwae-rrec'] / steps['iwae']:.2f}")
+        own = times[f"bare {v.split()[0]}"]
+        name = v if v in variants else "iwae-r, float32 noise path"
+        print(f"train step {name:27s} {t * 1e3:7.1f} ms   step / IWAE bare matmuls = {t / bare:.2f}   "
+              f"step / its own bare float32 matmuls ({own * 1e3:.1f} ms) = {t / own:.2f}")
+    line = f"iwae-r step / iwae step = {steps['iwae-r'] / steps['iwae']:.2f}"
+    if "iwae-r float32" in steps:
+        line += f" (float32 noise path: {steps['iwae-r float32'] / steps['iwae']:.2f})"
+    print(f"{line}   iwae-rrec step / iwae step = {steps['iwae-rrec'] / steps['iwae']:.2f}")
     S = 5000
     mem = {}
     for b, seconds in ([(1, None), (100, None)] if quick else [(1, None), (100, None), (1000, 20.0),
@@ -123,4 +132,5 @@ def run_benchmarks(quick: bool = False) -> dict:
         rate = f"{m['images_per_s']:.2f} images/s" if m["images_per_s"] else f"stopped after {seconds:.0f} s"
         print(f"test LL S={S}, iwae-r, batch {b:>6}: peak RSS {m['peak_mb']:7.0f} MB "
               f"(+{m['peak_mb'] - m['base_mb']:.0f} MB over the loaded interpreter), {rate}")
-    return {"bare_s": {v: times[f"bare {v}"] for v in variants}, "steps_s": steps, "eval": mem}
+    return {"bare_s": {v: times[f"bare {v}"] for v in variants}, "steps_s": steps, "noise_precision": precision,
+            "eval": mem}

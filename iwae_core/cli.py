@@ -9,7 +9,17 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import DATASETS, ESTIMATORS, GRANULARITIES, PAPER_PRESET, VARIANTS, ModelConfig, RunConfig, TrainConfig
+from .config import (
+    DATASETS,
+    ESTIMATORS,
+    GRANULARITIES,
+    NOISE_PRECISIONS,
+    PAPER_PRESET,
+    VARIANTS,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 
 def build_run(args) -> RunConfig:
@@ -20,7 +30,7 @@ def build_run(args) -> RunConfig:
         if getattr(args, name) is not None:
             model_kw[name] = tuple(args.hidden) if name == "hidden" else getattr(args, name)
     for name in ("k", "epochs", "max_steps", "batch_size", "lr", "lr_final", "device", "estimator", "beta",
-                 "seed", "threads", "init_from"):
+                 "seed", "threads", "init_from", "noise_precision"):
         if getattr(args, name) is not None:
             train_kw[name] = getattr(args, name)
     train_kw["dataset"] = args.dataset
@@ -167,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--data-dir")
     t.add_argument("--out", required=True)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--noise-precision", choices=NOISE_PRECISIONS,
+                   help="precision of the random layers' noise-path products (default auto: bfloat16 on CPUs "
+                        "with native bfloat16 products, float32 elsewhere); evaluation always uses float32")
     t.add_argument("--init-from", metavar="DIR",
                    help="start from the weights of this trained model folder: a further training stage with "
                         "its own schedule, counting on from that model's epochs and history")

@@ -16,6 +16,9 @@ VARIANTS = {
 GRANULARITIES = ("batch", "datapoint", "sample")
 ESTIMATORS = ("iwae", "stl", "dreg")
 DATASETS = ("mnist", "omniglot")
+# precision of the random layers' noise-path products in training; auto = bfloat16 on a CPU with native
+# bfloat16 matrix products, float32 elsewhere (see BayesLinear and docs in the README)
+NOISE_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -85,10 +88,13 @@ class TrainConfig:
     # a trained model folder whose weights start this run: a new training stage with its own schedule
     # (fresh Adam state), counted on from that model's epochs, steps and history
     init_from: str | None = None
+    noise_precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.noise_precision not in NOISE_PRECISIONS:
+            raise ValueError(f"noise_precision must be one of {NOISE_PRECISIONS}, got {self.noise_precision!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         check_k(self.k)
@@ -147,7 +153,9 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         d = json.loads(text)
-        return cls(model=from_dict(ModelConfig, d["model"]), train=from_dict(TrainConfig, d["train"]))
+        # runs written before noise_precision existed computed every product in float32
+        train = {"noise_precision": "float32", **d["train"]}
+        return cls(model=from_dict(ModelConfig, d["model"]), train=from_dict(TrainConfig, train))
 
     def save(self, path: Path) -> None:
         Path(path).write_text(self.to_json())

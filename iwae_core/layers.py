@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import softplus
+from .ops import flipout_noise, softplus, squared_input_product
 
 
 def inverse_softplus(y: float) -> float:
@@ -47,6 +47,8 @@ class BayesLinear(nn.Module):
             rho = inverse_softplus(init_sigma)
             self.weight_rho = nn.Parameter(torch.full((out_features, in_features), rho))
             self.bias_rho = nn.Parameter(torch.full((out_features,), rho))
+        # dtype of the noise path's matrix products (None: the input's); see IWAE.set_noise_precision
+        self.noise_dtype: torch.dtype | None = None
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, random={self.random}"
@@ -75,6 +77,7 @@ class BayesLinear(nn.Module):
         w_sigma = noise_scale * self.weight_sigma
         b_sigma = noise_scale * self.bias_sigma
         batch = x.shape[1]
+        low = self.noise_dtype if self.noise_dtype not in (None, x.dtype) else None
         if granularity == "batch":
             w_noise = w_sigma * torch.randn_like(w_sigma)
             b_noise = b_sigma * torch.randn_like(b_sigma)
@@ -85,12 +88,12 @@ class BayesLinear(nn.Module):
             s = torch.randint(0, 2, (1, batch, self.in_features), device=x.device).to(x.dtype) * 2 - 1
             r = torch.randint(0, 2, (1, batch, self.out_features), device=x.device).to(x.dtype) * 2 - 1
             b_noise = b_sigma * torch.randn(1, batch, self.out_features, device=x.device, dtype=x.dtype)
-            # out of place: F.linear's output is a view to autograd, and in-place ops on it make the
-            # backward copy whole tensors (CopySlices)
-            return torch.addcmul(mean + b_noise, F.linear(x * s, w_noise), r)
+            # out of place first: F.linear's output is a view to autograd, and in-place ops on it make
+            # the backward copy whole tensors (CopySlices); the sum is a fresh tensor
+            return (mean + b_noise).add_(flipout_noise(x, s, w_noise, r, low))
         if granularity == "sample":
             # Local reparameterisation: exact for independent weights per row.
-            var = F.linear(x * x, w_sigma**2, b_sigma**2)
+            var = squared_input_product(x, w_sigma**2, b_sigma**2, low)
             rows = max(k, x.shape[0])
             eps = torch.randn(rows, batch, self.out_features, device=x.device, dtype=x.dtype)
             return torch.addcmul(mean, var.sqrt(), eps)

@@ -99,6 +99,13 @@ class IWAE(nn.Module):
             kl = kl + self.decoder.kl_divergence()
         return kl
 
+    def set_noise_precision(self, dtype: torch.dtype | None) -> None:
+        """Compute the random layers' noise-path products (Flipout's perturbation, the local
+        reparameterisation's variance) in dtype; None computes them in the input's dtype."""
+        for module in self.modules():
+            if isinstance(module, BayesLinear):
+                module.noise_dtype = dtype
+
     def _zero(self) -> torch.Tensor:
         return self.encoder.layers[0].weight_mu.new_zeros(())
 

@@ -78,6 +78,81 @@ class _BernoulliLogProb(torch.autograd.Function):
         return grad_x, grad_logits
 
 
+class _FlipoutNoise(torch.autograd.Function):
+    """Flipout's perturbation ((x * s) @ w^T) * r with its products in `dtype` (float32 results).
+
+    The sign flips s and r are folded into the casts to and from `dtype`, so a lower-precision product
+    costs no extra pass over the [k, batch, features] tensors; with dtype = x.dtype it is the plain
+    computation. Signs are exact in every precision and the products accumulate in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor, w: torch.Tensor, r: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+        xs = torch.mul(x, s, out=x.new_empty(torch.broadcast_shapes(x.shape, s.shape), dtype=dtype))
+        w_low = w.to(dtype)
+        product = torch.matmul(xs, w_low.T)
+        ctx.save_for_backward(xs, w_low, s, r)
+        ctx.x_shape = x.shape
+        return torch.mul(product, r, out=product.new_empty(product.shape, dtype=x.dtype))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        xs, w_low, s, r = ctx.saved_tensors
+        grad_r = torch.mul(grad, r, out=grad.new_empty(grad.shape, dtype=w_low.dtype))
+        grad_w = grad_x = None
+        if ctx.needs_input_grad[2]:
+            grad_w = (grad_r.reshape(-1, grad_r.shape[-1]).T @ xs.reshape(-1, xs.shape[-1])).to(grad.dtype)
+        if ctx.needs_input_grad[0]:
+            back = torch.matmul(grad_r, w_low)
+            grad_x = torch.mul(back, s, out=back.new_empty(back.shape, dtype=grad.dtype))
+            grad_x = grad_x.sum_to_size(ctx.x_shape)
+        return grad_x, None, grad_w, None, None
+
+
+def flipout_noise(x: torch.Tensor, s: torch.Tensor, w: torch.Tensor, r: torch.Tensor,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """((x * s) @ w^T) * r for x [..., in], signs s [..., in] and r [..., out], noise weights w [out, in];
+    the products in `dtype` (default x.dtype)."""
+    return _FlipoutNoise.apply(x, s, w, r, dtype or x.dtype)
+
+
+class _SquaredInputProduct(torch.autograd.Function):
+    """(x * x) @ v^T + b, the local reparameterisation's pre-activation variance, with the product in
+    `dtype` (float32 result); the squaring and the casts share their passes over x."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        x2 = torch.mul(x, x, out=x.new_empty(x.shape, dtype=dtype))
+        v_low = v.to(dtype)
+        product = torch.matmul(x2, v_low.T)
+        ctx.save_for_backward(x, x2, v_low)
+        ctx.b_shape = b.shape
+        return torch.add(product, b, out=product.new_empty(product.shape, dtype=x.dtype))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, x2, v_low = ctx.saved_tensors
+        grad_low = grad.to(v_low.dtype)
+        grad_x = grad_v = grad_b = None
+        if ctx.needs_input_grad[0]:
+            back = torch.matmul(grad_low, v_low * 2)  # d(x^2)/dx = 2x; doubling is exact
+            grad_x = torch.mul(back, x, out=back.new_empty(back.shape, dtype=grad.dtype))
+        if ctx.needs_input_grad[1]:
+            grad_v = (grad_low.reshape(-1, grad.shape[-1]).T @ x2.reshape(-1, x2.shape[-1])).to(grad.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum_to_size(ctx.b_shape)
+        return grad_x, grad_v, grad_b, None
+
+
+def squared_input_product(x: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
+                          dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(x * x) @ v^T + b for x [..., in], v [out, in], b [out]; the product in `dtype` (default x.dtype)."""
+    return _SquaredInputProduct.apply(x, v, b, dtype or x.dtype)
+
+
 def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """sum over the last axis of log Bernoulli(x | sigmoid(logits)) for binary x (see bounds.py)."""
     return _BernoulliLogProb.apply(x, logits)
