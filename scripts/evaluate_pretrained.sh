@@ -3,15 +3,17 @@
 # test set, tau = 1 for all six models, then tau = 0 for the four with random weights (each run keeps the
 # other tau's result), active units; then stores the paired per-image differences between the variants of
 # each dataset in metrics.json. Two single-threaded workers (one per core), longest runs first.
-# Usage: IWAE_DATA_DIR=/path/to/data scripts/evaluate_pretrained.sh [LIMIT]   (LIMIT: first N test images only)
+# Usage: IWAE_DATA_DIR=/path/to/data [DATASETS=mnist] scripts/evaluate_pretrained.sh [LIMIT]
+#   (DATASETS: which datasets' models to evaluate, default both; LIMIT: first N test images only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export IWAE=${IWAE:-.venv/bin/iwae} LIMIT=${1:-}
+DATASETS=${DATASETS:-omniglot mnist}
 tasks=()
 for tau in 1 0; do
   for variant in iwae-r iwae-rrec iwae; do
     [ "$tau" = 0 ] && [ "$variant" = iwae ] && continue  # a deterministic model: tau changes nothing
-    for dataset in omniglot mnist; do tasks+=("pretrained/$dataset-$variant $tau"); done
+    for dataset in $DATASETS; do tasks+=("pretrained/$dataset-$variant $tau"); done
   done
 done
 printf '%s\n' "${tasks[@]}" | xargs -P 2 -L 1 bash -c '

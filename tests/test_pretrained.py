@@ -39,6 +39,13 @@ def test_metadata(name):
     with open(path / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == training["epochs"] and int(rows[-1]["step"]) == training["steps"]
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    stages = training.get("stages")
+    if stages:  # trained in stages (--init-from): they add up, each with the command that ran it
+        assert sum(st["epochs"] for st in stages) == training["epochs"]
+        assert sum(st["steps"] for st in stages) == training["steps"]
+        assert all(st["command"].startswith("iwae train") for st in stages)
+        assert all(st["init_from"] for st in stages[1:]) and stages[-1]["command"] == training["command"]
     # The full protocol: the whole test set, on exactly the weights that are shipped.
     assert test["S"] == 5000 and test["n_images"] == TEST_IMAGES[dataset]
     assert test["model_sha256"] == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
