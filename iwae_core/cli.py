@@ -102,7 +102,9 @@ def progress_bar(desc: str):
         if bar is None or bar.total != total or done < bar.n:
             if bar is not None:
                 bar.close()
-            bar = state["bar"] = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=5)
+            # disable=None: no bar when stderr is not a terminal (a log file), as for `iwae train`
+            bar = state["bar"] = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=5,
+                                      disable=None)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
