@@ -35,6 +35,7 @@ from .data import cache_dir
 ACTIVE = ("starting", "running", "stopping")  # a worker owns the run
 RESUMABLE = ("stopped", "interrupted")
 STATUSES = ("queued", *ACTIVE, "stopped", "finished", "failed", "interrupted", "unresponsive")
+RELEASE_SECONDS = 5.0  # how long Resume waits for a worker that has just finished to let go of its lock
 STALE_SECONDS = 60.0  # no heartbeat for this long while the lock is held: the worker is hung
 MAX_QUEUED = 8  # more waiting runs than this is refused: many tabs cannot pile up work
 MAX_POINTS = 1000  # per-step curve points kept in progress.json (older ones are merged pairwise)
@@ -238,6 +239,18 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+def _try_lock_within(path: Path, seconds: float) -> int | None:
+    """As _try_lock, but wait up to `seconds` for a lock that is being released.
+
+    A worker writes its final status before it lets go of the lock, so a run can read as
+    stopped a few milliseconds before its lock is free; Resume pressed in that gap should wait.
+    """
+    end = time.monotonic() + seconds
+    while (fd := _try_lock(path)) is None and time.monotonic() < end:
+        time.sleep(0.05)
+    return fd
+
+
 def is_locked(path: str | os.PathLike) -> bool:
     """Whether a worker is training this run right now."""
     fd = _try_lock(Path(path))
@@ -295,7 +308,7 @@ def resume_run(path: str | os.PathLike, *, queue: bool = True) -> RunInfo:
     root = info.path.parent
     with _dispatch_lock(root):
         _check_capacity(root, queue)
-        fd = _try_lock(info.path)
+        fd = _try_lock_within(info.path, RELEASE_SECONDS)
         if fd is None:
             raise RunError(f"run {info.name} is being trained by another worker already")
         try:
@@ -350,10 +363,9 @@ def _kill_worker(info: RunInfo) -> None:
 def delete_run(path: str | os.PathLike) -> None:
     """Remove a run folder that no worker is training."""
     info = read_run(path)
-    fd = _try_lock(info.path)
-    if fd is None or info.status in ACTIVE or info.status == "queued":
-        if fd is not None:
-            os.close(fd)
+    busy = info.active or info.status == "queued"
+    fd = None if busy else _try_lock_within(info.path, RELEASE_SECONDS)
+    if fd is None:
         raise RunError(f"run {info.name} is {info.status}; stop it before deleting it")
     os.close(fd)
     shutil.rmtree(info.path)

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def test_start_progress_stop_resume_finish_then_in_the_zoo(root):
     points = later.progress["points"]
     assert points and all(isinstance(b, float) and kl >= 0 for _, b, kl in points)
     assert time.time() - later.progress["heartbeat"] < 10
-    stopped = wait_for(info.path, lambda r: r.status == "stopped")
+    # the worker writes its final status, then releases the lock as it exits
+    stopped = wait_for(info.path, lambda r: r.status == "stopped" and not runs.is_locked(r.path), timeout=90)
     state = json.loads((info.path / "checkpoint" / "trainer_state.json").read_text())
     assert 0 < state["step"] < 6000
     assert stopped.progress["step"] == state["step"]
@@ -114,6 +116,40 @@ def test_worker_refuses_a_run_whose_lock_is_held(tmp_path):
         assert runs.read_run(path).status == "running"  # a live lock holder keeps its status
     assert json.loads((path / runs.PROGRESS).read_text()) == {"status": "running", "pid": 12345}
     assert runs.read_run(path).status == "interrupted"  # the holder is gone: detected
+
+
+def test_resume_and_delete_wait_for_a_worker_that_is_releasing_its_lock(tmp_path, monkeypatch):
+    """A worker writes "stopped" just before it lets go of the lock: Resume or Delete in that gap waits."""
+    monkeypatch.setenv("IWAE_RUNS_DIR", str(tmp_path))
+    launched = []
+    monkeypatch.setattr(runs, "_launch", lambda p: launched.append(Path(p).name) or True)
+
+    def stopped_run_still_locked(name):
+        path = tmp_path / name
+        path.mkdir()
+        (path / runs.CONFIG).write_text(tiny().to_json())
+        (path / runs.OPTIONS).write_text("{}")
+        (path / runs.PROGRESS).write_text(json.dumps({"status": "stopped", "message": "stopped"}))
+        held = open(path / runs.LOCK, "w")
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return path, held
+
+    path, held = stopped_run_still_locked("resume")
+    monkeypatch.setattr(runs, "RELEASE_SECONDS", 0.3)
+    with pytest.raises(runs.RunError, match="another worker"):  # never released: refused, status kept
+        runs.resume_run(path)
+    with pytest.raises(runs.RunError, match="stop it before deleting"):
+        runs.delete_run(path)
+    assert runs.read_run(path).status == "stopped" and launched == [] and path.is_dir()
+
+    monkeypatch.setattr(runs, "RELEASE_SECONDS", 30.0)
+    threading.Timer(0.5, held.close).start()  # the exiting worker lets go half a second later
+    assert runs.resume_run(path).status == "queued" and launched == ["resume"]
+
+    path, held = stopped_run_still_locked("delete")
+    threading.Timer(0.5, held.close).start()
+    runs.delete_run(path)
+    assert not path.exists()
 
 
 @pytest.mark.slow
@@ -179,7 +215,7 @@ def test_killed_worker_is_interrupted_and_hung_worker_is_unresponsive(root, monk
 @pytest.mark.slow
 def test_diverging_run_fails_with_a_clear_message(root):
     info = runs.start_run(tiny(epochs=3, lr=1e6, variant="iwae-r"), train_images=400, name="nan")
-    done = wait_for(info.path, lambda r: r.status in ("failed", "finished"))
+    done = wait_for(info.path, lambda r: r.status in ("failed", "finished") and not runs.is_locked(r.path))
     assert done.status == "failed"
     assert "not finite" in done.message or "NaN" in done.message
     assert "smaller learning rate" in done.message
@@ -273,7 +309,8 @@ def test_train_live_page_starts_shows_and_stops_a_run(root):
 
     at.button(key="tl_stop").click().run()
     assert not at.exception
-    stopped = wait_for(info.path, lambda r: r.status == "stopped")
+    # the worker writes its final status, then releases the lock as it exits
+    stopped = wait_for(info.path, lambda r: r.status == "stopped" and not runs.is_locked(r.path), timeout=90)
     assert stopped.progress["step"] > 0
     at.run()
     assert any("status **stopped**" in m.value for m in at.markdown)
