@@ -45,6 +45,12 @@ def test_train_eval_table(tmp_path):
     other = json.loads((out / "metrics.json").read_text())["test"]
     assert set(other["by_tau"]) == {"0"} and other["n_images"] == 10
     assert set(load_file(str(out / "test_ll.safetensors"))) == {"tau=0"}
+    # Resuming a run that has done its steps changes nothing, not even the evaluation in metrics.json.
+    before = (out / "metrics.json").read_bytes(), (out / "model.safetensors").read_bytes()
+    r = iwae("train", "--dataset", "mnist", "--variant", "iwae-rrec", "--hidden", "32", "--z-dim", "4",
+             "--k", "3", "--max-steps", "30", "--batch-size", "50", "--threads", "1", "--out", str(out), "--resume")
+    assert "30 steps already" in r.stdout and "nothing to do" in r.stdout
+    assert ((out / "metrics.json").read_bytes(), (out / "model.safetensors").read_bytes()) == before
     r = iwae("table", str(out))
     assert "-94.709" in r.stdout and "run" in r.stdout  # the paper's IWAE-Rrec number beside ours
 
