@@ -133,11 +133,16 @@ def cmd_eval(args) -> int:
 
 def cmd_table(args) -> int:
     from .checkpoint import select_models
-    from .evaluate import comparison_table, paired_differences, write_paired
+    from .evaluate import comparison_table, paired_differences, stale_evaluation, write_paired
 
     print(comparison_table(args.dirs or None))
     if args.paired or args.write:
         entries = select_models(args.dirs)
+        for e in entries:
+            if stale_evaluation(e):
+                print(f"note: the test results in {e.path} are of other weights than its model.safetensors; "
+                      f"left out of the paired differences until `iwae eval {e.path}` is run again",
+                      file=sys.stderr)
         print("\npaired differences a - b of per-image test LL (tau = 1, same binarised test images):")
         for dataset in sorted({e.dataset for e in entries}):
             for r in paired_differences([e for e in entries if e.dataset == dataset]):

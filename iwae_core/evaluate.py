@@ -186,7 +186,8 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
         from safetensors.torch import save_file
 
         ckpt.atomic_write(directory / "test_ll.safetensors",
-                          lambda p: save_file({k: v.contiguous() for k, v in per_image.items()}, str(p)))
+                          lambda p: save_file({k: v.contiguous() for k, v in per_image.items()}, str(p),
+                                              metadata={"model_sha256": result["model_sha256"]}))
         metrics["test"] = result
         ckpt.write_json(metrics_path, metrics)
     return result
@@ -207,14 +208,39 @@ def _comparable_taus(old: dict | None, new: dict, per_image_path: Path) -> dict:
             if tau not in new["by_tau"] and f"tau={tau}" in stored}
 
 
+def stale_evaluation(entry: ckpt.ZooEntry) -> bool:
+    """Whether the folder's test results (metrics.json, test_ll.safetensors) are of other weights than
+    its model.safetensors, e.g. after a retrained model was copied over an evaluated one."""
+    current = hashlib.sha256((entry.path / "model.safetensors").read_bytes()).hexdigest()
+    metrics = ckpt.read_json(entry.path / "metrics.json") if (entry.path / "metrics.json").exists() else {}
+    if metrics.get("test") and metrics["test"].get("model_sha256") != current:
+        return True
+    per_image = entry.path / "test_ll.safetensors"
+    if not per_image.exists():
+        return False
+    try:
+        stored_hash = ckpt.read_metadata(per_image).get("model_sha256")
+        if stored_hash is not None:
+            return stored_hash != current
+        # written before the hash was stored in the file: it must at least hold metrics.json's results
+        stored = ckpt.read_tensors(per_image)
+    except ckpt.CheckpointError:
+        return True
+    by_tau = (metrics.get("test") or {}).get("by_tau", {})
+    return any(f"tau={tau}" not in stored or len(stored[f"tau={tau}"]) != result["n_images"]
+               or abs(stored[f"tau={tau}"].double().mean().item() - result["mean"]) > 1e-3
+               for tau, result in by_tau.items())
+
+
 def paired_differences(entries: list[ckpt.ZooEntry], tau: str = "1") -> list[dict]:
     """For models of one dataset evaluated on the same images: mean per-image difference and its
     paired standard error, for every ordered pair (a better than b when the difference is > 0)."""
     lls = {}
     for e in entries:
-        path = e.path / "test_ll.safetensors"
-        if path.exists():
-            lls[e.name] = ckpt.read_tensors(path)[f"tau={tau}"]
+        if not stale_evaluation(e) and (e.path / "test_ll.safetensors").exists():
+            stored = ckpt.read_tensors(e.path / "test_ll.safetensors")
+            if f"tau={tau}" in stored:
+                lls[e.name] = stored[f"tau={tau}"]
     rows = []
     names = sorted(lls)
     for i, a in enumerate(names):
@@ -253,5 +279,6 @@ def comparison_table(dirs=None) -> str:
         au = e.metrics.get("test", {}).get("active_units", "-")
         epochs = e.metrics.get("training", {}).get("epochs", "-")
         lines.append(f"{e.dataset:9} {e.variant:10} {paper_s:>17} {fmt(test.get('1')):>17} "
-                     f"{fmt(test.get('0')):>17} {au!s:>3} {epochs!s:>6}  {e.name}")
+                     f"{fmt(test.get('0')):>17} {au!s:>3} {epochs!s:>6}  {e.name}"
+                     + ("  (evaluated with other weights: run iwae eval again)" if stale_evaluation(e) else ""))
     return "\n".join(lines)
