@@ -122,3 +122,20 @@ def test_tanh_has_float32_absolute_accuracy_and_the_exact_gradient():
     assert (g.double() - (1 - torch.tanh(xr.detach().double()) ** 2)).abs().max().item() < 5e-7
     xd = (torch.randn(30, dtype=torch.float64) * 3).requires_grad_(True)
     assert torch.autograd.gradcheck(tanh, (xd,))
+
+
+@pytest.mark.parametrize("d", [784, 50, 7])
+def test_sum_of_logs_by_products_is_as_accurate_as_one_log_per_value(d):
+    """The Bernoulli term logs products of up to 16 sigmoids in [0.5, 1]: no underflow, float32 accuracy."""
+    from iwae_core.ops import _sum_of_logs
+
+    torch.manual_seed(2)
+    p = torch.rand(25, 100, d) * 0.5 + 0.5
+    p[0, 0] = 0.5  # the smallest value: 0.5^16 per product, far from float32's underflow
+    p[0, 1] = 1.0 - torch.rand(d) * 1e-6  # values that round to 1 or just below
+    exact = p.double().log().sum(-1)
+    one_log_each = p.log().sum(-1).double()
+    got = _sum_of_logs(p.clone()).double()
+    assert torch.allclose(got[0, 0], torch.tensor(d * math.log(0.5), dtype=torch.float64), rtol=1e-6)
+    assert (got - exact).abs().max() <= 2 * (one_log_each - exact).abs().max() + 1e-6
+    assert torch.allclose(_sum_of_logs(p.double()), exact, rtol=0, atol=1e-12)
