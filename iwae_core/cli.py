@@ -70,8 +70,7 @@ def cmd_train(args) -> int:
     trainer = Trainer(run, out=out, hooks=Hooks(on_step=[on_step], on_epoch=[on_epoch]), data_dir=args.data_dir)
     signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())  # `kill` stops cleanly after a checkpoint
     if args.resume and trainer.resume():
-        cap = trainer.cfg.max_steps
-        if trainer.epoch >= trainer.cfg.epochs or (cap is not None and trainer.step >= cap):
+        if trainer.done:
             # finished already: leave the model folder (and any evaluation in metrics.json) as it is
             print(f"{out} has done its {trainer.step} steps already ({trainer.epoch} epochs); nothing to do")
             return 0

@@ -123,6 +123,15 @@ class Trainer:
     def total_steps(self) -> int:
         return self.cfg.epochs * self.steps_per_epoch
 
+    @property
+    def max_steps_reached(self) -> bool:
+        return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has done its epochs or its max_steps: fit() then trains nothing more."""
+        return self.epoch >= self.cfg.epochs or self.max_steps_reached
+
     def lr_at(self, step: int) -> float:
         if self.cfg.lr_final is None:
             return self.cfg.lr
@@ -139,6 +148,8 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self) -> str:
         """Train until the epochs or max_steps are done or a stop is requested; returns the reason."""
+        if self.max_steps_reached:  # resumed at its last step: not one step more
+            return "max_steps"
         self.model.train()
         last_ckpt = time.monotonic()
         while self.epoch < self.cfg.epochs:
@@ -150,7 +161,7 @@ class Trainer:
                 self.seconds += time.perf_counter() - t0
                 for hook in self.hooks.on_step:
                     hook(self, metrics)
-                done = self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+                done = self.max_steps_reached
                 if done and self.batch_in_epoch == self.steps_per_epoch:
                     self.end_epoch()  # the last step closed an epoch: record it before stopping
                 if self._stop or done:

@@ -61,6 +61,16 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(small_mnist, tmp_path):
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
 
 
+def test_a_done_run_trains_no_further_when_resumed(small_mnist, tmp_path):
+    run = tiny_run(max_steps=3)
+    first = Trainer(run, out=tmp_path, data=small_mnist)
+    assert first.fit() == "max_steps" and first.step == 3 and first.done
+    again = Trainer(run, out=tmp_path, data=small_mnist)
+    assert again.resume() and again.done
+    assert again.fit() == "max_steps" and again.step == 3  # not one step past --max-steps
+    assert not Trainer(tiny_run(max_steps=4), out=tmp_path / "other", data=small_mnist).done
+
+
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(small_mnist, tmp_path):
     run = tiny_run("iwae", epochs=1, max_steps=40)
     trainer = Trainer(run, out=tmp_path, data=small_mnist)
