@@ -142,14 +142,15 @@ def cmd_table(args) -> int:
                 print(f"note: the test results in {e.path} are of other weights than its model.safetensors; "
                       f"left out of the paired differences until `iwae eval {e.path}` is run again",
                       file=sys.stderr)
+        rows = {d: paired_differences([e for e in entries if e.dataset == d]) for d in {e.dataset for e in entries}}
         print("\npaired differences a - b of per-image test LL (tau = 1, same binarised test images):")
-        for dataset in sorted({e.dataset for e in entries}):
-            for r in paired_differences([e for e in entries if e.dataset == dataset]):
+        for dataset in sorted(rows):
+            for r in rows[dataset]:
                 print(f"{dataset:9} {r['a']:>20} - {r['b']:<20} {r['mean_difference']:+.3f} ± "
                       f"{r['paired_stderr']:.3f}  ({r['mean_difference'] / r['paired_stderr']:+.1f} SE, "
                       f"{r['n_images']} images)")
         if args.write:
-            write_paired(entries)
+            write_paired(entries, rows)
     return 0
 
 

@@ -151,7 +151,7 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
     random = run.model.random_encoder or run.model.random_decoder
     taus = list(noise_scales) if noise_scales else ([1.0, 0.0] if random else [1.0])
     result = {"S": S, "n_images": len(x), "test_seed": TEST_SEED, "source": data.get("source"),
-              "model_sha256": hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest(),
+              "model_sha256": model_sha256(directory),
               "by_tau": {}}
     per_image = {}
     for tau in taus:
@@ -208,12 +208,17 @@ def _comparable_taus(old: dict | None, new: dict, per_image_path: Path) -> dict:
             if tau not in new["by_tau"] and f"tau={tau}" in stored}
 
 
+def model_sha256(directory: Path) -> str:
+    """The hash that ties test results to the weights they were computed with."""
+    return hashlib.sha256((Path(directory) / "model.safetensors").read_bytes()).hexdigest()
+
+
 def stale_evaluation(entry: ckpt.ZooEntry) -> bool:
     """Whether the folder's test results (metrics.json, test_ll.safetensors) are of other weights than
     its model.safetensors, e.g. after a retrained model was copied over an evaluated one."""
-    current = hashlib.sha256((entry.path / "model.safetensors").read_bytes()).hexdigest()
-    metrics = ckpt.read_json(entry.path / "metrics.json") if (entry.path / "metrics.json").exists() else {}
-    if metrics.get("test") and metrics["test"].get("model_sha256") != current:
+    current = model_sha256(entry.path)
+    test = entry.metrics.get("test") or {}
+    if test and test.get("model_sha256") != current:
         return True
     per_image = entry.path / "test_ll.safetensors"
     if not per_image.exists():
@@ -226,7 +231,7 @@ def stale_evaluation(entry: ckpt.ZooEntry) -> bool:
         stored = ckpt.read_tensors(per_image)
     except ckpt.CheckpointError:
         return True
-    by_tau = (metrics.get("test") or {}).get("by_tau", {})
+    by_tau = test.get("by_tau", {})
     return any(f"tau={tau}" not in stored or len(stored[f"tau={tau}"]) != result["n_images"]
                or abs(stored[f"tau={tau}"].double().mean().item() - result["mean"]) > 1e-3
                for tau, result in by_tau.items())
@@ -254,11 +259,12 @@ def paired_differences(entries: list[ckpt.ZooEntry], tau: str = "1") -> list[dic
     return rows
 
 
-def write_paired(entries: list[ckpt.ZooEntry]) -> None:
-    """Store each model's paired differences against the others of its dataset in its metrics.json."""
+def write_paired(entries: list[ckpt.ZooEntry], rows_by_dataset: dict[str, list[dict]] | None = None) -> None:
+    """Store each model's paired differences against the others of its dataset in its metrics.json
+    (those of paired_differences, computed here unless given per dataset)."""
     for dataset in {e.dataset for e in entries}:
         group = [e for e in entries if e.dataset == dataset]
-        rows = paired_differences(group)
+        rows = rows_by_dataset[dataset] if rows_by_dataset else paired_differences(group)
         for e in group:
             metrics_path = e.path / "metrics.json"
             metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
