@@ -421,6 +421,7 @@ def zoo_table(entries: dict[str, checkpoint.ZooEntry]) -> pd.DataFrame:
         valid = training.get("final_valid_bound") or (float(last["valid_bound"]) if last.get("valid_bound") else None)
         rows.append({
             "model": label, "dataset": e.dataset, "variant": variant_label(e.variant),
+            "objective": e.run.train.objective if e.run.model.variant != "iwae" else "—",
             "layers": f"784-{'-'.join(map(str, e.run.model.hidden))}-{e.run.model.z_dim}", "train k": e.run.train.k,
             "epochs": training.get("epochs", last.get("epoch", "")),
             "steps": training.get("steps", last.get("step", "")),

@@ -14,6 +14,7 @@ from .config import (
     ESTIMATORS,
     GRANULARITIES,
     NOISE_PRECISIONS,
+    OBJECTIVES,
     PAPER_PRESET,
     VARIANTS,
     ModelConfig,
@@ -26,11 +27,17 @@ def build_run(args) -> RunConfig:
     preset = PAPER_PRESET if args.preset == "paper" else {"model": {}, "train": {}}
     model_kw = dict(preset["model"])
     train_kw = dict(preset["train"])
-    for name in ("hidden", "z_dim", "prior_std", "encoder_granularity", "decoder_granularity"):
+    if args.objective == "mixture":
+        # the poster's reading: every importance sample draws its own weights, and there is no KL term;
+        # an explicit --beta or granularity that contradicts it is refused by RunConfig below
+        model_kw.update(encoder_granularity="sample", decoder_granularity="sample")
+        train_kw["beta"] = 0.0
+    for name in ("hidden", "z_dim", "prior_std", "init_sigma", "encoder_granularity", "decoder_granularity"):
         if getattr(args, name) is not None:
             model_kw[name] = tuple(args.hidden) if name == "hidden" else getattr(args, name)
     for name in ("k", "epochs", "max_steps", "batch_size", "lr", "lr_final", "device", "estimator", "beta",
-                 "seed", "threads", "init_from", "noise_precision"):
+                 "seed", "threads", "init_from", "noise_precision", "objective", "adam_eps", "rho_adam_eps",
+                 "rho_lr_scale"):
         if getattr(args, name) is not None:
             train_kw[name] = getattr(args, name)
     train_kw["dataset"] = args.dataset
@@ -60,11 +67,14 @@ def cmd_train(args) -> int:
                        disable=None)
         bar.update(1)
         if m["step"] % 20 == 0:
-            bar.set_postfix(epoch=m["epoch"] + 1, bound=f"{m['bound']:.2f}", kl=f"{m['kl_per_datapoint']:.2f}")
+            kl = {} if m["kl_per_datapoint"] is None else {"kl": f"{m['kl_per_datapoint']:.2f}"}
+            bar.set_postfix(epoch=m["epoch"] + 1, bound=f"{m['bound']:.2f}", **kl)
 
     def on_epoch(trainer, row):
+        # KL/N only where it is part of the objective (not with beta = 0)
+        kl = "" if row["kl_per_datapoint"] is None else f", KL/N {row['kl_per_datapoint']:.2f}"
         msg = (f"epoch {row['epoch']}: train L_k {row['train_bound']:.2f}, valid L_{trainer.cfg.eval_k} "
-               f"{row['valid_bound']:.2f}, KL/N {row['kl_per_datapoint']:.2f}, {row['seconds']:.0f}s")
+               f"{row['valid_bound']:.2f}{kl}, {row['seconds']:.0f}s")
         (bar.write if bar else print)(msg)
 
     trainer = Trainer(run, out=out, hooks=Hooks(on_step=[on_step], on_epoch=[on_epoch]), data_dir=args.data_dir)
@@ -120,6 +130,12 @@ def cmd_eval(args) -> int:
     from .checkpoint import load_model
     from .evaluate import evaluate_folder
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     for directory in args.dirs:
         load_model(directory)  # fail early and clearly on a bad folder
         result = evaluate_folder(directory, S=args.k, limit=args.limit, noise_scales=args.noise_scale,
@@ -161,7 +177,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iwae", description="Importance weighted autoencoders with random weights")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -182,7 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--encoder-granularity", choices=GRANULARITIES)
     t.add_argument("--decoder-granularity", choices=GRANULARITIES)
     t.add_argument("--estimator", choices=ESTIMATORS)
-    t.add_argument("--beta", type=float)
+    t.add_argument("--objective", choices=OBJECTIVES,
+                   help="bayes (default): weights drawn once per data point, minus beta KL(q||p)/N; mixture: the "
+                        "random weights are part of the model, each importance sample draws its own, no KL")
+    t.add_argument("--beta", type=float, help="weight of the KL term (default 1; 0 for --objective mixture)")
+    t.add_argument("--init-sigma", type=float, help="initial sigma of every random weight (default 1e-3)")
+    t.add_argument("--adam-eps", type=float, help="Adam's eps for the weight means (paper preset: 1e-4)")
+    t.add_argument("--rho-adam-eps", type=float,
+                   help="Adam's eps for the rho parameters, sigma = softplus(rho) (default 1e-8: their gradients "
+                        "are 1e-6 to 1e-5, and a larger eps throttles how fast sigma can move)")
+    t.add_argument("--rho-lr-scale", type=float, help="learning-rate multiplier for the rho parameters (default 1)")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int)
     t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
@@ -207,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--mc-repeats", type=int, default=3, help="repeated estimates for the Monte-Carlo spread")
     e.add_argument("--mc-images", type=int, default=500, help="images the repeated estimates use")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     e.add_argument("--data-dir")
     e.add_argument("--no-write", action="store_true", help="print only; leave metrics.json as it is")
     e.set_defaults(func=cmd_eval)
@@ -221,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

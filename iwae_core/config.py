@@ -19,6 +19,8 @@ DATASETS = ("mnist", "omniglot")
 # precision of the random layers' noise-path products in training; auto = bfloat16 on a CPU with native
 # bfloat16 matrix products, float32 elsewhere (see BayesLinear and docs in the README)
 NOISE_PRECISIONS = ("auto", "float32", "bfloat16")
+# the two readings of a random-weight IWAE (see TrainConfig.objective)
+OBJECTIVES = ("bayes", "mixture")
 
 
 @dataclass
@@ -77,6 +79,20 @@ class TrainConfig:
     lr: float = 1e-3
     lr_final: float | None = None  # cosine decay to this rate over the run; None keeps lr constant
     adam_eps: float = 1e-4
+    # Adam's eps and a learning-rate multiplier for the rho parameters (sigma = softplus(rho)) alone.
+    # Adam's step m / (sqrt(v) + eps) is blind to the gradient's scale only while sqrt(v) >> eps. rho's
+    # gradient is tiny: the KL enters divided by N (about 1/N per weight at small sigma) and every term is
+    # scaled by dsigma/drho = sigmoid(rho) ~ sigma, so it is 1e-6 to 1e-5, below the means' eps of 1e-4,
+    # which then throttles rho to a fraction of Adam's rate. An eps far below that scale restores the rate
+    # and keeps rho as the stored parameter, so every saved model loads unchanged.
+    rho_adam_eps: float = 1e-8
+    rho_lr_scale: float = 1.0
+    # bayes: theta ~ q(theta) once per data point, objective (1/B) sum L_k - beta KL(q(theta)||p(theta)) / N,
+    #   a lower bound on log p(X) under the prior N(0, prior_std^2) (Bayesian IWAE-R).
+    # mixture: the poster's literal reading, p(x|z) = int p(x|z; theta) q(theta) dtheta and
+    #   q(z|x) = int q(z|x; phi) q(phi) dphi with no prior: each importance sample draws its own
+    #   (theta_m, phi_m, z_m) and the objective is the IWAE bound itself (granularity 'sample', beta 0).
+    objective: str = "bayes"
     epochs: int = 10
     max_steps: int | None = None
     seed: int = 0
@@ -95,6 +111,14 @@ class TrainConfig:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.noise_precision not in NOISE_PRECISIONS:
             raise ValueError(f"noise_precision must be one of {NOISE_PRECISIONS}, got {self.noise_precision!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "mixture" and self.beta != 0:
+            raise ValueError(f"the mixture objective has no prior over the weights, so no KL term: beta must be 0, "
+                             f"got {self.beta}")
+        for name in ("adam_eps", "rho_adam_eps", "rho_lr_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         check_k(self.k)
@@ -147,14 +171,25 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.train.objective == "mixture" and self.model.random_decoder and \
+                self.model.decoder_granularity != "sample":
+            raise ValueError("the mixture objective draws the decoder's weights per importance sample: "
+                             f"decoder_granularity must be 'sample', got {self.model.decoder_granularity!r}")
+        if self.train.objective == "mixture" and self.model.random_encoder and \
+                self.model.encoder_granularity != "sample":
+            raise ValueError("the mixture objective draws the encoder's weights per importance sample: "
+                             f"encoder_granularity must be 'sample', got {self.model.encoder_granularity!r}")
+
     def to_json(self) -> str:
         return json.dumps({"model": to_dict(self.model), "train": to_dict(self.train)}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         d = json.loads(text)
-        # runs written before noise_precision existed computed every product in float32
-        train = {"noise_precision": "float32", **d["train"]}
+        # runs written before noise_precision existed computed every product in float32; runs written before
+        # rho_adam_eps existed trained rho with the means' eps (one Adam group), and with the Bayesian objective
+        train = {"noise_precision": "float32", "rho_adam_eps": d["train"].get("adam_eps", 1e-4), **d["train"]}
         return cls(model=from_dict(ModelConfig, d["model"]), train=from_dict(TrainConfig, train))
 
     def save(self, path: Path) -> None:

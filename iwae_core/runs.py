@@ -509,12 +509,13 @@ class Worker:
     def on_step(self, trainer, m: dict) -> None:
         sums = self._sums
         sums[0] += m["bound"]
-        sums[1] += m["kl_per_datapoint"]
+        # no KL term in the objective (beta = 0): the curve has none
+        sums[1] = None if m["kl_per_datapoint"] is None else sums[1] + m["kl_per_datapoint"]
         sums[2] += 1
         with self.lock:
             st = self.state
             if m["step"] % st["stride"] == 0:
-                st["points"].append([m["step"], sums[0] / sums[2], sums[1] / sums[2]])
+                st["points"].append([m["step"], sums[0] / sums[2], None if sums[1] is None else sums[1] / sums[2]])
                 self._sums = [0.0, 0.0, 0]
                 if len(st["points"]) > MAX_POINTS:
                     st["points"] = _halve(st["points"])
@@ -616,7 +617,9 @@ class Worker:
 
 def _halve(points: list) -> list:
     """Merge neighbouring curve points pairwise (mean values, later step) to keep the list short."""
-    merged = [[b[0], (a[1] + b[1]) / 2, (a[2] + b[2]) / 2] for a, b in zip(points[0::2], points[1::2], strict=False)]
+    def mean(u, v):
+        return None if u is None or v is None else (u + v) / 2
+    merged = [[b[0], mean(a[1], b[1]), mean(a[2], b[2])] for a, b in zip(points[0::2], points[1::2], strict=False)]
     return merged + ([points[-1]] if len(points) % 2 else [])
 
 

@@ -99,9 +99,7 @@ class Trainer:
         self.noise_dtype = noise_dtype(self.cfg.noise_precision, self.device)
         self.model.set_noise_precision(self.noise_dtype)
         self.net = distributed.wrap(self.model, self.device)
-        # fused: one kernel per step instead of a dozen passes per parameter (CPU and CUDA support it)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, eps=self.cfg.adam_eps,
-                                          fused=self.device.type in ("cpu", "cuda") or None)
+        self.optimizer = build_adam(self.model, self.cfg, self.device)
         self.batches = Batches(distributed.shard(self.data["train"]), self.cfg.batch_size,
                                seed=self.cfg.seed + self.rank)
         if self.world_size > 1:
@@ -137,6 +135,11 @@ class Trainer:
             return self.cfg.lr
         t = min(step / max(self.total_steps, 1), 1.0)
         return self.cfg.lr_final + 0.5 * (self.cfg.lr - self.cfg.lr_final) * (1 + math.cos(math.pi * t))
+
+    @property
+    def has_kl(self) -> bool:
+        """Whether the objective has a KL term: not with beta = 0 (the mixture objective among them)."""
+        return self.cfg.beta != 0
 
     def kl_per_datapoint(self) -> torch.Tensor:
         return self.model.kl_divergence(encoder=self.cfg.kl_encoder, decoder=True) / self.n_train
@@ -175,11 +178,12 @@ class Trainer:
         return "finished"
 
     def train_step(self, x: torch.Tensor) -> dict:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+        set_lr(self.optimizer, self.lr_at(self.step))
         log_w = self.net(x, self.cfg.k, estimator=self.cfg.estimator)
-        kl = self.kl_per_datapoint()
-        objective = surrogate_objective(log_w, self.cfg.estimator).mean() - self.cfg.beta * kl
+        objective = surrogate_objective(log_w, self.cfg.estimator).mean()
+        kl = self.kl_per_datapoint() if self.has_kl else None
+        if kl is not None:
+            objective = objective - self.cfg.beta * kl
         loss = -objective
         if not torch.isfinite(loss):
             raise TrainingDiverged(self._diverged_message("the loss is not finite"))
@@ -194,7 +198,8 @@ class Trainer:
         self._epoch_sums["bound"] += bound
         self._epoch_sums["n"] += 1
         return {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch + 1,
-                "steps_per_epoch": self.steps_per_epoch, "bound": bound, "kl_per_datapoint": kl.item(),
+                "steps_per_epoch": self.steps_per_epoch, "bound": bound,
+                "kl_per_datapoint": None if kl is None else kl.item(),
                 "lr": self.lr_at(self.step - 1)}
 
     def _diverged_message(self, what: str) -> str:
@@ -232,12 +237,13 @@ class Trainer:
         for hook in self.hooks.on_eval:
             hook(self, {"epoch": self.epoch, "valid_bound": valid})
         n = max(self._epoch_sums["n"], 1)
-        kl = self.kl_per_datapoint().item()
+        kl = self.kl_per_datapoint().item() if self.has_kl else None  # no KL in the objective: none to report
         train_bound = self._epoch_sums["bound"] / n
         enc_sigma, dec_sigma = self.sigma_means()
         row = {"epoch": self.before["epochs"] + self.epoch, "step": self.before["steps"] + self.step,
                "lr": self.lr_at(self.step), "train_bound": train_bound,
-               "kl_per_datapoint": kl, "objective": train_bound - self.cfg.beta * kl, "valid_bound": valid,
+               "kl_per_datapoint": kl, "objective": train_bound - (0.0 if kl is None else self.cfg.beta * kl),
+               "valid_bound": valid,
                "mean_sigma_encoder": enc_sigma, "mean_sigma_decoder": dec_sigma,
                "seconds": round(self.before["train_seconds"] + self.seconds, 2)}
         self.history.append(row)
@@ -320,11 +326,38 @@ class Trainer:
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "processes": self.world_size,
             "noise_precision": str(self.noise_dtype or torch.float32).removeprefix("torch."),
+            "objective": self.cfg.objective, "beta": self.cfg.beta, "init_sigma": self.run.model.init_sigma,
+            "adam_eps": self.cfg.adam_eps, "rho_adam_eps": self.cfg.rho_adam_eps,
+            "rho_lr_scale": self.cfg.rho_lr_scale,
             "source": self.data.get("source"),
             "final_valid_bound": self.history[-1]["valid_bound"] if self.history else None,
             **extra_metrics,
             "stages": self.before["stages"] + [stage]}
         ckpt.write_json(metrics_path, metrics)
+
+
+def build_adam(model: torch.nn.Module, cfg, device: torch.device | None = None) -> torch.optim.Adam:
+    """Adam for a model: the weight means with cfg.adam_eps, the rho parameters (sigma = softplus(rho)) in a
+    group of their own with cfg.rho_adam_eps and a learning rate cfg.rho_lr_scale times the schedule's (see
+    TrainConfig.rho_adam_eps for why). With the same settings for both, one group, as runs had before.
+    """
+    named = list(model.named_parameters())
+    rho = [p for name, p in named if name.endswith("_rho")]
+    means = [p for name, p in named if not name.endswith("_rho")]
+    if rho and (cfg.rho_adam_eps != cfg.adam_eps or cfg.rho_lr_scale != 1):
+        groups = [{"params": means, "eps": cfg.adam_eps, "lr_scale": 1.0},
+                  {"params": rho, "eps": cfg.rho_adam_eps, "lr_scale": cfg.rho_lr_scale}]
+    else:
+        groups = [{"params": means + rho, "eps": cfg.adam_eps, "lr_scale": 1.0}]
+    # fused: one kernel per step instead of a dozen passes per parameter (CPU and CUDA support it)
+    fused = device is not None and device.type in ("cpu", "cuda")
+    return torch.optim.Adam(groups, lr=cfg.lr, fused=fused or None)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's learning rate for this step, times each group's lr_scale."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def write_history(path: Path, rows: list[dict]) -> None:

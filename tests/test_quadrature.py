@@ -132,3 +132,35 @@ def test_random_decoder_bound_approaches_expected_log_likelihood():
         gaps.append(((truth - mean).abs().mean().item(), tol.max().item()))
     assert gaps[0][0] > 0.3, gaps  # a real gap at k = 1 ...
     assert gaps[-1][0] < max(0.1, gaps[-1][1]), gaps  # ... that closes at large k
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_mixture_bound_approaches_the_mixture_log_likelihood():
+    """The mixture reading (--objective mixture): p(x) = E_q(theta)[int p(x|z; theta) p(z) dz], and the
+    training bound draws its own theta (and phi) for every importance sample (granularity 'sample' in both
+    networks), so E[L_k] <= log p(x) and closes on it as k grows. Ground truth: the quadrature in z of
+    p(x|theta) for each of 1,000 explicit theta draws, averaged in probability (the Bayesian reading's
+    E_theta log p(x|theta) above averages in log, and lies below by Jensen)."""
+    model = make_model("iwae-r", seed=5, init_sigma=0.15)
+    x = data_from_model(model, 3)
+    torch.manual_seed(14)
+    draws = 1000
+    per_theta = torch.stack([quadrature_log_px(model, x, n=101, half_width=5.0, noise_scale=1.0)
+                             for _ in range(draws)])
+    truth = torch.logsumexp(per_theta, 0) - math.log(draws)
+    p = (per_theta - per_theta.max(0).values).exp()
+    truth_se = p.std(0) / p.mean(0) / math.sqrt(draws)  # delta method for log(mean p)
+    assert (truth - per_theta.mean(0) > 0.1).all()  # the two readings are different models here
+    reps = 40
+    xr = x.repeat(reps, 1)
+    gaps = []
+    for k in (1, 100, 5000):
+        lk = iwae_bound(model.log_weights(xr, k, encoder_granularity="sample", decoder_granularity="sample"))
+        lk = lk.reshape(reps, len(x))
+        mean, se = lk.mean(0), lk.std(0) / math.sqrt(reps)
+        tol = 4 * torch.sqrt(se**2 + truth_se**2)
+        assert (mean <= truth + tol).all(), (k, mean - truth, tol)  # below the truth, within 4 s.e.
+        gaps.append((truth - mean).mean().item())
+    assert gaps[0] > 1.0 and gaps[0] > gaps[1] > gaps[2], gaps  # a real gap at k = 1 that shrinks with k
+    assert gaps[2] < 0.1 and gaps[2] < 0.05 * gaps[0], gaps  # and nearly closes at k = 5000
