@@ -1,0 +1,338 @@
+"""The budget x seed study: does a random-weight IWAE beat IWAE, and at which training budget?
+
+Each trial is one (dataset, arm, seed) trained on one cosine schedule of max(budgets) epochs; at every
+budget (epochs 5, 10, 20, 40 by default) the weights are copied to DIR/<trial>/epochs-NNN/ and evaluated
+there with the full protocol on the same binarised test images (the first `images`, S joint draws,
+tau = 1 and 0). Evaluating along one schedule, instead of a separate run per budget, is what makes the
+budgets affordable; the earlier budgets are therefore models in the middle of their learning-rate decay,
+not models trained to convergence at that budget.
+
+Everything is resumable: a trial resumes from its checkpoint (bit-exact), a budget whose evaluation is in
+its folder is skipped, and results/study.csv and study.md are rebuilt from the folders on disk.
+
+  python -m iwae_core.study --root runs/study --datasets mnist --seeds 0 1 2 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
+
+# arm -> (variant, objective)
+ARMS = {
+    "iwae": ("iwae", "bayes"),
+    "iwae-r": ("iwae-r", "bayes"),
+    "iwae-r-mixture": ("iwae-r", "mixture"),
+    "iwae-rrec": ("iwae-rrec", "bayes"),
+}
+CSV_FIELDS = ["dataset", "arm", "variant", "objective", "init_sigma", "seed", "epochs", "n_images", "S", "tau",
+              "test_ll", "stderr", "diff_to_iwae", "diff_stderr", "train_seconds", "commit"]
+
+
+@dataclass
+class StudyConfig:
+    root: Path = Path("runs/study")
+    datasets: tuple[str, ...] = ("mnist", "omniglot")
+    arms: tuple[str, ...] = tuple(ARMS)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budgets: tuple[int, ...] = (5, 10, 20, 40)
+    init_sigma: float = 1e-3  # of the Bayesian arms (the shipped models')
+    mixture_init_sigma: float = 1e-2
+    batch_size: int = 20
+    lr: float = 1e-3
+    lr_final: float = 1e-4
+    images: int = 2000
+    S: int = 5000
+    threads: int = 1
+    workers: int = 2
+    data_dir: str | None = None
+    results: Path = Path("results")
+    # smaller models and data, for tests of the study's machinery (None: the paper's)
+    hidden: tuple[int, ...] = (400,)
+    z_dim: int = 40
+    k: int = 25
+    train_images: int | None = None
+
+    def __post_init__(self) -> None:
+        self.root, self.results = Path(self.root), Path(self.results)
+        unknown = sorted(set(self.arms) - set(ARMS))
+        if unknown:
+            raise ValueError(f"unknown arms {unknown}; choose from {sorted(ARMS)}")
+        if "iwae" not in self.arms:
+            raise ValueError("the study's differences are to IWAE: keep the 'iwae' arm")
+        if sorted(self.budgets) != list(self.budgets) or min(self.budgets) < 1:
+            raise ValueError(f"budgets must be increasing positive epochs, got {self.budgets}")
+
+
+def trial_name(dataset: str, arm: str, seed: int) -> str:
+    return f"{dataset}-{arm}-s{seed}"
+
+
+def trial_run(cfg: StudyConfig, dataset: str, arm: str, seed: int) -> RunConfig:
+    """The paper's model and objective on one cosine schedule of max(budgets) epochs."""
+    variant, objective = ARMS[arm]
+    granularity = {"encoder_granularity": "sample", "decoder_granularity": "sample"} if objective == "mixture" else {}
+    sigma = cfg.mixture_init_sigma if objective == "mixture" else cfg.init_sigma
+    model = ModelConfig.for_variant(variant, **{**PAPER_PRESET["model"], "hidden": cfg.hidden, "z_dim": cfg.z_dim},
+                                    init_sigma=sigma, **granularity)
+    train = TrainConfig(**{**PAPER_PRESET["train"], "batch_size": cfg.batch_size, "lr": cfg.lr,
+                           "lr_final": cfg.lr_final, "k": cfg.k}, dataset=dataset, epochs=max(cfg.budgets), seed=seed,
+                        threads=cfg.threads, device="cpu", objective=objective,
+                        beta=0.0 if objective == "mixture" else 1.0)
+    return RunConfig(model, train)
+
+
+def snapshot_dir(trial: Path, epochs: int) -> Path:
+    return trial / f"epochs-{epochs:03d}"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run_task(cfg: StudyConfig, dataset: str, arm: str, seed: int, budget: int) -> str:
+    """Train a trial up to `budget` epochs (resuming its checkpoint), snapshot and evaluate it."""
+    from .data import load_dataset
+    from .evaluate import evaluate_folder
+    from .train import Trainer
+
+    torch.set_num_threads(cfg.threads)
+    trial = cfg.root / trial_name(dataset, arm, seed)
+    snap = snapshot_dir(trial, budget)
+    if (snap / "metrics.json").exists() and "test" in ckpt.read_json(snap / "metrics.json"):
+        return f"{snap.name} of {trial.name}: done already"
+    data = load_dataset(dataset, cfg.data_dir)
+    if cfg.train_images:
+        data = {**data, "train": data["train"][:cfg.train_images]}
+    if not (snap / "model.safetensors").exists():
+        run = trial_run(cfg, dataset, arm, seed)
+        trainer = Trainer(run, out=trial, data=data)
+        run.train.max_steps = budget * trainer.steps_per_epoch  # this budget's part of the one schedule
+        trainer.resume()
+        trainer.fit()
+        trainer.finish({"command": f"python -m iwae_core.study (budget {budget} epochs)",
+                        "study": {"commit": git_commit(), "arm": arm}})
+        tmp = trial / f".{snap.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name in ("model.safetensors", "config.json", "metrics.json", "history.csv"):
+            shutil.copyfile(trial / name, tmp / name)
+        os.replace(tmp, snap)
+    evaluate_folder(snap, S=cfg.S, limit=cfg.images, mc_repeats=1, data=data)
+    metrics = ckpt.read_json(snap / "metrics.json")
+    metrics["test"]["commit"] = git_commit()
+    ckpt.write_json(snap / "metrics.json", metrics)
+    return f"{snap.name} of {trial.name}: evaluated"
+
+
+def _task(args) -> tuple[tuple, str | None]:
+    cfg, key = args
+    try:
+        return key, run_task(cfg, *key)
+    except Exception as err:  # one failed trial is reported and does not stop the others
+        return key, f"failed: {type(err).__name__}: {err}"
+
+
+def run_study(cfg: StudyConfig) -> None:
+    """Every budget of every trial, budget by budget (so that the early budgets of all seeds come first)."""
+    from tqdm import tqdm
+
+    keys = [(d, a, s) for d in cfg.datasets for s in cfg.seeds for a in cfg.arms]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(cfg.workers, maxtasksperchild=1) as pool:
+        for budget in cfg.budgets:
+            tasks = [(cfg, (*key, budget)) for key in keys]
+            bar = tqdm(total=len(tasks), desc=f"study, {budget} epochs", unit="trial", file=sys.stderr)
+            for key, message in pool.imap_unordered(_task, tasks):
+                bar.write(f"{trial_name(*key[:3])} @ {key[3]} epochs: {message}")
+                bar.update(1)
+                write_results(cfg.root, cfg.results)
+            bar.close()
+
+
+# ---- results ------------------------------------------------------------------------------------
+def collect(root: Path) -> list[dict]:
+    """One row per evaluated (trial, budget, tau), with the paired difference to the same seed's IWAE."""
+    from safetensors.torch import load_file
+
+    found = []
+    for metrics_path in sorted(Path(root).glob("*/epochs-*/metrics.json")):
+        snap = metrics_path.parent
+        metrics = ckpt.read_json(metrics_path)
+        test, training = metrics.get("test"), metrics.get("training", {})
+        if not test or not (snap / "test_ll.safetensors").exists():
+            continue
+        run = ckpt.load_run_config(snap)
+        per_image = load_file(str(snap / "test_ll.safetensors"))
+        found.append({"snap": snap, "run": run, "test": test, "training": training, "per_image": per_image,
+                      "arm": training.get("study", {}).get("arm") or _arm_of(run)})
+    iwae = {(f["run"].train.dataset, f["run"].train.seed, f["training"]["epochs"]): f
+            for f in found if f["arm"] == "iwae"}
+    rows = []
+    for f in found:
+        run, test = f["run"], f["test"]
+        key = (run.train.dataset, run.train.seed, f["training"]["epochs"])
+        for tau, entry in sorted(test["by_tau"].items(), key=lambda t: -float(t[0])):
+            ll = f["per_image"][f"tau={tau}"]
+            ref = iwae.get(key)
+            diff = diff_se = None
+            if ref is not None and ref["test"]["n_images"] == test["n_images"] and ref["test"]["S"] == test["S"]:
+                d = ll - ref["per_image"]["tau=1"]  # IWAE's network has no weight noise: its tau = 1 is all
+                diff, diff_se = d.mean().item(), (d.std() / math.sqrt(len(d))).item()
+            rows.append({"dataset": run.train.dataset, "arm": f["arm"], "variant": run.model.variant,
+                         "objective": run.train.objective, "init_sigma": run.model.init_sigma,
+                         "seed": run.train.seed, "epochs": f["training"]["epochs"], "n_images": test["n_images"],
+                         "S": test["S"], "tau": float(tau), "test_ll": entry["mean"], "stderr": entry["stderr"],
+                         "diff_to_iwae": diff, "diff_stderr": diff_se,
+                         "train_seconds": f["training"].get("train_seconds"), "commit": test.get("commit")})
+    return rows
+
+
+def _arm_of(run: RunConfig) -> str:
+    return "iwae-r-mixture" if run.train.objective == "mixture" else run.model.variant
+
+
+def read_csv(path: Path) -> list[dict]:
+    """results/study.csv back as rows with numbers as numbers."""
+    ints, floats = {"seed", "epochs", "n_images", "S"}, {"init_sigma", "tau", "test_ll", "stderr", "diff_to_iwae",
+                                                        "diff_stderr", "train_seconds"}
+    with open(path, newline="") as f:
+        return [{k: (None if v == "" else int(v) if k in ints else float(v) if k in floats else v)
+                 for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (dataset, epochs, tau, arm): the mean across seeds and its seed-to-seed sd, of the test LL and of
+    the paired difference to IWAE; and whether that difference holds. It holds when its mean across seeds is
+    more than twice its standard error across seeds (sd / sqrt(seeds), at least 2 seeds) and more than
+    twice the mean paired s.e. divided by sqrt(seeds): beyond both the seed spread and the image noise."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["epochs"], r["tau"], r["arm"]), []).append(r)
+    out = []
+    for (dataset, epochs, tau, arm), rs in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], -g[0][2],
+                                                                                  list(ARMS).index(g[0][3]))):
+        ll = torch.tensor([r["test_ll"] for r in rs], dtype=torch.float64)
+        diffs = [r for r in rs if r["diff_to_iwae"] is not None]
+        row = {"dataset": dataset, "epochs": epochs, "tau": tau, "arm": arm, "seeds": len(rs),
+               "test_ll": ll.mean().item(), "test_ll_sd": ll.std().item() if len(rs) > 1 else None,
+               "diff": None, "diff_sd": None, "paired_se": None, "verdict": ""}
+        if diffs and arm != "iwae":
+            d = torch.tensor([r["diff_to_iwae"] for r in diffs], dtype=torch.float64)
+            se = sum(r["diff_stderr"] for r in diffs) / len(diffs)
+            row.update(diff=d.mean().item(), paired_se=se, diff_sd=d.std().item() if len(d) > 1 else None)
+            n = len(d)
+            if n < 2:
+                row["verdict"] = "one seed: no verdict"
+            elif abs(row["diff"]) > 2 * row["diff_sd"] / math.sqrt(n) and abs(row["diff"]) > 2 * se / math.sqrt(n):
+                row["verdict"] = "above IWAE" if row["diff"] > 0 else "below IWAE"
+            else:
+                row["verdict"] = "not distinguishable from IWAE"
+        out.append(row)
+    return out
+
+
+def write_results(root: Path, results: Path) -> list[dict]:
+    """Rebuild results/study.csv and results/study.md from the study's folders."""
+    rows = collect(root)
+    if not rows:
+        return rows
+    results.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+    ckpt.atomic_write(results / "study.csv", write)
+    ckpt.atomic_write(results / "study.md", lambda tmp: Path(tmp).write_text(markdown(rows)))
+    return rows
+
+
+def _f(value, fmt: str = "+.3f") -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def markdown(rows: list[dict]) -> str:
+    """results/study.md: for each dataset and budget, every arm's test LL and difference to IWAE across seeds."""
+    summary = summarize(rows)
+    n_images = sorted({r["n_images"] for r in rows})
+    S = sorted({r["S"] for r in rows})
+    commits = sorted({r["commit"] for r in rows if r["commit"]})
+    lines = [
+        "# The budget × seed study",
+        "",
+        "Generated by `python -m iwae_core.study` from the study's run folders (`results/study.csv` holds one row",
+        "per dataset, arm, seed, budget and τ). Every model: the paper's architecture and objective (784-400-40",
+        "tanh, k = 25), batch 20, Adam lr 1e-3 cosine-decayed to 1e-4 over one schedule of the largest budget,",
+        "evaluated at each budget along it; test LL with S = "
+        f"{', '.join(map(str, S))} joint draws on the first {', '.join(map(str, n_images))} test images",
+        "(binarised with the fixed evaluation seed, the same images for every model). Differences are paired:",
+        "per image, against the same seed's IWAE at the same budget. Mean ± sd are across seeds; the paired",
+        "s.e. is the mean over seeds of each difference's standard error over images. A difference *holds*",
+        "when its mean is more than twice both its standard error across seeds and the paired s.e. over √seeds.",
+        f"Commits: {', '.join(commits) or '—'}.",
+        "",
+    ]
+    for dataset in sorted({s["dataset"] for s in summary}):
+        for epochs in sorted({s["epochs"] for s in summary if s["dataset"] == dataset}):
+            lines += [f"## {dataset}, {epochs} epochs", "",
+                      "| arm | τ | seeds | test LL (mean ± sd) | − IWAE (mean ± sd) | paired s.e. | verdict |",
+                      "|---|---|---|---|---|---|---|"]
+            for s in summary:
+                if s["dataset"] != dataset or s["epochs"] != epochs:
+                    continue
+                lines.append(f"| {s['arm']} | {s['tau']:g} | {s['seeds']} | {_f(s['test_ll'], '.3f')} ± "
+                             f"{_f(s['test_ll_sd'], '.3f')} | {_f(s['diff'])} ± {_f(s['diff_sd'], '.3f')} | "
+                             f"{_f(s['paired_se'], '.3f')} | {s['verdict']} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m iwae_core.study", description=__doc__.splitlines()[0])
+    p.add_argument("--root", default="runs/study", help="folder of the trials' run folders (not for git)")
+    p.add_argument("--results", default="results", help="where study.csv and study.md are written")
+    p.add_argument("--datasets", nargs="+", default=["mnist", "omniglot"])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--budgets", nargs="+", type=int, default=[5, 10, 20, 40])
+    p.add_argument("--init-sigma", type=float, default=1e-3)
+    p.add_argument("--mixture-init-sigma", type=float, default=1e-2)
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--S", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=2, help="trials trained at once, one thread each")
+    p.add_argument("--data-dir")
+    p.add_argument("--summarize", action="store_true", help="only rebuild study.csv and study.md")
+    args = p.parse_args(argv)
+    cfg = StudyConfig(root=args.root, results=args.results, datasets=tuple(args.datasets), arms=tuple(args.arms),
+                      seeds=tuple(args.seeds), budgets=tuple(args.budgets), init_sigma=args.init_sigma,
+                      mixture_init_sigma=args.mixture_init_sigma, images=args.images, S=args.S,
+                      workers=args.workers, data_dir=args.data_dir)
+    if not args.summarize:
+        run_study(cfg)
+    rows = write_results(cfg.root, cfg.results)
+    print(f"{len(rows)} result rows in {cfg.results / 'study.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
