@@ -286,6 +286,64 @@ def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str,
     return fig
 
 
+STUDY_ARMS = {"iwae": "IWAE", "iwae-r": "IWAE-R (Bayesian)", "iwae-r-mixture": "IWAE-R (mixture)",
+              "iwae-rrec": "IWAE-Rrec"}
+
+
+def study_curves(summary: Sequence[Mapping], rows: Sequence[Mapping], paper: Mapping[str, tuple] | None = None,
+                 title: str | None = None) -> go.Figure:
+    """The study for one dataset and tau: test LL against training epochs per arm (mean across seeds, a band
+    of ± one seed-to-seed sd, each seed a faint dot), and the paired difference to the same seed's IWAE
+    against epochs (band ± seed sd, error bars ± paired s.e.). `summary` and `rows` as iwae_core.study's
+    summarize and collect give them, for one dataset and tau; paper: variant -> (mean, s.e.), drawn as
+    dotted lines in the colour of the arm of that variant (the mixture arm has no paper number of its own)."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("test log-likelihood (mean across seeds ± sd)",
+                                        "paired difference to IWAE (± seed sd; bars ± paired s.e.)"))
+    colours = {arm: PALETTE[i] for i, arm in enumerate(STUDY_ARMS)}
+    for arm, name in STUDY_ARMS.items():
+        points = sorted((s for s in summary if s["arm"] == arm), key=lambda s: s["epochs"])
+        if not points:
+            continue
+        colour, epochs = colours[arm], [s["epochs"] for s in points]
+        for col, key, sd_key in ((1, "test_ll", "test_ll_sd"), (2, "diff", "diff_sd")):
+            mean = np.array([s[key] if s[key] is not None else np.nan for s in points], dtype=float)
+            if np.isnan(mean).all():
+                continue
+            sd = np.array([s[sd_key] or 0.0 for s in points], dtype=float)
+            fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=np.concatenate([mean + sd, (mean - sd)[::-1]]),
+                                     fill="toself", fillcolor=colour, opacity=0.15, line=dict(width=0),
+                                     showlegend=False, hoverinfo="skip", legendgroup=arm), row=1, col=col)
+            error = dict(type="data", array=[s["paired_se"] or 0.0 for s in points]) if col == 2 else None
+            fig.add_trace(go.Scatter(x=epochs, y=mean.tolist(), mode="lines+markers", name=name, legendgroup=arm,
+                                     showlegend=col == 1, line=dict(color=colour), error_y=error,
+                                     customdata=np.stack([sd, [s["seeds"] for s in points]], -1),
+                                     hovertemplate=f"{name}<br>%{{x}} epochs<br>%{{y:.3f}} ± %{{customdata[0]:.3f}} "
+                                                   "(sd over %{customdata[1]} seeds)<extra></extra>"),
+                          row=1, col=col)
+        seeds = [r for r in rows if r["arm"] == arm]
+        fig.add_trace(go.Scatter(x=[r["epochs"] for r in seeds], y=[r["test_ll"] for r in seeds], mode="markers",
+                                 marker=dict(color=colour, size=5, opacity=0.45), showlegend=False,
+                                 legendgroup=arm, customdata=[r["seed"] for r in seeds],
+                                 hovertemplate=f"{name}, seed %{{customdata}}: %{{y:.3f}}<extra></extra>"),
+                      row=1, col=1)
+    all_epochs = sorted({s["epochs"] for s in summary}) or [1]
+    lo, hi = all_epochs[0], all_epochs[-1]
+    for variant, (value, se) in (paper or {}).items():
+        arm = variant  # the paper's IWAE, IWAE-R and IWAE-Rrec
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[value, value], mode="lines", legendgroup=arm, showlegend=False,
+                                 line=dict(dash="dot", color=colours.get(arm, "grey")),
+                                 hovertemplate=f"paper, {STUDY_ARMS.get(arm, arm)}: {value:.3f} ± {se:.3f}"
+                                               "<extra></extra>"), row=1, col=1)
+    fig.add_hline(y=0, line=dict(color="grey", width=1), row=1, col=2)
+    fig.update_xaxes(title="training epochs", type="log", tickvals=all_epochs)
+    fig.update_yaxes(title="test LL (nats)", row=1, col=1)
+    fig.update_yaxes(title="difference to IWAE (nats)", row=1, col=2)
+    fig.update_layout(title=title or "Test log-likelihood across training budgets and seeds", height=480,
+                      width=1200, margin=dict(l=60, r=10, t=80, b=50))
+    return fig
+
+
 FLOOR = 1e-15  # smallest normalised weight the importance-weight axis shows
 
 

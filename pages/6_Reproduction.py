@@ -1,0 +1,64 @@
+"""Reproduction: the budget x seed study (results/study.csv) as curves, test LL and differences to IWAE
+against training epochs, with seed bands and the paper's numbers."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from iwae_core import figures, study
+from iwae_core.evaluate import PAPER_TABLE
+
+st.set_page_config(page_title="Reproduction · Bayesian IWAE", layout="wide")
+st.title("Reproduction")
+st.caption("Does a random-weight IWAE beat IWAE, and at which training budget? Every arm trains with several "
+           "seeds on one cosine schedule and is evaluated along it on the same test images; differences are "
+           "paired per image against the same seed's IWAE. Dotted lines: the paper's whole-test-set numbers at "
+           "S = 5000, in the colour of their variant.")
+
+DEFAULT = Path(__file__).resolve().parent.parent / "results" / "study.csv"
+path = Path(st.sidebar.text_input("Study results (CSV)", str(DEFAULT), key="repro:path",
+                                  help="results/study.csv as `python -m iwae_core.study` writes it"))
+if not path.is_file():
+    st.info(f"No study results at `{path}`. Run `python -m iwae_core.study --datasets mnist --seeds 0 1 2` "
+            "(resumable; see results/study.md) or point the sidebar at another study.csv.")
+    st.stop()
+try:
+    rows = study.read_csv(path)
+except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
+    st.error(f"{path} cannot be read as a study table: {err}")
+    st.stop()
+datasets = sorted({r["dataset"] for r in rows})
+if not datasets:
+    st.info(f"{path} holds no results yet.")
+    st.stop()
+ui._init("repro:dataset", "dataset", str, datasets[0], lambda v: v in datasets)
+dataset = st.sidebar.selectbox("Dataset", datasets, key="repro:dataset")
+taus = sorted({r["tau"] for r in rows if r["dataset"] == dataset}, reverse=True)
+ui._init("repro:tau", "tau", float, taus[0], lambda v: v in taus)
+tau = st.sidebar.radio("τ of the random arms", taus, key="repro:tau", format_func=lambda t: f"{t:g}",
+                       help="IWAE has no weight noise: its τ = 1 result is used for every τ")
+ui.sync_url(dataset=dataset, tau=tau)
+
+chosen = [r for r in rows if r["dataset"] == dataset and (r["tau"] == tau or r["arm"] == "iwae")]
+summary = study.summarize(chosen)
+seeds = sorted({r["seed"] for r in chosen})
+images = sorted({r["n_images"] for r in chosen})
+S = sorted({r["S"] for r in chosen})
+title = (f"{dataset}, τ = {tau:g}: test LL across budgets ({len(seeds)} seeds, first "
+         f"{'/'.join(map(str, images))} test images, S = {'/'.join(map(str, S))})")
+figs = {"study": figures.study_curves(summary, chosen, PAPER_TABLE.get(dataset), title=title)}
+st.plotly_chart(figs["study"], key="repro-study")
+ui.export_buttons(figs["study"], "study")
+st.subheader("Per budget: mean across seeds ± seed sd, and whether the difference to IWAE holds")
+table = pd.DataFrame([{"epochs": s["epochs"], "arm": figures.STUDY_ARMS.get(s["arm"], s["arm"]), "seeds": s["seeds"],
+                       "test LL": s["test_ll"], "sd": s["test_ll_sd"], "− IWAE": s["diff"], "seed sd": s["diff_sd"],
+                       "paired s.e.": s["paired_se"], "verdict": s["verdict"]} for s in summary])
+st.dataframe(table, hide_index=True, key="repro-table",
+             column_config={c: st.column_config.NumberColumn(format="%.3f")
+                            for c in ("test LL", "sd", "− IWAE", "seed sd", "paired s.e.")})
+st.caption("A difference holds when its mean across seeds is more than twice both its standard error across "
+           "seeds and the paired s.e. over √seeds. Early budgets are points on one schedule, not models "
+           "trained to convergence at that budget.")
+ui.zip_button(figs, "reproduction")

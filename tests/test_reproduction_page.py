@@ -1,0 +1,76 @@
+"""The Reproduction view in AppTest: it draws a study's CSV (test LL and differences against epochs, with
+seed bands), follows the dataset and tau controls and the URL, and says what to run when there is none."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from iwae_core.study import CSV_FIELDS
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def write_study(path, dataset="mnist"):
+    """Three seeds of IWAE and IWAE-R at 5 and 10 epochs; IWAE-R 0.5 nats ahead at tau = 1, 0.2 behind at 0."""
+    rows = []
+    for epochs in (5, 10):
+        for seed in range(3):
+            base = -100.0 + epochs / 5 + 0.1 * seed
+            rows.append({"dataset": dataset, "arm": "iwae", "variant": "iwae", "objective": "bayes",
+                         "init_sigma": 0.001, "seed": seed, "epochs": epochs, "n_images": 2000, "S": 5000,
+                         "tau": 1.0, "test_ll": base, "stderr": 0.5, "diff_to_iwae": 0.0, "diff_stderr": 0.0,
+                         "train_seconds": 60.0, "commit": "abc1234"})
+            for tau, diff in ((1.0, 0.5 + 0.01 * seed), (0.0, -0.2 - 0.01 * seed)):
+                rows.append({**rows[-1 - (tau == 0.0)], "arm": "iwae-r", "variant": "iwae-r",
+                             "tau": tau, "test_ll": base + diff, "diff_to_iwae": diff, "diff_stderr": 0.05})
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def open_page(path, **params) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    for name, value in params.items():
+        at.query_params[name] = value
+    at.run()
+    at.switch_page("pages/6_Reproduction.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.text_input(key="repro:path").set_value(str(path)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def traces(at: AppTest) -> dict:
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    return {t["name"]: t for t in spec["data"] if t.get("name")}
+
+
+@pytest.mark.slow
+def test_study_curves_follow_tau_and_the_verdict_is_shown(tmp_path):
+    path = write_study(tmp_path / "study.csv")
+    at = open_page(path)
+    lines = traces(at)
+    assert lines["IWAE-R (Bayesian)"]["x"] == [5, 10]
+    diffs = [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+             if t.get("name") == "IWAE-R (Bayesian)" and t.get("xaxis") == "x2"]
+    assert diffs and diffs[0]["y"] == pytest.approx([0.51, 0.51], abs=1e-9)  # mean of 0.50, 0.51, 0.52
+    table = at.dataframe[0].value
+    assert set(table["verdict"]) >= {"above IWAE"}
+    at.radio(key="repro:tau").set_value(0.0).run()
+    diffs = [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+             if t.get("name") == "IWAE-R (Bayesian)" and t.get("xaxis") == "x2"]
+    assert diffs[0]["y"] == pytest.approx([-0.21, -0.21], abs=1e-9)
+    assert "below IWAE" in set(at.dataframe[0].value["verdict"])
+    assert at.query_params["tau"] == "0"
+
+
+def test_missing_study_says_what_to_run(tmp_path):
+    at = open_page(tmp_path / "none.csv")
+    assert any("python -m iwae_core.study" in i.value for i in at.info)
