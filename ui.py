@@ -109,6 +109,11 @@ def load_model(model_ref: ModelRef) -> IWAE:
         st.stop()
 
 
+def model_name(label: str, entry: checkpoint.ZooEntry) -> str:
+    """A zoo label with the reading of its random weights where there are any: 'mnist-iwae-r (bayes)'."""
+    return label if entry.variant == "iwae" else f"{label} ({entry.run.train.objective})"
+
+
 def variant_label(variant: str) -> str:
     return {"iwae": "IWAE", "iwae-r": "IWAE-R", "iwae-rrec": "IWAE-Rrec"}.get(variant, variant)
 
@@ -319,12 +324,14 @@ def pick_models(page: str, multi: bool = True, prefer: str | None = None) -> dic
     if multi:
         _init(key, "model", lambda raw: [x for x in raw.split(",") if x in entries] or None,
               default_models(entries), lambda v: isinstance(v, list) and all(x in entries for x in v))
-        chosen = st.sidebar.multiselect("Models", labels, key=key, help="Shared in the URL as ?model=a,b")
+        chosen = st.sidebar.multiselect("Models", labels, key=key, help="Shared in the URL as ?model=a,b",
+                                        format_func=lambda lab: model_name(lab, entries[lab]))
     else:
         defaults = default_models(entries)
         _init(key, "model", lambda raw: next((x for x in raw.split(",") if x in entries), None),
               next((lab for lab in defaults if entries[lab].variant == prefer), defaults[0]), lambda v: v in entries)
-        chosen = [st.sidebar.selectbox("Model", labels, key=key, help="Shared in the URL as ?model=name")]
+        chosen = [st.sidebar.selectbox("Model", labels, key=key, help="Shared in the URL as ?model=name",
+                                       format_func=lambda lab: model_name(lab, entries[lab]))]
     return {label: entries[label] for label in chosen}
 
 
