@@ -52,34 +52,35 @@ def arm(kill: dict) -> None:
                 die()  # SIGINT and SIGTERM run their handler here, mid-step; SIGKILL ends the process
             return real_objective(*a, **kw)
         train.surrogate_objective = objective
-    elif kill["at"] == "swap":
-        real_replace_dir, real_replace, real_write_json = ckpt.replace_dir, os.replace, ckpt.write_json
-        state = {"armed": False}
+    elif kill["at"] == "swap" and kill["phase"] == "writing":
+        # the N-th checkpoint's folder is half written (its trainer_state.json not yet) when the kill comes
+        real_save, real_write_json = train.Trainer.save_checkpoint, ckpt.write_json
+        writing = {"now": False}
 
-        def replace_dir(tmp, final):
-            state["armed"] = hit()
-            real_replace_dir(tmp, final)
+        def save_checkpoint(self):
+            writing["now"] = hit()
+            real_save(self)
 
         def write_json(path, data):
-            if state.get("writing") and Path(path).name == "trainer_state.json":
+            if writing["now"] and Path(path).name == "trainer_state.json":
                 die()
             real_write_json(path, data)
+        train.Trainer.save_checkpoint, ckpt.write_json = save_checkpoint, write_json
+    elif kill["at"] == "swap":
+        real_replace_dir, real_replace = ckpt.replace_dir, os.replace
+        armed = {"now": False}
+
+        def replace_dir(tmp, final):
+            armed["now"] = hit()
+            real_replace_dir(tmp, final)
 
         def replace(src, dst):
             real_replace(src, dst)
             name = Path(dst).name
-            if state["armed"] and ((kill["phase"] == "between" and name == "checkpoint.old")
-                                   or (kill["phase"] == "after" and name == "checkpoint")):
+            if armed["now"] and ((kill["phase"] == "between" and name == "checkpoint.old")
+                                 or (kill["phase"] == "after" and name == "checkpoint")):
                 die()
         ckpt.replace_dir, os.replace = replace_dir, replace
-        if kill["phase"] == "writing":  # the N-th checkpoint's folder is half written when the kill comes
-            real_save = train.Trainer.save_checkpoint
-
-            def save_checkpoint(self):
-                state["writing"] = hit()
-                real_save(self)
-            train.Trainer.save_checkpoint = save_checkpoint
-            ckpt.write_json = write_json
     elif kill["at"] == "atomic":
         real_atomic = ckpt.atomic_write
 
