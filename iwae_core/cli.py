@@ -98,6 +98,7 @@ def cmd_train(args) -> int:
     except ValueError as err:
         raise ValueError(as_options(str(err), args)) from err
     out = Path(args.out)
+    created = not out.exists()
     check_out(out, args.resume, args.force)
     bar = None
 
@@ -118,7 +119,12 @@ def cmd_train(args) -> int:
                f"{row['valid_bound']:.2f}, KL/N {row['kl_per_datapoint']:.2f}, {row['seconds']:.0f}s")
         (bar.write if bar else print)(msg)
 
-    trainer = Trainer(run, out=out, hooks=Hooks(on_step=[on_step], on_epoch=[on_epoch]), data_dir=args.data_dir)
+    try:
+        trainer = Trainer(run, out=out, hooks=Hooks(on_step=[on_step], on_epoch=[on_epoch]), data_dir=args.data_dir)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # the folder made for a run that could not start
+        raise
     signals = []
 
     def stop(signum, frame):

@@ -313,10 +313,9 @@ def write_paired(entries: list[ckpt.ZooEntry], rows_by_dataset: dict[str, list[d
         group = [e for e in entries if e.dataset == dataset]
         rows = rows_by_dataset[dataset] if rows_by_dataset else paired_differences(group)
         for e in group:
-            metrics_path = e.path / "metrics.json"
-            metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
+            metrics = ckpt.read_json_object(e.path / "metrics.json")
             metrics["paired"] = [r for r in rows if e.name in (r["a"], r["b"])]
-            ckpt.write_json(metrics_path, metrics)
+            ckpt.write_json(e.path / "metrics.json", metrics)
 
 
 def comparison_table(dirs=None) -> str:

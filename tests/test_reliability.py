@@ -3,6 +3,7 @@ overwritten, every broken file or bad argument is a one-line error that names it
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -476,7 +477,16 @@ def test_bad_train_arguments_are_refused_before_the_data_is_loaded(tmp_path, cap
 def test_a_batch_larger_than_the_training_set_is_refused(tmp_path, capsys, synthetic):
     err = error_of(["train", *TINY, "--batch-size", "1000", "--out", str(tmp_path / "run")], capsys)
     assert "--batch-size 1000 is more than the 200 training images" in err
-    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert not (tmp_path / "run").exists()  # the folder made for it is gone again
+
+
+def test_an_unwritable_out_is_refused_before_training(tmp_path, capsys, no_data, monkeypatch):
+    def read_only(*args, **kwargs):  # as on a read-only file system (root ignores permission bits)
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr("iwae_core.checkpoint.tempfile.mkstemp", read_only)
+    (tmp_path / "run").mkdir()
+    err = error_of(["train", *TINY, "--out", str(tmp_path / "run")], capsys)
+    assert f"--out {tmp_path / 'run'} is not a writable folder: Read-only file system" in err
 
 
 def test_the_memory_estimate_passes_the_paper_setting_and_refuses_absurd_ones():
