@@ -45,10 +45,6 @@ def as_options(message: str, args) -> str:
     return message
 
 
-# what `iwae train` writes into --out; a log file beside them (a script's `>> OUT/train.log`) is no obstacle
-RUN_FILES = ("model.safetensors", "config.json", "metrics.json", "history.csv", "checkpoint", "checkpoint.old")
-
-
 def check_out(out: Path, resume: bool, force: bool) -> None:
     """Refuse an --out that training would fail to write at its end, or whose files it would overwrite or
     delete without being asked to: checked before the data is loaded and any step is taken."""
@@ -61,6 +57,7 @@ def check_out(out: Path, resume: bool, force: bool) -> None:
             out.mkdir(parents=True)
         except OSError as err:
             raise ValueError(f"--out {out} cannot be created: {err.strerror or err}") from err
+    # a log beside the run (a script's `>> OUT/train.log` creates it before training starts) is no obstacle
     entries = sorted(p.name for p in out.iterdir() if not p.name.endswith(".log"))
     try:
         load_run_config(out)

@@ -260,7 +260,7 @@ def check_loads_correctly_or_names_the_file(folder: Path, edit: tuple) -> None:
 
 @pytest.mark.skipif(given is None, reason="hypothesis is not installed (pip install -e '.[test]')")
 def test_a_mutated_model_folder_loads_correctly_or_gives_one_line_naming_the_file(tiny_folder):
-    @settings(max_examples=60, deadline=None, derandomize=True,
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(st.one_of(byte_edit, tensor_edit, json_edit, metrics_edit))
     def check(edit):
