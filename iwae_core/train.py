@@ -330,6 +330,8 @@ class Trainer:
             for name in ("model.safetensors", "config.json", "history.csv"):  # atomic writes a kill cut short
                 for tmp in self.out.glob(f".{name}.*.tmp"):
                     tmp.unlink(missing_ok=True)
+        if self.world_size > 1:
+            torch.distributed.barrier()  # the other processes read the checkpoint once rank 0 has put it back
         if not folder.exists():
             return False
         state_path = folder / "trainer_state.json"
