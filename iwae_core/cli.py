@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import signal
 import sys
@@ -44,17 +45,65 @@ def build_run(args) -> RunConfig:
     return RunConfig(model=ModelConfig.for_variant(args.variant, **model_kw), train=TrainConfig(**train_kw))
 
 
+def as_options(message: str, args) -> str:
+    """A config's message in the words of the command line: "batch_size must ..." -> "--batch-size must ..."."""
+    for name in sorted(vars(args), key=len, reverse=True):
+        message = re.sub(rf"(?<![-\w]){name}(?=( must|=| and [-a-z_]+ must))", "--" + name.replace("_", "-"), message)
+    return message
+
+
+def check_out(out: Path, resume: bool, force: bool) -> None:
+    """Refuse an --out that training would fail to write at its end, or whose files it would overwrite or
+    delete without being asked to: checked before the data is loaded and any step is taken."""
+    from .checkpoint import CheckpointError, check_writable, load_run_config, read_json_object
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if not out.exists():
+        try:
+            out.mkdir(parents=True)
+        except OSError as err:
+            raise ValueError(f"--out {out} cannot be created: {err.strerror or err}") from err
+    # a log beside the run (a script's `>> OUT/train.log` creates it before training starts) is no obstacle
+    entries = sorted(p.name for p in out.iterdir() if not p.name.endswith(".log"))
+    try:
+        load_run_config(out)
+        is_run = True
+    except CheckpointError:
+        is_run = any((out / d / "trainer_state.json").exists() for d in ("checkpoint", "checkpoint.old"))
+    if entries and not is_run:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        if not force:
+            raise ValueError(f"--out {out} is not empty ({shown}) and holds no run of `iwae train`"
+                             + ("; there is nothing to resume" if resume else "")
+                             + ": choose a new or empty folder, or pass --force to write the run's files "
+                             "(model.safetensors, config.json, metrics.json, history.csv, checkpoint/) into it")
+        foreign = [name for name in ("checkpoint", "checkpoint.old") if (out / name).exists()]
+        if foreign:  # training replaces these folders whole: never delete what this tool did not write
+            raise ValueError(f"--out {out} holds {' and '.join(foreign)}, which `iwae train` did not write and "
+                             "would replace; move them away first")
+    elif is_run and not (resume or force):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, --force to train a new one "
+                         "over it, or choose another --out")
+    read_json_object(out / "metrics.json")  # rewritten at the end: a broken one is refused now, not then
+    check_writable(out, f"--out {out}")
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
+    from .config import check_k
     from .train import Hooks, Trainer, TrainingDiverged
 
-    run = build_run(args)
+    if args.k is not None:
+        check_k(args.k, "--k")
+    try:
+        run = build_run(args)
+    except ValueError as err:
+        raise ValueError(as_options(str(err), args)) from err
     out = Path(args.out)
-    if (out / "checkpoint").exists() and not args.resume:
-        print(f"error: {out} already holds a run; pass --resume to continue it or choose another --out",
-              file=sys.stderr)
-        return 2
+    created = not out.exists()
+    check_out(out, args.resume, args.force)
     bar = None
 
     def on_step(trainer, m):
@@ -77,30 +126,65 @@ def cmd_train(args) -> int:
                f"{row['valid_bound']:.2f}{kl}, {row['seconds']:.0f}s")
         (bar.write if bar else print)(msg)
 
-    trainer = Trainer(run, out=out, hooks=Hooks(on_step=[on_step], on_epoch=[on_epoch]), data_dir=args.data_dir)
-    signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())  # `kill` stops cleanly after a checkpoint
-    if args.resume and trainer.resume():
-        if trainer.done:
-            # finished already: leave the model folder (and any evaluation in metrics.json) as it is
-            print(f"{out} has done its {trainer.step} steps already ({trainer.epoch} epochs); nothing to do")
-            return 0
-        print(f"resuming {out} at step {trainer.step} (epoch {trainer.epoch})")
     try:
-        reason = trainer.fit()
+        trainer = Trainer(run, out=out, hooks=Hooks(on_step=[on_step], on_epoch=[on_epoch]), data_dir=args.data_dir)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # the folder made for a run that could not start
+        raise
+    signals = []
+
+    def stop(signum, frame):
+        """SIGTERM and Ctrl-C stop after the current step, with a checkpoint (a KeyboardInterrupt could land
+        mid-step, after its random draws, and the saved state would not resume exactly)."""
+        if signum == signal.SIGINT and signal.SIGINT in signals:
+            raise KeyboardInterrupt  # a second Ctrl-C: quit now, keeping the last checkpoint
+        signals.append(signum)
+        trainer.request_stop()
+        if signum == signal.SIGINT:
+            print("\nstopping after this step with a checkpoint (Ctrl-C again quits at once, keeping the last "
+                  "checkpoint)", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return train_until_done(args, trainer, out, signals, lambda: bar)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last checkpoint is kept, continue with: iwae train ... --out {out} --resume",
+              file=sys.stderr)
+        return 130
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        print(f"\ninterrupted; checkpoint saved, continue with: iwae train ... --out {out} --resume")
-        return 130
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if bar is not None:
             bar.close()
+
+
+def train_until_done(args, trainer, out: Path, signals: list, bar) -> int:
+    if args.resume:
+        resumed = trainer.resume(allow_changes=args.force)
+        if trainer.recovered:
+            print(f"note: {trainer.recovered}")
+        if trainer.changed:
+            print("note: continuing with other settings than the checkpoint's (--force): "
+                  + ", ".join(f"{o} {a} -> {b}" for o, a, b in trainer.changed))
+        if not resumed:
+            print(f"no checkpoint in {out}: starting from scratch")
+        elif trainer.done:
+            # finished already: leave the model folder (and any evaluation in metrics.json) as it is
+            print(f"{out} has done its {trainer.step} steps already ({trainer.epoch} epochs); nothing to do")
+            return 0
+        else:
+            print(f"resuming {out} at step {trainer.step} (epoch {trainer.epoch})")
+    reason = trainer.fit()
+    if bar() is not None:
+        bar().close()
     trainer.finish({"command": "iwae " + " ".join(shlex.quote(a) for a in sys.argv[1:])})
     if reason == "stopped":
         print(f"stopped at step {trainer.step}; checkpoint saved, continue with --resume")
-        return 0
+        return 130 if signal.SIGINT in signals else 0
     print(f"{reason}: {trainer.step} steps, model folder {out}")
     return 0
 
@@ -128,7 +212,7 @@ def progress_bar(desc: str):
 
 def cmd_eval(args) -> int:
     from .checkpoint import load_model
-    from .evaluate import evaluate_folder
+    from .evaluate import check_evaluation_settings, check_evaluation_target, evaluate_folder
 
     if args.threads is not None:
         if args.threads < 1:
@@ -136,8 +220,15 @@ def cmd_eval(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    check_evaluation_settings(
+        {"S": "--k", "limit": "--limit", "noise_scales": "--noise-scale", "batch_size": "--batch-size",
+         "mc_repeats": "--mc-repeats", "mc_images": "--mc-images", "seed": "--seed"},
+        S=args.k, limit=args.limit, noise_scales=args.noise_scale, batch_size=args.batch_size,
+        mc_repeats=args.mc_repeats, mc_images=args.mc_images, seed=args.seed)
+    for directory in args.dirs:  # every folder is checked before the first one takes minutes
+        load_model(directory)
+        check_evaluation_target(Path(directory), write=not args.no_write)
     for directory in args.dirs:
-        load_model(directory)  # fail early and clearly on a bad folder
         result = evaluate_folder(directory, S=args.k, limit=args.limit, noise_scales=args.noise_scale,
                                  batch_size=args.batch_size, data_dir=args.data_dir, write=not args.no_write,
                                  mc_repeats=args.mc_repeats, mc_images=args.mc_images, seed=args.seed,
@@ -213,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--data-dir")
     t.add_argument("--out", required=True)
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--force", action="store_true",
+                   help="train into a non-empty --out that holds no run (its files of the run's names are "
+                        "replaced), over an existing run, or resume with other settings than the checkpoint's")
     t.add_argument("--noise-precision", choices=NOISE_PRECISIONS,
                    help="precision of the random layers' noise-path products (default auto: bfloat16 on CPUs "
                         "with native bfloat16 products, float32 elsewhere); evaluation always uses float32")
@@ -254,9 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

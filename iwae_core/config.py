@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,16 @@ class ModelConfig:
     init_sigma: float = 1e-3
 
     def __post_init__(self) -> None:
+        # a config.json is user input: sizes must be true integers (not 3.5, "3" or true), flags booleans
+        if not isinstance(self.hidden, list | tuple) or not all(is_int(h) for h in self.hidden):
+            raise ValueError(f"hidden must be a list of integers, got {self.hidden!r:.80}")
         self.hidden = tuple(int(h) for h in self.hidden)
+        for name in ("x_dim", "z_dim"):
+            if not is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r:.80}")
+        for name in ("random_encoder", "random_decoder"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r:.80}")
         for name in ("encoder_granularity", "decoder_granularity"):
             if getattr(self, name) not in GRANULARITIES:
                 raise ValueError(f"{name} must be one of {GRANULARITIES}, got {getattr(self, name)!r}")
@@ -49,6 +59,8 @@ class ModelConfig:
             raise ValueError("x_dim, z_dim and every hidden size must be positive")
         if not self.prior_std > 0 or not self.init_sigma > 0:
             raise ValueError("prior_std and init_sigma must be positive")
+        if not (math.isfinite(self.prior_std) and math.isfinite(self.init_sigma)):
+            raise ValueError("prior_std and init_sigma must be finite")
 
     @property
     def variant(self) -> str:
@@ -126,6 +138,7 @@ class TrainConfig:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if not (self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr}")
+        check_train_numbers(self)
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -133,6 +146,33 @@ class TrainConfig:
 
 
 MAX_K = 100_000
+MAX_SEED = 2**63 - 2**20  # torch seeds are 64-bit; room for the + rank and + 1000 * repeat offsets
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_train_numbers(cfg: TrainConfig) -> None:
+    """Reject training settings that would run but do something other than asked (NaN or infinite
+    rates, a negative final rate, 0 threads meaning "all cores", a seed that overflows)."""
+    for name in ("lr", "beta", "adam_eps"):
+        value = getattr(cfg, name)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    if cfg.lr_final is not None and not (math.isfinite(cfg.lr_final) and cfg.lr_final >= 0):
+        raise ValueError(f"lr_final must be a finite rate of 0 or more, got {cfg.lr_final}")
+    if not cfg.beta >= 0 or not cfg.adam_eps > 0:
+        raise ValueError(f"beta must be 0 or more and adam_eps positive, got {cfg.beta} and {cfg.adam_eps}")
+    if cfg.threads is not None and not (is_int(cfg.threads) and cfg.threads >= 1):
+        raise ValueError(f"threads must be at least 1 (leave it unset for all cores), got {cfg.threads}")
+    check_seed(cfg.seed)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    if not is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to {MAX_SEED}, got {seed!r:.40}")
+    return seed
 
 
 def check_k(k: int, name: str = "k") -> int:

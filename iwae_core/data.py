@@ -74,11 +74,13 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> 
             raise DataNotFoundError(
                 f"MNIST not found in {root} and the download failed ({err}); expected {MNIST_LAYOUT}. "
                 "Set IWAE_DATA_DIR or --data-dir to a folder holding it.") from err
+    for name in names:
+        check_idx_file(raw / name, dims=3 if "images" in name else 1)
     try:
         train = MNIST(str(root), train=True, download=False)
         test = MNIST(str(root), train=False, download=False)
-    except Exception as err:
-        raise DataCorruptError(f"MNIST files in {raw} cannot be read: {err}") from err
+    except Exception as err:  # torchvision's reader asserts with no message: name the exception at least
+        raise DataCorruptError(f"MNIST files in {raw} cannot be read: {str(err) or type(err).__name__}") from err
     for part, n in ((train, 60000), (test, 10000)):
         if tuple(part.data.shape) != (n, 28, 28) or len(part.targets) != n:
             raise DataCorruptError(
@@ -90,6 +92,25 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> 
         "train_labels": train.targets[:-MNIST_VALID], "valid_labels": train.targets[-MNIST_VALID:],
         "test_labels": test.targets, "source": "MNIST (LeCun), 59,600 train / 400 valid / 10,000 test",
     }
+
+
+def check_idx_file(path: Path, dims: int) -> None:
+    """An IDX file of unsigned bytes (MNIST's format): magic 0x0000080D for D dimensions, D big-endian
+    sizes, then exactly their product in bytes. Names the file and what is wrong."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * dims)
+    if len(header) < 4 + 4 * dims:
+        raise DataCorruptError(f"{path} cannot be read: it is {size} bytes, too short for an IDX header")
+    magic = int.from_bytes(header[:4], "big")
+    if magic != 0x800 + dims:
+        raise DataCorruptError(f"{path} cannot be read: it starts with 0x{magic:08x}, not the IDX magic number "
+                               f"0x{0x800 + dims:08x} of a {dims}-d byte array (not an uncompressed MNIST file)")
+    shape = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    expected = len(header) + int(np.prod(shape, dtype=np.int64))
+    if size != expected:
+        raise DataCorruptError(f"{path} cannot be read: it is {size} bytes, its header announces {shape}, "
+                               f"which take {expected}")
 
 
 OMNIGLOT_LAYOUT = ("chardata.mat (Burda et al.) or omniglot-py/images_{background,evaluation}/"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -13,7 +14,7 @@ import torch
 from . import checkpoint as ckpt
 from .allocator import retain_freed_memory
 from .bounds import effective_sample_size, iwae_bound
-from .config import check_k
+from .config import check_k, check_seed
 from .data import binarize, load_dataset
 from .model import IWAE
 
@@ -143,9 +144,15 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
                     batch_size: int | None = None, data_dir=None, write: bool = True, mc_repeats: int = 3,
                     mc_images: int = 500, seed: int = 0, progress: Callable | None = None,
                     data: dict | None = None) -> dict:
-    """The full protocol on a model folder; writes metrics.json["test"] and test_ll.safetensors."""
+    """The full protocol on a model folder; writes metrics.json["test"] and test_ll.safetensors.
+
+    The settings, the model and the files it will write are checked before minutes of computing.
+    """
     directory = Path(directory)
+    check_evaluation_settings(S=S, limit=limit, noise_scales=noise_scales, batch_size=batch_size,
+                              mc_repeats=mc_repeats, mc_images=mc_images, seed=seed)
     model, run = ckpt.load_model(directory)
+    metrics = check_evaluation_target(directory, write)
     data = data if data is not None else load_dataset(run.train.dataset, data_dir)
     x = binarized_test_images(data, limit)
     random = run.model.random_encoder or run.model.random_decoder
@@ -177,7 +184,8 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
     result["active_units"] = active_units(model, au_x)["count"]
     result["weights"] = weight_statistics(model)
     metrics_path = directory / "metrics.json"
-    metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
+    with contextlib.suppress(ckpt.CheckpointError):  # what was written meanwhile (read and checked above)
+        metrics = ckpt.read_json_object(metrics_path)
     kept = _comparable_taus(metrics.get("test"), result, directory / "test_ll.safetensors")
     result["by_tau"] = {**{tau: entry for tau, (entry, _) in kept.items()}, **result["by_tau"]}
     per_image = {**{f"tau={tau}": ll for tau, (_, ll) in kept.items()}, **per_image}
@@ -193,9 +201,48 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
     return result
 
 
+def check_evaluation_settings(names: dict | None = None, **settings) -> None:
+    """Reject settings that would evaluate something else than asked (a limit of -3 evaluated 9,997
+    images, a NaN noise scale wrote NaN); names maps a setting to the option the user typed."""
+    names = names or {}
+    name = lambda key: names.get(key, key)  # noqa: E731
+    check_k(settings["S"], name("S"))
+    for key in ("limit", "batch_size", "mc_repeats", "mc_images"):
+        value = settings.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name(key)} must be at least 1, got {value}")
+    for tau in settings.get("noise_scales") or []:
+        if not (math.isfinite(tau) and 0 <= tau <= MAX_NOISE_SCALE):
+            raise ValueError(f"{name('noise_scales')} must be from 0 to {MAX_NOISE_SCALE:g}, got {tau}")
+    check_seed(settings.get("seed", 0), name("seed"))
+
+
+MAX_NOISE_SCALE = 1000.0  # tau * sigma; far past any scale worth looking at, and finite
+
+
+def check_evaluation_target(directory: Path, write: bool = True) -> dict:
+    """metrics.json as an object ({} when missing), checked before an evaluation; when the evaluation
+    will write, the folder must be writable and metrics.json valid, else a CheckpointError names them.
+    Without writing, an unreadable metrics.json is ignored: nothing of it is needed."""
+    metrics_path = Path(directory) / "metrics.json"
+    if not write:
+        try:
+            return ckpt.read_json_object(metrics_path)
+        except ckpt.CheckpointError:
+            return {}
+    metrics = ckpt.read_json_object(metrics_path)
+    for name in ("metrics.json", "test_ll.safetensors"):
+        if (Path(directory) / name).exists() and not (Path(directory) / name).is_file():
+            raise ckpt.CheckpointError(f"{Path(directory) / name} is not a file; the evaluation writes it")
+    ckpt.check_writable(directory)
+    return metrics
+
+
 def _comparable_taus(old: dict | None, new: dict, per_image_path: Path) -> dict:
     """Results for other noise scales from an earlier evaluation of the same weights with the same S,
     the same test images and seed, kept so that evaluating tau = 0 later does not discard tau = 1."""
+    if not isinstance(old, dict) or not isinstance(old.get("by_tau"), dict):
+        return {}
     if not old or not per_image_path.exists() or any(old.get(key) != new[key]
                                                      for key in ("S", "n_images", "test_seed", "source",
                                                                  "model_sha256")):
@@ -266,10 +313,9 @@ def write_paired(entries: list[ckpt.ZooEntry], rows_by_dataset: dict[str, list[d
         group = [e for e in entries if e.dataset == dataset]
         rows = rows_by_dataset[dataset] if rows_by_dataset else paired_differences(group)
         for e in group:
-            metrics_path = e.path / "metrics.json"
-            metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
+            metrics = ckpt.read_json_object(e.path / "metrics.json")
             metrics["paired"] = [r for r in rows if e.name in (r["a"], r["b"])]
-            ckpt.write_json(metrics_path, metrics)
+            ckpt.write_json(e.path / "metrics.json", metrics)
 
 
 def comparison_table(dirs=None) -> str:

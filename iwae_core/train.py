@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import shutil
@@ -17,7 +18,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .allocator import retain_freed_memory
 from .bounds import iwae_bound, surrogate_objective
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .data import Batches, binarize, load_dataset
 from .model import IWAE
 
@@ -72,6 +73,37 @@ class Hooks:
     on_checkpoint: list[Callable] = field(default_factory=list)
 
 
+def training_memory_bytes(run: RunConfig) -> int:
+    """About the peak memory of one training step: the [k * batch, width] activations autograd keeps.
+
+    Measured at 13-26 bytes per row and unit of x_dim + 2 * sum(hidden) + 4 * z_dim (float32, IWAE to
+    IWAE-R); 32 bytes leave room. Plus the weights, their gradients and Adam's two moments.
+    """
+    m = run.model
+    width = m.x_dim + 2 * sum(m.hidden) + 4 * m.z_dim
+    sizes = [m.x_dim, *m.hidden, 2 * m.z_dim]
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) * 2 * 2  # mu and rho, both nets
+    return 32 * run.train.k * run.train.batch_size * width + 4 * 4 * params
+
+
+def physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_training_memory(run: RunConfig, available: int | None = None) -> None:
+    """Refuse a k x batch size that cannot fit in this machine's memory, before anything is allocated
+    (k = 100,000 with batch 100 otherwise allocates until the system kills the process)."""
+    available = available or physical_memory_bytes()
+    need = training_memory_bytes(run)
+    if available and need > 0.8 * available:
+        raise ValueError(f"--k {run.train.k} x --batch-size {run.train.batch_size} with these layer sizes needs "
+                         f"about {need / 2**30:,.1f} GiB per training step, more than this machine's "
+                         f"{available / 2**30:,.1f} GiB of memory can hold; use a smaller --k or --batch-size")
+
+
 HISTORY_FIELDS = ["epoch", "step", "lr", "train_bound", "kl_per_datapoint", "objective", "valid_bound",
                   "mean_sigma_encoder", "mean_sigma_decoder", "seconds"]
 
@@ -82,6 +114,7 @@ class Trainer:
         self.run, self.cfg = run, run.train
         self.out = Path(out) if out else None
         self.hooks = hooks or Hooks()
+        check_training_memory(run)
         self.device = pick_device(self.cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(self.cfg.threads or os.cpu_count() or 1)
@@ -102,6 +135,9 @@ class Trainer:
         self.optimizer = build_adam(self.model, self.cfg, self.device)
         self.batches = Batches(distributed.shard(self.data["train"]), self.cfg.batch_size,
                                seed=self.cfg.seed + self.rank)
+        if len(self.batches) == 0:  # otherwise the run "finishes" at once and writes an untrained model
+            raise ValueError(f"--batch-size {self.cfg.batch_size} is more than the {len(self.batches.x):,} "
+                             "training images: an epoch would have no step; use a smaller --batch-size")
         if self.world_size > 1:
             torch.manual_seed(self.cfg.seed + self.rank)  # independent weight and latent noise per process
         self.n_train = len(self.data["train"])
@@ -282,30 +318,88 @@ class Trainer:
         for hook in self.hooks.on_checkpoint:
             hook(self, {"step": self.step, "epoch": self.epoch})
 
-    def resume(self) -> bool:
-        """Continue from DIR/checkpoint if it exists; returns whether there was one to resume."""
-        folder = self.out / "checkpoint" if self.out else None
-        if folder is None or not folder.exists():
+    def resume(self, allow_changes: bool = False) -> bool:
+        """Continue from DIR/checkpoint if it exists; returns whether there was one to resume.
+
+        A checkpoint that a kill during the swap left at checkpoint.old is put back first, and unfinished
+        .checkpoint.tmp-PID folders are removed (self.recovered says what was done). The checkpoint must
+        be of the same model and dataset; training settings that differ (k, batch size, rates, ...) are
+        refused with their names unless allow_changes (then self.changed lists them). Every file is
+        checked before it is used: a bad one is a CheckpointError naming it.
+        """
+        self.recovered, self.changed = None, []
+        if not self.out:
             return False
-        state = ckpt.read_json(folder / "trainer_state.json")
-        saved = RunConfig.from_json(state["run"])
+        folder = self.out / "checkpoint"
+        if self.rank == 0:
+            self.recovered = ckpt.recover_dir(folder)
+            for name in ("model.safetensors", "config.json", "history.csv"):  # atomic writes a kill cut short
+                for tmp in self.out.glob(f".{name}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
+        if self.world_size > 1:
+            torch.distributed.barrier()  # the other processes read the checkpoint once rank 0 has put it back
+        if not folder.exists():
+            return False
+        state_path = folder / "trainer_state.json"
+        if not state_path.exists():
+            raise ckpt.CheckpointError(f"{state_path} is missing: {folder} is not a complete checkpoint")
+        state = check_trainer_state(ckpt.read_json_object(state_path), state_path)
+        try:
+            saved = RunConfig.from_json(state["run"])
+        except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as err:
+            raise ckpt.CheckpointError(f"{state_path}: its run settings are not valid: {ckpt.one_line(err)}") from err
         if saved.model != self.run.model or saved.train.dataset != self.cfg.dataset:
             raise ckpt.CheckpointError(
                 f"{folder} holds a {saved.train.dataset} {saved.model.variant} model with other settings; "
                 "resume it with the same --dataset/--variant/sizes or choose another --out")
-        ckpt.load_state(self.model, folder / "model.safetensors")
-        ckpt.restore_optimizer(self.optimizer, ckpt.read_tensors(folder / "optimizer.safetensors"),
-                               state["optimizer"])
-        rng = ckpt.read_tensors(folder / "rng.safetensors")
-        torch.set_rng_state(rng["torch_rng"])
-        self.batches.generator.set_state(rng["batches_rng"])
-        if "cuda_rng" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
+        self.changed = changed_settings(saved.train, self.cfg)
+        if self.changed and not allow_changes:
+            raise ckpt.CheckpointError(
+                f"{folder} was trained with {', '.join(f'{o} {a}' for o, a, _ in self.changed)}; this run asks "
+                f"for {', '.join(f'{o} {b}' for o, _, b in self.changed)}: resume with the checkpoint's settings, "
+                "or pass --force to continue with the new ones")
+        shapes = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
+        weights = ckpt.checked_state(folder / "model.safetensors", shapes)
+        opt_path, rng_path = folder / "optimizer.safetensors", folder / "rng.safetensors"
+        opt_tensors = ckpt.read_tensors(opt_path)
+        for name, t in opt_tensors.items():
+            if not torch.isfinite(t).all():
+                raise ckpt.CheckpointError(f"{opt_path}: tensor {name} holds NaN or infinite values")
+        rng = ckpt.read_tensors(rng_path)
+        self._check_rng(rng, rng_path)
+        try:
+            ckpt.restore_optimizer(self.optimizer, opt_tensors, state["optimizer"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as err:
+            raise ckpt.CheckpointError(f"{opt_path} and {state_path} hold no optimizer state of this model: "
+                                       f"{ckpt.one_line(err)}") from err
+        self.model.load_state_dict(weights)
+        try:
+            torch.set_rng_state(rng["torch_rng"])
+            self.batches.generator.set_state(rng["batches_rng"])
+            if "cuda_rng" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
+        except RuntimeError as err:
+            raise ckpt.CheckpointError(f"{rng_path} holds no valid random generator state: "
+                                       f"{ckpt.one_line(err)}") from err
         self.perm = rng.get("perm")
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.seconds = state["batch_in_epoch"], state["seconds"]
         self._epoch_sums, self.history = state["epoch_sums"], state["history"]
         return True
+
+    def _check_rng(self, rng: dict, path: Path) -> None:
+        """The generator states and the epoch's permutation must be what this trainer would save."""
+        expected = {"torch_rng": torch.get_rng_state(), "batches_rng": self.batches.generator.get_state()}
+        for name, like in expected.items():
+            t = rng.get(name)
+            if t is None or t.dtype != like.dtype or t.shape != like.shape:
+                raise ckpt.CheckpointError(
+                    f"{path}: tensor {name} is " + ("missing" if t is None else f"{t.dtype} {tuple(t.shape)}")
+                    + f", a generator state is {like.dtype} {tuple(like.shape)}")
+        perm, n = rng.get("perm"), len(self.batches.x)
+        if perm is not None and (perm.dtype != torch.int64 or perm.shape != (n,)
+                                 or not torch.equal(perm.sort().values, torch.arange(n))):
+            raise ckpt.CheckpointError(f"{path}: tensor perm is not a permutation of the {n} training images")
 
     def finish(self, extra_metrics: dict | None = None) -> None:
         """Write the final model folder with metrics.json describing the run (rank 0 only)."""
@@ -314,7 +408,7 @@ class Trainer:
         ckpt.save_model(self.out, self.model, self.run)
         write_history(self.out / "history.csv", self.history)
         metrics_path = self.out / "metrics.json"
-        metrics = ckpt.read_json(metrics_path) if metrics_path.exists() else {}
+        metrics = ckpt.read_json_object(metrics_path)
         extra_metrics = extra_metrics or {}
         stage = {"epochs": self.epoch, "steps": self.step, "train_seconds": round(self.seconds, 1),
                  "lr": self.cfg.lr, "lr_final": self.cfg.lr_final, "batch_size": self.cfg.batch_size,
@@ -360,6 +454,36 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
+# settings a resumed run may change: how long, where and how fast it runs, and how it is watched
+RESUMABLE_SETTINGS = ("epochs", "max_steps", "device", "threads", "checkpoint_every", "eval_k", "eval_images")
+
+
+def changed_settings(saved: TrainConfig, asked: TrainConfig) -> list[tuple[str, object, object]]:
+    """(option, checkpoint's value, asked value) for every setting of the run that differs."""
+    return [(f"--{f.name.replace('_', '-')}", getattr(saved, f.name), getattr(asked, f.name))
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in RESUMABLE_SETTINGS and getattr(saved, f.name) != getattr(asked, f.name)]
+
+
+# what trainer_state.json must hold, and of which JSON types (bool is no int here)
+TRAINER_STATE = {"step": int, "epoch": int, "batch_in_epoch": int, "seconds": (int, float), "optimizer": dict,
+                 "epoch_sums": dict, "history": list, "run": str}
+
+
+def check_trainer_state(state: dict, path: Path) -> dict:
+    for key, kind in TRAINER_STATE.items():
+        value = state.get(key)
+        if value is None:
+            raise ckpt.CheckpointError(f"{path} has no {key!r}: not a checkpoint this trainer wrote")
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise ckpt.CheckpointError(f"{path}: {key!r} is {value!r:.60}, not a valid value")
+    sums = state["epoch_sums"]
+    if not (isinstance(sums.get("bound"), int | float) and isinstance(sums.get("n"), int)) \
+            or not all(isinstance(row, dict) for row in state["history"]):
+        raise ckpt.CheckpointError(f"{path}: 'epoch_sums' or 'history' is not what this trainer writes")
+    return state
+
+
 def write_history(path: Path, rows: list[dict]) -> None:
     def write(tmp):
         with open(tmp, "w", newline="") as f:
@@ -378,7 +502,7 @@ def read_earlier_stages(folder: str | os.PathLike, run: RunConfig) -> dict:
             f"{folder} holds a {earlier.train.dataset} {earlier.model.variant} model with other sizes or "
             f"settings; a run can only start from a model of the same --dataset, --variant and sizes")
     metrics_path = folder / "metrics.json"
-    training = ckpt.read_json(metrics_path).get("training") if metrics_path.exists() else None
+    training = ckpt.read_json_object(metrics_path).get("training")
     if not training:
         raise ckpt.CheckpointError(f"{metrics_path} has no training record: {folder} is not a trained model folder")
     history = read_history(folder / "history.csv")

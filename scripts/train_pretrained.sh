@@ -20,8 +20,9 @@ VARIANTS="iwae iwae-r iwae-rrec"
 train() {  # train OUT ARGS...: start or resume a run in OUT, logging to OUT/train.log
   local out=$1; shift
   mkdir -p "$out"
-  local resume=(); [ -d "$out/checkpoint" ] && resume=(--resume)
-  "$IWAE" train --preset paper --batch-size 20 --threads 1 --noise-precision float32 --out "$out" "${resume[@]}" "$@" >> "$out/train.log" 2>&1
+  # --resume starts from scratch in a new folder (a train.log alone counts as empty), and continues a run
+  # whose checkpoint swap a kill interrupted (checkpoint.old, no checkpoint/)
+  "$IWAE" train --preset paper --batch-size 20 --threads 1 --noise-precision float32 --out "$out" --resume "$@" >> "$out/train.log" 2>&1
 }
 
 ship() {  # ship RUN DIR: the model folder of a finished run, without its checkpoint and logs

@@ -33,11 +33,11 @@ def test_optimiser_options_reach_the_config():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--objective", "mixture", "--beta", "1"], "beta must be 0"),
+    (["--objective", "mixture", "--beta", "1"], "--beta must be 0"),
     (["--variant", "iwae-r", "--objective", "mixture", "--decoder-granularity", "datapoint"],
-     "decoder_granularity must be 'sample'"),
-    (["--init-sigma", "0"], "init_sigma must be positive"),
-    (["--rho-adam-eps", "-1"], "rho_adam_eps must be positive"),
+     "--decoder-granularity must be 'sample'"),
+    (["--init-sigma", "0"], "--init-sigma must be positive"),
+    (["--rho-adam-eps", "-1"], "--rho-adam-eps must be positive"),
 ])
 def test_contradictory_options_are_refused(tmp_path, capsys, argv, message):
     assert main(["train", *argv, "--out", str(tmp_path / "x"), "--data-dir", str(tmp_path)]) == 2
