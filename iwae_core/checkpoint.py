@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -165,6 +165,8 @@ class ZooEntry:
     path: Path
     run: RunConfig
     metrics: dict
+    last_history: dict = field(default_factory=dict)  # the last row of history.csv, as numbers (dashboard)
+    problem: str = ""  # why some of its numbers are missing (an unreadable metrics.json or history.csv)
 
     @property
     def dataset(self) -> str:
