@@ -198,8 +198,8 @@ def scan_finished_models(root: str | os.PathLike | None = None) -> tuple[list[Zo
     entries, broken = [], []
     for info in sorted(found, key=lambda r: r.name):
         if info.status == "finished":
-            found = folders.entry_or_broken(info.path)
-            (broken if isinstance(found, folders.Broken) else entries).append(found)
+            item = folders.entry_or_broken(info.path)
+            (broken if isinstance(item, folders.Broken) else entries).append(item)
     broken += [b for b in broken_runs if (b.path / "model.safetensors").exists()]
     return entries, sorted(broken, key=lambda b: b.name)
 
