@@ -77,9 +77,15 @@ with run_col:
         st.info("No runs yet: choose the settings on the left and press Start training.")
         st.stop()
     names = [r.name for r in all_runs]
-    wanted = st.session_state.get("tl_run") or st.query_params.get("run")
+    linked = st.query_params.get("run") if "tl_run" not in st.session_state else None
+    wanted = st.session_state.get("tl_run") or linked
     if wanted not in names:
         wanted = names[0]
+        if linked is not None:  # a link naming a run that is not here: say so, and which run is shown
+            unreadable = next((b.error for b in broken_runs if b.name == linked), None)
+            st.warning(f"The link asked for **run = {linked[:60]}**, "
+                       + (f"which cannot be read ({unreadable})" if unreadable else "which is not a run here")
+                       + f"; showing **run = {wanted}** instead.", icon=":material/link:")
     st.session_state["tl_run"] = wanted
     choice = st.selectbox("Run", names, key="tl_run",
                           format_func=lambda n: f"{n}  ({next(r.status for r in all_runs if r.name == n)})")

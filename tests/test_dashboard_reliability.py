@@ -281,6 +281,9 @@ def test_train_live_renders_beside_broken_runs_and_lists_them(hostile):
         assert re.search(rf"\*\*{name}\*\*: .*{re.escape(file)}", listed), name
     assert {o.split()[0] for o in at.selectbox(key="tl_run").options} == {"run-good", "run-stopped-bad-png",
                                                        "run-finished-garbage-weights", "run-finished-latin1-history"}
+    assert "run = " not in texts(at, "warning")
+    linked = open_app("1_Train_live.py", run="run-progress-points")
+    assert "run = run-progress-points" in texts(linked, "warning") and "progress.json" in texts(linked, "warning")
     at.selectbox(key="tl_run").set_value("run-stopped-bad-png").run()
     assert not at.exception
     assert "samples.png is not a readable PNG image" in texts(at, "warning")
