@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -322,12 +323,17 @@ def _init(key: str, param: str, parse: Callable[[str], object], default, valid: 
         if parsed is not None and valid(parsed):
             value = parsed
         if not _same(raw, value):
-            shown = raw if len(raw) <= 40 else raw[:39] + "…"
-            why = allowed(raw) if callable(allowed) else allowed
+            shown = escape_markdown(raw if len(raw) <= 40 else raw[:39] + "…")
+            why = escape_markdown(allowed(raw) if callable(allowed) else allowed)
             st.session_state[f"{key}:url-notice"] = (
                 f"The link asked for **{param} = {shown}**, which is not allowed here ({why}); "
-                f"this page uses **{param} = {_url_text(value) or 'none'}** instead.", value)
+                f"this page uses **{param} = {escape_markdown(_url_text(value)) or 'none'}** instead.", value)
     st.session_state[key] = value
+
+
+def escape_markdown(text: str) -> str:
+    """Text from a link or a file, shown in markdown as it is: no link, emphasis or directive can come of it."""
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~:$])", r"\\\1", text)
 
 
 def _url_text(value) -> str:

@@ -3,10 +3,9 @@
 Runs live on disk (iwae_core.runs), not in the session, so a reload or a second tab finds them again.
 """
 
-import re
-
 import streamlit as st
 
+import ui
 from iwae_core import figures, folders, runs
 from iwae_core.config import DATASETS, VARIANTS, ModelConfig, RunConfig, TrainConfig
 
@@ -71,8 +70,8 @@ with run_col:
     if broken_runs:
         with st.expander(f"{len(broken_runs)} run folder(s) cannot be read and are left out", expanded=True,
                          icon=":material/warning:"):
-            for b in broken_runs:  # the reason is text from a file name and a file: no markdown in it
-                st.markdown(f"- **{b.name}**: " + re.sub(r"([\\`*_{}\[\]<>()#+!|~])", r"\\\1", b.error))
+            for b in broken_runs:
+                st.markdown(f"- **{ui.escape_markdown(b.name)}**: {ui.escape_markdown(b.error)}")
     if not all_runs:
         st.info("No runs yet: choose the settings on the left and press Start training.")
         st.stop()
@@ -83,9 +82,9 @@ with run_col:
         wanted = names[0]
         if linked is not None:  # a link naming a run that is not here: say so, and which run is shown
             unreadable = next((b.error for b in broken_runs if b.name == linked), None)
-            st.warning(f"The link asked for **run = {linked[:60]}**, "
-                       + (f"which cannot be read ({unreadable})" if unreadable else "which is not a run here")
-                       + f"; showing **run = {wanted}** instead.", icon=":material/link:")
+            why = f"which cannot be read ({unreadable})" if unreadable else "which is not a run here"
+            st.warning(ui.escape_markdown(f"The link asked for run = {linked[:60]}, {why}; showing run = {wanted} "
+                                          "instead."), icon=":material/link:")
     st.session_state["tl_run"] = wanted
     choice = st.selectbox("Run", names, key="tl_run",
                           format_func=lambda n: f"{n}  ({next(r.status for r in all_runs if r.name == n)})")

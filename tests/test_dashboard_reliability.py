@@ -368,6 +368,13 @@ def test_a_link_asking_for_an_absurd_k_gets_the_largest_allowed_and_a_notice(hos
     assert "k = 1e308" not in texts(at, "warning") and "tau = 99" in texts(at, "warning")
 
 
+def test_a_link_cannot_put_a_markdown_link_into_the_notice(hostile):
+    at = open_app("2_Samples.py", model="[click here](https://example.test)")
+    notice = texts(at, "warning")
+    assert "click here" in notice and "[click here](https" not in notice
+    assert at.multiselect(key="samples:model").value  # the default models instead
+
+
 @pytest.mark.parametrize("raw, used", [("30", 25), ("5000", 500), ("inf", 500), ("-7", 1), ("nan", 100),
                                        ("abc", 100), ("100", 100)])
 def test_link_k_values(hostile, raw, used):
