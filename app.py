@@ -20,7 +20,8 @@ def home() -> None:
     st.header("Model zoo")
     if broken:
         st.warning(f"{len(broken)} model folder(s) cannot be loaded and are left out of the views: "
-                   + ", ".join(f"`{label}`" for label in broken) + ". The *problem* column of the table says why.")
+                   + ", ".join(ui.escape_markdown(label) for label in broken)
+                   + ". The *problem* column of the table says why.")
     if entries or broken:
         st.dataframe(ui.zoo_table(entries, broken), hide_index=True, key="zoo-table",
                      column_config={"folder": st.column_config.TextColumn(width="small"),
