@@ -29,6 +29,7 @@ MAX_JSON_BYTES = 10 << 20  # config, metrics, run options and progress are a few
 MAX_CSV_BYTES = 50 << 20  # history.csv: one short row per epoch
 IMAGE_PIXELS = 784  # the dashboard draws 28x28 images
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+MAX_HIDDEN_LAYERS = 64
 MODEL_FILES = ("model.safetensors", "config.json", "metrics.json")  # any of them makes a folder a model folder
 
 
@@ -201,14 +202,33 @@ def expected_tensors(run: RunConfig) -> dict[str, tuple[int, ...]]:
         return {name: tuple(t.shape) for name, t in IWAE(run.model).state_dict().items()}
 
 
+def weight_count(run: RunConfig) -> int:
+    """How many numbers the model of `run` stores (means, and spreads of its random layers), by arithmetic."""
+    m = run.model
+    count = 0
+    for sizes, random in (([m.x_dim, *m.hidden, 2 * m.z_dim], m.random_encoder),
+                          ([m.z_dim, *reversed(m.hidden), m.x_dim], m.random_decoder)):
+        count += sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) * (2 if random else 1)
+    return count
+
+
 def check_weights_header(path: Path, run: RunConfig) -> None:
     """model.safetensors names exactly the config's tensors, with their shapes, as floating-point numbers.
 
-    Only the header is read, so a config asking for an absurd size is refused before anything is allocated.
+    Only the header is read, and a config describing more layers or numbers than the file can hold is refused
+    by arithmetic first, so an absurd config.json costs nothing (not even the modules of an empty model).
     """
     path = Path(path)
     if not path.is_file():
         raise FileError(f"{path} is missing" if not path.exists() else f"{path} is not a file")
+    config = path.parent / "config.json"
+    if len(run.model.hidden) > MAX_HIDDEN_LAYERS:
+        raise FileError(f"{config} describes {len(run.model.hidden):,} hidden layers; the dashboard shows models "
+                        f"of at most {MAX_HIDDEN_LAYERS}")
+    size, needed = path.stat().st_size, 2 * weight_count(run)  # at least 2 bytes a number (float16)
+    if needed > size:
+        raise FileError(f"{path} is {size:,} bytes, too small for the {weight_count(run):,} weights {config.name} "
+                        f"describes (hidden {list(run.model.hidden)[:8]}, z_dim {run.model.z_dim})")
     try:
         with safe_open(str(path), framework="pt") as f:
             found = {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
