@@ -16,13 +16,19 @@ def home() -> None:
                 "Bui, Li, Hernández-Lobato and Turner (NIPS 2016 Bayesian Deep Learning workshop). **IWAE**: point-"
                 "estimate weights; **IWAE-R**: random encoder and decoder weights; **IWAE-Rrec**: random encoder only.")
 
-    entries = ui.zoo()
+    entries, broken = ui.zoo(), ui.broken_models()
     st.header("Model zoo")
-    if entries:
-        st.dataframe(ui.zoo_table(entries), hide_index=True, key="zoo-table",
-                     column_config={"folder": st.column_config.TextColumn(width="small")})
+    if broken:
+        st.warning(f"{len(broken)} model folder(s) cannot be loaded and are left out of the views: "
+                   + ", ".join(ui.escape_markdown(label) for label in broken)
+                   + ". The *problem* column of the table says why.")
+    if entries or broken:
+        st.dataframe(ui.zoo_table(entries, broken), hide_index=True, key="zoo-table",
+                     column_config={"folder": st.column_config.TextColumn(width="small"),
+                                    "problem": st.column_config.TextColumn(width="large")})
         st.caption("Test LL: log p(x) estimated from 5000 joint draws per test image (`iwae eval`); "
-                   "“not evaluated yet” until that has run. Valid L_k: the last validation bound seen in training.")
+                   "“not evaluated yet” until that has run. Valid L_k: the last validation bound seen in training. "
+                   "Problem: a file of the folder that cannot be read (its numbers are missing).")
     else:
         st.info("No trained model yet (looked in "
                 + ", ".join(f"`{p}`" for p in ui.zoo_sources())

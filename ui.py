@@ -2,14 +2,19 @@
 URL state (model, k, tau, seed) and export buttons. The maths stays in iwae_core; pages read like scripts.
 
 Where models come from: $IWAE_ZOO_DIRS (folders of model folders, separated by os.pathsep) when set,
-else the shipped pretrained/ models plus the finished runs of the Train live page (runs_dir()).
+else the shipped pretrained/ models plus the finished runs of the Train live page (runs_dir()). Every
+folder is read through iwae_core.folders: a broken one is listed with its reason, never shown on a page.
+
+Caches are bounded in entries and time (CACHE_SECONDS), so many sessions moving sliders cannot grow the
+server without limit; values a link may set are bounded too (a link asking for an expensive or impossible
+value gets the nearest allowed one and a notice that names the parameter and the value used).
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,7 +25,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from iwae_core import checkpoint, data, evaluate, explore, figures
+from iwae_core import checkpoint, data, evaluate, explore, figures, folders
 from iwae_core.model import IWAE
 
 TORCH_LOCK = threading.Lock()  # seeded draws use torch's global RNG: one view computes at a time
@@ -28,6 +33,8 @@ TEST_IMAGES = 2000  # binarised test images kept in memory per dataset
 ACTIVITY_IMAGES = 500  # images for the active-unit count, as in Burda et al.
 TAU_MAX = 3.0
 SEED_MAX = 2**31 - 1
+URL_K_MAX = 500  # the largest k a link may ask for: k = 5000 for three models costs tens of seconds of CPU
+CACHE_SECONDS = 3600  # cached results not asked for in an hour are dropped
 VARIANT_ORDER = ("iwae", "iwae-r", "iwae-rrec")
 PAGES = {  # page file -> what it shows, for the home page's links
     "pages/2_Samples.py": "Samples",
@@ -59,21 +66,39 @@ def zoo_dirs() -> list[Path] | None:
     return [Path(p).expanduser() for p in env.split(os.pathsep) if p] if env else None
 
 
-@st.cache_data(ttl=5, show_spinner=False)
-def _zoo_entries(dirs: tuple[str, ...] | None, runs: str) -> list[checkpoint.ZooEntry]:
+@st.cache_data(ttl=5, max_entries=4, show_spinner=False)
+def _zoo_entries(dirs: tuple[str, ...] | None,
+                 runs: str) -> tuple[list[checkpoint.ZooEntry], list[folders.Broken]]:
     if dirs is not None:
-        return checkpoint.find_models(*dirs)
-    from iwae_core.runs import finished_models
+        return folders.scan_models(*dirs)
+    from iwae_core.runs import scan_finished_models
 
-    return checkpoint.find_models(checkpoint.PRETRAINED_DIR) + finished_models(runs)
+    shipped, broken = folders.scan_models(checkpoint.PRETRAINED_DIR)
+    trained, broken_runs = scan_finished_models(runs)
+    return shipped + trained, broken + broken_runs
+
+
+def _scan() -> tuple[list[checkpoint.ZooEntry], list[folders.Broken]]:
+    dirs = zoo_dirs()
+    return _zoo_entries(tuple(str(d) for d in dirs) if dirs is not None else None, str(runs_root()))
+
+
+def _labels(items: list) -> list[str]:
+    """Unique labels: the folder name, plus its parent's name where two folders share a name."""
+    names = [i.name for i in items]
+    return [i.name if names.count(i.name) == 1 else f"{i.name} ({i.path.parent.name})" for i in items]
 
 
 def zoo() -> dict[str, checkpoint.ZooEntry]:
     """Every model the dashboard can show, by a unique label (the folder name, plus its parent if needed)."""
-    dirs = zoo_dirs()
-    entries = _zoo_entries(tuple(str(d) for d in dirs) if dirs is not None else None, str(runs_root()))
-    names = [e.name for e in entries]
-    return {(e.name if names.count(e.name) == 1 else f"{e.name} ({e.path.parent.name})"): e for e in entries}
+    entries, broken = _scan()
+    return dict(zip(_labels(entries + broken)[: len(entries)], entries, strict=True))
+
+
+def broken_models() -> dict[str, folders.Broken]:
+    """The model folders that cannot be shown, by label, each with why (one line naming the file)."""
+    entries, broken = _scan()
+    return dict(zip(_labels(entries + broken)[len(entries):], broken, strict=True))
 
 
 def zoo_sources() -> list[Path]:
@@ -94,17 +119,18 @@ def ref(entry: checkpoint.ZooEntry) -> ModelRef:
     return str(entry.path), path.stat().st_mtime_ns if path.exists() else 0
 
 
-@st.cache_resource(max_entries=12, show_spinner="Loading model…")
+@st.cache_resource(max_entries=12, ttl=CACHE_SECONDS, show_spinner="Loading model…")
 def _load_model(path: str, mtime: int) -> IWAE:
     model, _ = checkpoint.load_model(path)
     return model
 
 
 def load_model(model_ref: ModelRef) -> IWAE:
-    """The model of a folder, loaded once per version of its weights; a broken folder stops the page."""
+    """The model of a folder, loaded once per version of its weights; a folder that broke since the zoo
+    read it stops the page with the reason."""
     try:
         return _load_model(*model_ref)
-    except checkpoint.CheckpointError as err:
+    except Exception as err:  # whatever the files provoke, the page says it in one line
         st.error(f"Cannot load the model in `{model_ref[0]}`: {err}")
         st.stop()
 
@@ -125,7 +151,7 @@ def data_key() -> str:
     return str(data.data_root())
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading test images…")
+@st.cache_resource(max_entries=4, ttl=CACHE_SECONDS, show_spinner="Loading test images…")
 def _test_set(dataset: str, root: str) -> dict:
     try:
         d = data.load_dataset(dataset, root, download=False)
@@ -166,7 +192,8 @@ def data_status() -> pd.DataFrame:
 
 # ---- cached results (keyed by model version and every setting; sliders only recompute what changed) ----
 
-@st.cache_data(max_entries=256, show_spinner=False)
+# [draws <= 12, n <= 16, 784] floats: at most 0.6 MB each
+@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
 def samples(model_ref: ModelRef, n: int, draws: int, tau: float, seed: int) -> np.ndarray:
     """Bernoulli means for n latent draws (from the seed) under `draws` decoder draws: [draws, n, 784]."""
     model = _load_model(*model_ref)
@@ -175,7 +202,7 @@ def samples(model_ref: ModelRef, n: int, draws: int, tau: float, seed: int) -> n
         return explore.decoder_samples(model, z, draws, tau, seed).numpy()
 
 
-@st.cache_data(max_entries=64, show_spinner="Counting active units…")
+@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner="Counting active units…")
 def activity(model_ref: ModelRef, dataset: str, root: str) -> dict | None:
     """Burda's active units on the first ACTIVITY_IMAGES test images, or None without data."""
     test = _test_set(dataset, root)
@@ -187,7 +214,7 @@ def activity(model_ref: ModelRef, dataset: str, root: str) -> dict | None:
         return evaluate.active_units(model, test["x"][:ACTIVITY_IMAGES])
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_data(max_entries=256, ttl=CACHE_SECONDS, show_spinner=False)
 def start_point(model_ref: ModelRef, dataset: str, root: str, index: int | None, tau: float, seed: int) -> np.ndarray:
     """The traversal's starting z: E_q[z|x] of test image `index`, or a prior draw when index is None."""
     model = _load_model(*model_ref)
@@ -198,7 +225,7 @@ def start_point(model_ref: ModelRef, dataset: str, root: str, index: int | None,
         return explore.encoded_mean(model, x, tau, weight_draws=10, seed=seed).numpy()
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_data(max_entries=256, ttl=CACHE_SECONDS, show_spinner=False)
 def traversal(model_ref: ModelRef, z0: tuple[float, ...], units: tuple[int, ...], offsets: tuple[float, ...],
               tau: float, seed: int) -> np.ndarray:
     """Traversal images [units, offsets, 784]: unit u set to z0[u] + offset, the rest at z0."""
@@ -207,7 +234,7 @@ def traversal(model_ref: ModelRef, z0: tuple[float, ...], units: tuple[int, ...]
         return explore.traversal(model, torch.tensor(z0), list(units), torch.tensor(offsets), tau, seed).numpy()
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_data(max_entries=256, ttl=CACHE_SECONDS, show_spinner=False)
 def reconstruction(model_ref: ModelRef, dataset: str, root: str, index: int, tau: float, seed: int) -> np.ndarray:
     """Test image `index` and its reconstruction: [2, 784]."""
     model = _load_model(*model_ref)
@@ -216,19 +243,20 @@ def reconstruction(model_ref: ModelRef, dataset: str, root: str, index: int, tau
         return torch.stack([x, explore.reconstruction(model, x, tau, seed)]).numpy()
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+# mu, sigma and |mu|/sigma of two 784 x hidden layers: about 8 MB for the shipped models
+@st.cache_data(max_entries=8, ttl=CACHE_SECONDS, show_spinner=False)
 def weight_maps(model_ref: ModelRef) -> dict:
     """mu / sigma rows of the first encoder and last decoder layer (numpy; sigma None when deterministic)."""
     maps = explore.weight_maps(_load_model(*model_ref))
     return {net: {q: (t.numpy() if t is not None else None) for q, t in d.items()} for net, d in maps.items()}
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@st.cache_data(max_entries=8, ttl=CACHE_SECONDS, show_spinner=False)
 def layer_sigmas(model_ref: ModelRef) -> dict:
     return {name: s.numpy() for name, s in explore.layer_sigmas(_load_model(*model_ref)).items()}
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@st.cache_data(max_entries=32, ttl=CACHE_SECONDS, show_spinner=False)
 def weight_table(model_ref: ModelRef) -> pd.DataFrame:
     return pd.DataFrame(evaluate.weight_statistics(_load_model(*model_ref)))
 
@@ -269,7 +297,8 @@ def bound_point(model_ref: ModelRef, dataset: str, root: str, k: int, tau: float
     return dict(_BOUNDS.get((model_ref, dataset, root, k, float(tau), n_images, seed), compute))
 
 
-@st.cache_data(max_entries=128, show_spinner=False)
+# k log weights and k posterior draws: about 1 MB at k = 5000
+@st.cache_data(max_entries=32, ttl=CACHE_SECONDS, show_spinner=False)
 def importance(model_ref: ModelRef, dataset: str, root: str, index: int, k: int, tau: float, seed: int) -> dict:
     """Importance weights, ESS, L_k and posterior draws z of test image `index` (numpy)."""
     model = _load_model(*model_ref)
@@ -281,8 +310,12 @@ def importance(model_ref: ModelRef, dataset: str, root: str, index: int, k: int,
 
 # ---- widgets whose values live in the URL ------------------------------------------------------------
 
-def _init(key: str, param: str, parse: Callable[[str], object], default, valid: Callable[[object], bool]) -> None:
-    """Seed a widget's state from the URL query string on first show (a shared link), else the default."""
+def _init(key: str, param: str, parse: Callable[[str], object], default, valid: Callable[[object], bool],
+          allowed: str | Callable[[str], str]) -> None:
+    """Seed a widget's state from the URL query string on first show (a shared link), else the default.
+
+    A link's value that is not used as it stands (unreadable, out of range, off the grid, too expensive)
+    leaves a notice naming the parameter, what is allowed and the value used instead (see _url_notice)."""
     if key in st.session_state and valid(st.session_state[key]):
         return
     value = default
@@ -290,11 +323,53 @@ def _init(key: str, param: str, parse: Callable[[str], object], default, valid: 
     if raw is not None:
         try:
             parsed = parse(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             parsed = None
         if parsed is not None and valid(parsed):
             value = parsed
+        if not _same(raw, value):
+            shown = escape_markdown(raw if len(raw) <= 40 else raw[:39] + "…")
+            why = escape_markdown(allowed(raw) if callable(allowed) else allowed)
+            st.session_state[f"{key}:url-notice"] = (
+                f"The link asked for **{param} = {shown}**, which is not allowed here ({why}); "
+                f"this page uses **{param} = {escape_markdown(_url_text(value)) or 'none'}** instead.", value)
     st.session_state[key] = value
+
+
+def escape_markdown(text: str) -> str:
+    """Text from a link or a file, shown in markdown as it is: no link, emphasis or directive can come of it."""
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~:$])", r"\\\1", text)
+
+
+def _url_text(value) -> str:
+    """A widget value as sync_url writes it."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _same(raw: str, value) -> bool:
+    """Whether a URL parameter's text says the same as the value the widget got."""
+    if isinstance(value, list):
+        return raw.split(",") == [str(v) for v in value]
+    if isinstance(value, (int, float)):
+        try:
+            return float(raw) == float(value)
+        except (ValueError, OverflowError):
+            return False
+    return raw == str(value)
+
+
+def _url_notice(key: str) -> None:
+    """Show the notice _init left for a link's value, for as long as the widget keeps the value used instead."""
+    notice = st.session_state.get(f"{key}:url-notice")
+    if notice is None:
+        return
+    message, value = notice
+    if st.session_state.get(key) == value:
+        st.warning(message, icon=":material/link:")
+    else:
+        del st.session_state[f"{key}:url-notice"]
 
 
 def default_models(entries: dict[str, checkpoint.ZooEntry], limit: int = 3) -> list[str]:
@@ -321,44 +396,78 @@ def pick_models(page: str, multi: bool = True, prefer: str | None = None) -> dic
         no_models_message()
     labels = list(entries)
     key = f"{page}:model"
+    broken = broken_models()
+
+    def allowed(raw: str) -> str:
+        unknown = [x for x in raw.split(",") if x not in entries]
+        reasons = [f"{x} cannot be loaded: {broken[x].error}" if x in broken else f"{x} is not in the model zoo"
+                   for x in unknown] or ["one model only"]
+        return "; ".join(reasons)
+
     if multi:
         _init(key, "model", lambda raw: [x for x in raw.split(",") if x in entries] or None,
-              default_models(entries), lambda v: isinstance(v, list) and all(x in entries for x in v))
+              default_models(entries), lambda v: isinstance(v, list) and all(x in entries for x in v), allowed)
         chosen = st.sidebar.multiselect("Models", labels, key=key, help="Shared in the URL as ?model=a,b",
                                         format_func=lambda lab: model_name(lab, entries[lab]))
     else:
         defaults = default_models(entries)
         _init(key, "model", lambda raw: next((x for x in raw.split(",") if x in entries), None),
-              next((lab for lab in defaults if entries[lab].variant == prefer), defaults[0]), lambda v: v in entries)
+              next((lab for lab in defaults if entries[lab].variant == prefer), defaults[0]), lambda v: v in entries,
+              allowed)
         chosen = [st.sidebar.selectbox("Model", labels, key=key, help="Shared in the URL as ?model=name",
                                        format_func=lambda lab: model_name(lab, entries[lab]))]
+    _url_notice(key)
     return {label: entries[label] for label in chosen}
 
 
 def tau_slider(page: str, default: float = 1.0) -> float:
     """Weight-noise scale tau: sigma -> tau * sigma (0 = posterior-mean weights, 1 = learned posterior)."""
     key = f"{page}:tau"
-    _init(key, "tau", lambda raw: round(round(min(max(float(raw), 0.0), TAU_MAX) / 0.05) * 0.05, 2), default,
-          lambda v: isinstance(v, float) and 0 <= v <= TAU_MAX)
-    return st.sidebar.slider("τ (weight-noise scale)", 0.0, TAU_MAX, step=0.05, key=key,
-                             help="σ is replaced by τσ: 0 = posterior-mean weights, 1 = the learned posterior, "
-                                  ">1 exaggerated uncertainty.")
+    _init(key, "tau", lambda raw: round(round(min(max(float(raw), 0.0), TAU_MAX) / 0.05) * 0.05, 2)
+          if not math.isnan(float(raw)) else None, default, lambda v: isinstance(v, float) and 0 <= v <= TAU_MAX,
+          f"τ from 0 to {TAU_MAX:g} in steps of 0.05")
+    tau = st.sidebar.slider("τ (weight-noise scale)", 0.0, TAU_MAX, step=0.05, key=key,
+                            help="σ is replaced by τσ: 0 = posterior-mean weights, 1 = the learned posterior, "
+                                 ">1 exaggerated uncertainty.")
+    _url_notice(key)
+    return tau
 
 
 def k_slider(page: str, default: int = 100, options: tuple[int, ...] = explore.K_GRID, label: str = "k") -> int:
-    """Number of importance samples, one of `options`; ?k= picks the nearest option."""
+    """Number of importance samples, one of `options`. ?k= picks the nearest option up to URL_K_MAX: a link
+    never starts a computation of tens of seconds (a larger k is one slider move away)."""
     key = f"{page}:k"
-    _init(key, "k", lambda raw: min(options, key=lambda o: abs(math.log(o) - math.log(max(float(raw), 1)))),
-          default, lambda v: v in options)
-    return st.sidebar.select_slider(label, options=list(options), key=key)
+    linkable = [o for o in options if o <= URL_K_MAX] or [min(options)]
+
+    def parse(raw: str) -> int | None:
+        k = float(raw)
+        if math.isnan(k):
+            return None
+        return min(linkable, key=lambda o: abs(math.log(o) - math.log(min(max(k, 1.0), 1e300))))
+
+    def allowed(raw: str) -> str:
+        grid = ", ".join(map(str, linkable))
+        try:
+            too_big = float(raw) > max(linkable)
+        except ValueError:
+            too_big = False
+        return (f"a link may ask for k up to {max(linkable)}, since larger k cost tens of seconds of server time; "
+                f"choose a larger k with the slider" if too_big else f"k is one of {grid} in a link")
+
+    _init(key, "k", parse, default, lambda v: v in options, allowed)
+    k = st.sidebar.select_slider(label, options=list(options), key=key)
+    _url_notice(key)
+    return k
 
 
 def seed_input(page: str, default: int = 0) -> int:
     key = f"{page}:seed"
     _init(key, "seed", lambda raw: int(raw) if 0 <= int(raw) <= SEED_MAX else None, default,
-          lambda v: isinstance(v, int) and 0 <= v <= SEED_MAX)
-    return int(st.sidebar.number_input("Seed", 0, SEED_MAX, step=1, key=key,
+          lambda v: isinstance(v, int) and 0 <= v <= SEED_MAX, f"a whole number from 0 to {SEED_MAX}")
+    seed = int(st.sidebar.number_input("Seed", 0, SEED_MAX, step=1, key=key,
                                        help="Same seed, same latent and weight draws: shared in the URL."))
+    _url_notice(key)
+    return seed
 
 
 def sync_url(**params) -> None:
@@ -406,39 +515,44 @@ def _fmt(r: dict | None) -> str:
     return f"{r['mean']:.3f} ± {se:.3f}" if se is not None else f"{r['mean']:.3f}"
 
 
-def last_history_row(path: Path) -> dict:
-    """The last row of a model folder's history.csv (empty when there is none)."""
-    try:
-        with open(Path(path) / "history.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return {}
-    return rows[-1] if rows else {}
+INT_COLUMNS = ("train k", "epochs", "steps", "test images", "S", "active units")
 
 
-def zoo_table(entries: dict[str, checkpoint.ZooEntry]) -> pd.DataFrame:
-    """One row per model: what it is, how long it trained, its test log-likelihood and the paper's."""
+def zoo_table(entries: dict[str, checkpoint.ZooEntry],
+              broken: dict[str, folders.Broken] | None = None) -> pd.DataFrame:
+    """One row per model: what it is, how long it trained, its test log-likelihood and the paper's; a broken
+    folder is one row with its folder and the problem. Missing numbers are empty, never '' in a number column
+    (Arrow cannot store a column that mixes text and numbers)."""
     rows = []
     for label, e in entries.items():
-        test = e.metrics.get("test", {})
-        by_tau = test.get("by_tau", {})
-        training = e.metrics.get("training", {})
-        last = last_history_row(e.path)
+        test = e.metrics.get("test") or {}
+        by_tau = test.get("by_tau") or {}
+        training = e.metrics.get("training") or {}
+        last = e.last_history
         paper = evaluate.PAPER_TABLE.get(e.dataset, {}).get(e.variant)
-        valid = training.get("final_valid_bound") or (float(last["valid_bound"]) if last.get("valid_bound") else None)
+        valid = training.get("final_valid_bound")
+        valid = valid if valid is not None else last.get("valid_bound")
         rows.append({
             "model": label, "dataset": e.dataset, "variant": variant_label(e.variant),
             "objective": e.run.train.objective if e.run.model.variant != "iwae" else "—",
             "layers": f"784-{'-'.join(map(str, e.run.model.hidden))}-{e.run.model.z_dim}", "train k": e.run.train.k,
-            "epochs": training.get("epochs", last.get("epoch", "")),
-            "steps": training.get("steps", last.get("step", "")),
+            "epochs": training.get("epochs", last.get("epoch")),
+            "steps": training.get("steps", last.get("step")),
             "valid L_k": round(valid, 2) if valid is not None else None,
             "test LL (τ=1)": _fmt(by_tau.get("1")), "test LL (τ=0)": _fmt(by_tau.get("0")),
             "paper test LL": f"{paper[0]:.3f} ± {paper[1]:.3f}" if paper else "—",
-            "test images": test.get("n_images", ""), "S": test.get("S", ""),
-            "active units": test.get("active_units", ""), "folder": str(e.path),
+            "test images": test.get("n_images"), "S": test.get("S"),
+            "active units": test.get("active_units"), "folder": str(e.path), "problem": e.problem,
         })
-    return pd.DataFrame(rows)
+    for label, b in (broken or {}).items():
+        rows.append({"model": label, "dataset": "—", "variant": "—", "objective": "—", "layers": "—",
+                     "test LL (τ=1)": "cannot load",
+                     "test LL (τ=0)": "cannot load", "paper test LL": "—", "folder": str(b.path), "problem": b.error})
+    table = pd.DataFrame(rows)
+    for column in INT_COLUMNS:
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    return table
 
 
 def paper_table(entries: dict[str, checkpoint.ZooEntry]) -> pd.DataFrame:
@@ -448,7 +562,7 @@ def paper_table(entries: dict[str, checkpoint.ZooEntry]) -> pd.DataFrame:
         for variant, (mean, se) in variants.items():
             ours = [(label, e) for label, e in entries.items() if e.dataset == dataset and e.variant == variant]
             scored = [(e.metrics["test"]["by_tau"]["1"]["mean"], label, e) for label, e in ours
-                      if e.metrics.get("test", {}).get("by_tau", {}).get("1", {}).get("mean") is not None]
+                      if ((e.metrics.get("test") or {}).get("by_tau") or {}).get("1", {}).get("mean") is not None]
             if scored:
                 best, label, e = max(scored, key=lambda s: s[0])
                 value, who = _fmt(e.metrics["test"]["by_tau"]["1"]), label

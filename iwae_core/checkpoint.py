@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -276,6 +276,8 @@ class ZooEntry:
     path: Path
     run: RunConfig
     metrics: dict
+    last_history: dict = field(default_factory=dict)  # the last row of history.csv, as numbers (dashboard)
+    problem: str = ""  # why some of its numbers are missing (an unreadable metrics.json or history.csv)
 
     @property
     def dataset(self) -> str:

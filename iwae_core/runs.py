@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -28,7 +29,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import CheckpointError, find_models, read_json, write_json
+from . import folders
+from .checkpoint import CheckpointError, ZooEntry, read_json, write_json
 from .config import RunConfig
 from .data import cache_dir
 
@@ -146,46 +148,73 @@ class RunInfo:
 
 
 def read_run(path: str | os.PathLike) -> RunInfo:
-    """Load one run folder and settle its status (a dead or hung worker is detected here)."""
+    """Load one run folder, every file checked, and settle its status (a dead or hung worker is detected here).
+    A file that cannot be read or does not hold what it should is a RunError naming the file."""
     path = Path(path)
     if not (path / OPTIONS).exists():
         raise RunError(f"{path} is not a run folder (no {OPTIONS})")
     try:
-        run = RunConfig.from_json((path / CONFIG).read_text())
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise RunError(f"{path / CONFIG} is missing or not a valid run config: {err}") from err
-    options = _read(path / OPTIONS)
-    info = RunInfo(path.name, path, run, options, _read(path / PROGRESS))
+        run = folders.read_run_config(path / CONFIG)
+        options = folders.read_options(path / OPTIONS)
+        progress = folders.read_progress(path / PROGRESS, STATUSES)
+    except folders.FileError as err:
+        raise RunError(str(err)) from err
+    info = RunInfo(path.name, path, run, options, progress)
     if info.status in ACTIVE:
         info.progress = _check_worker(path, info.progress)
     return info
 
 
+def scan_runs(root: str | os.PathLike | None = None) -> tuple[list[RunInfo], list[folders.Broken]]:
+    """Every run folder under root (default runs_dir()), newest first, and those that cannot be read, each
+    with its reason: one bad folder is reported, never in the way of the others."""
+    root = Path(root) if root else runs_dir()
+    found, broken = [], []
+    try:
+        candidates = [d for d in root.iterdir() if d.is_dir() and (d / OPTIONS).exists()] if root.is_dir() else []
+    except OSError:
+        candidates = []
+    for d in candidates:
+        try:
+            found.append(read_run(d))
+        except RunError as err:
+            broken.append(folders.Broken(d.name, d, str(err)))
+        except Exception as err:  # anything a file can provoke stays that run's problem
+            broken.append(folders.Broken(d.name, d, f"{d}: {type(err).__name__}: {err}"))
+    found.sort(key=lambda r: (r.options.get("created") or "", r.name), reverse=True)
+    return found, sorted(broken, key=lambda b: b.name)
+
+
 def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
-    """Every run folder under root (default runs_dir()), newest first."""
+    """Every readable run folder under root (default runs_dir()), newest first."""
+    return scan_runs(root)[0]
+
+
+def scan_finished_models(root: str | os.PathLike | None = None) -> tuple[list[ZooEntry], list[folders.Broken]]:
+    """The model folders of the runs that trained to the end (runs in progress are left out), and the broken
+    ones: finished runs whose model files do not load, and unreadable run folders that hold weights."""
     root = Path(root) if root else runs_dir()
-    if not root.is_dir():
-        return []
-    found = []
-    for d in root.iterdir():
-        if d.is_dir() and (d / OPTIONS).exists():
-            with contextlib.suppress(RunError):
-                found.append(read_run(d))
-    return sorted(found, key=lambda r: (r.options.get("created", ""), r.name), reverse=True)
+    found, broken_runs = scan_runs(root)
+    entries, broken = [], []
+    for info in sorted(found, key=lambda r: r.name):
+        if info.status == "finished":
+            item = folders.entry_or_broken(info.path)
+            (broken if isinstance(item, folders.Broken) else entries).append(item)
+    broken += [b for b in broken_runs if (b.path / "model.safetensors").exists()]
+    return entries, sorted(broken, key=lambda b: b.name)
 
 
-def finished_models(root: str | os.PathLike | None = None):
+def finished_models(root: str | os.PathLike | None = None) -> list[ZooEntry]:
     """Zoo entries (checkpoint.ZooEntry) of the runs that trained to the end; runs in progress are left out."""
-    root = Path(root) if root else runs_dir()
-    done = {r.name for r in list_runs(root) if r.status == "finished"}
-    return [e for e in find_models(root) if e.name in done]
+    return scan_finished_models(root)[0]
 
 
 def _read(path: Path) -> dict:
     try:
-        return read_json(path) if path.exists() else {}
-    except CheckpointError:
+        data = read_json(path) if path.exists() else {}
+    except (CheckpointError, RecursionError):
         return {}  # a reader never sees half a file (atomic writes); unreadable means absent
+    return data if isinstance(data, dict) else {}
 
 
 def _check_worker(path: Path, progress: dict) -> dict:
@@ -221,9 +250,9 @@ def _last_log_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _checkpoint_step(path: Path) -> int:
-    state = _read(path / "checkpoint" / "trainer_state.json")
-    return int(state.get("step", 0))
+def _checkpoint_step(path: Path) -> int | str:
+    step = _read(path / "checkpoint" / "trainer_state.json").get("step", 0)
+    return step if isinstance(step, int) else "unknown"
 
 
 # ---- locks ------------------------------------------------------------------------------------------
@@ -252,8 +281,11 @@ def _try_lock_within(path: Path, seconds: float) -> int | None:
 
 
 def is_locked(path: str | os.PathLike) -> bool:
-    """Whether a worker is training this run right now."""
-    fd = _try_lock(Path(path))
+    """Whether a worker is training this run right now (False for a folder whose lock file cannot be opened)."""
+    try:
+        fd = _try_lock(Path(path))
+    except OSError:
+        return False
     if fd is None:
         return True
     os.close(fd)
@@ -272,6 +304,61 @@ def _dispatch_lock(root: Path):
         os.close(fd)
 
 
+# ---- how big a run may be ---------------------------------------------------------------------------
+
+def step_memory_bytes(run: RunConfig) -> int:
+    """A generous estimate of the memory one training step of `run` needs.
+
+    Autograd keeps several [k, batch, width] float32 tensors per layer for the backward pass (inputs, means,
+    noise, activations; Flipout and the local reparameterisation add their own), so the step grows with
+    k x batch x (pixels + hidden units): about 8 floats per pixel, 12 per hidden unit (encoder and decoder)
+    and 8 per latent for every one of the k x batch rows. That is 1.2-2x what a step was measured to take;
+    the weights add their means, spreads, gradients and Adam moments (8 floats each)."""
+    m, t = run.model, run.train
+    rows = t.k * t.batch_size
+    per_row = 8 * m.x_dim + 12 * sum(m.hidden) + 8 * m.z_dim
+    sizes = [m.x_dim, *m.hidden, 2 * m.z_dim] + [m.z_dim, *reversed(m.hidden), m.x_dim]
+    weights = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    return 4 * (rows * per_row + 8 * weights)
+
+
+def step_memory_limit() -> int:
+    """Bytes a run's training step may take: $IWAE_MAX_STEP_GB, else a quarter of the machine's memory
+    (several runs may train at once, beside the dashboard)."""
+    env = os.environ.get("IWAE_MAX_STEP_GB")
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            value = float("nan")
+        if not (value > 0 and math.isfinite(value)):
+            raise RunError(f"IWAE_MAX_STEP_GB must be a positive number of gigabytes, got {env!r}")
+        return int(value * 2**30)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 * 2**30
+    return total // 4
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:,.1f} GB" if n >= 2**30 / 10 else f"{n / 2**20:,.0f} MB"
+
+
+def check_run_size(run: RunConfig) -> None:
+    """Refuse a run whose training step would need more memory than step_memory_limit(), saying what to lower."""
+    need, limit = step_memory_bytes(run), step_memory_limit()
+    if need <= limit:
+        return
+    m, t = run.model, run.train
+    source = ("IWAE_MAX_STEP_GB" if os.environ.get("IWAE_MAX_STEP_GB")
+              else "a quarter of this machine's memory; IWAE_MAX_STEP_GB changes it")
+    raise RunError(f"too big: k = {t.k:,} × batch {t.batch_size:,} = {t.k * t.batch_size:,} rows of "
+                   f"{m.x_dim} pixels, {' + '.join(map(str, m.hidden))} hidden units and {m.z_dim} latents need "
+                   f"about {_gb(need)} per training step, more than the {_gb(limit)} a run may use ({source}). "
+                   f"Lower k, the batch size or the hidden units.")
+
+
 # ---- starting, queueing, stopping -------------------------------------------------------------------
 
 def start_run(run: RunConfig, *, name: str | None = None, train_images: int | None = None,
@@ -286,6 +373,7 @@ def start_run(run: RunConfig, *, name: str | None = None, train_images: int | No
     if run.train.threads is None:  # one thread per worker unless asked: many runs must not overcommit the CPU
         run = RunConfig(model=run.model, train=dataclasses.replace(run.train, threads=1))
     pick_device(run.train.device)  # an unavailable device is refused here, not in the worker
+    check_run_size(run)  # a run too big for the machine is refused here, not after the worker ran out of memory
     if train_images is not None and train_images < run.train.batch_size:
         raise RunError(f"train_images={train_images} is smaller than one batch ({run.train.batch_size})")
     with _dispatch_lock(root):
@@ -422,7 +510,10 @@ def _update(path: Path, **changes) -> None:
 
 def _launch(path: Path) -> bool:
     """Take the run's lock, then hand it to a detached worker process (so there is no unlocked gap)."""
-    fd = _try_lock(path)
+    try:
+        fd = _try_lock(path)
+    except OSError:  # its lock file cannot be opened: the run is reported broken, the others still start
+        return False
     if fd is None:
         return False
     try:

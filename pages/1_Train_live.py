@@ -5,7 +5,8 @@ Runs live on disk (iwae_core.runs), not in the session, so a reload or a second 
 
 import streamlit as st
 
-from iwae_core import figures, runs
+import ui
+from iwae_core import figures, folders, runs
 from iwae_core.config import DATASETS, VARIANTS, ModelConfig, RunConfig, TrainConfig
 
 REFRESH_SECONDS = 1.5
@@ -57,18 +58,33 @@ with form_col:
                 st.info(f"Queued {started.name}: {started.message}")
             else:
                 st.success(f"Started {started.name}")
+    try:
+        budget = f" A run's training step may use about {runs.step_memory_limit() / 2**30:.1f} GB (IWAE_MAX_STEP_GB)."
+    except runs.RunError as err:
+        budget = f" {err}."
     st.caption(f"At most {runs.max_runs()} run(s) train at once (IWAE_MAX_RUNS); more wait in a queue. "
-               f"Runs are kept in {runs.runs_dir()}.")
+               f"Runs are kept in {runs.runs_dir()}.{budget}")
 
 with run_col:
-    all_runs = runs.list_runs()
+    all_runs, broken_runs = runs.scan_runs()
+    if broken_runs:
+        with st.expander(f"{len(broken_runs)} run folder(s) cannot be read and are left out", expanded=True,
+                         icon=":material/warning:"):
+            for b in broken_runs:
+                st.markdown(f"- **{ui.escape_markdown(b.name)}**: {ui.escape_markdown(b.error)}")
     if not all_runs:
         st.info("No runs yet: choose the settings on the left and press Start training.")
         st.stop()
     names = [r.name for r in all_runs]
-    wanted = st.session_state.get("tl_run") or st.query_params.get("run")
+    linked = st.query_params.get("run") if "tl_run" not in st.session_state else None
+    wanted = st.session_state.get("tl_run") or linked
     if wanted not in names:
         wanted = names[0]
+        if linked is not None:  # a link naming a run that is not here: say so, and which run is shown
+            unreadable = next((b.error for b in broken_runs if b.name == linked), None)
+            why = f"which cannot be read ({unreadable})" if unreadable else "which is not a run here"
+            st.warning(ui.escape_markdown(f"The link asked for run = {linked[:60]}, {why}; showing run = {wanted} "
+                                          "instead."), icon=":material/link:")
     st.session_state["tl_run"] = wanted
     choice = st.selectbox("Run", names, key="tl_run",
                           format_func=lambda n: f"{n}  ({next(r.status for r in all_runs if r.name == n)})")
@@ -87,9 +103,10 @@ with run_col:
         p = info.progress
         st.markdown(f"**{info.name}** · status **{info.status}** · {info.message}")
         total = p.get("total_steps")
+        epochs = p.get("epochs") or info.run.train.epochs
         rate = f" · {p['steps_per_second']:.0f} steps/s" if p.get("steps_per_second") else ""
-        st.progress(info.fraction, text=(f"step {p.get('step', 0):,} of {total:,} · epoch "
-                                         f"{min(p.get('epoch', 0) + 1, p.get('epochs', 1))} of {p.get('epochs')}{rate}"
+        st.progress(info.fraction, text=(f"step {p.get('step') or 0:,} of {total:,} · epoch "
+                                         f"{min((p.get('epoch') or 0) + 1, epochs)} of {epochs}{rate}"
                                          if total else "waiting to start"))
         curves, grid = st.columns([3, 2])
         with curves:
@@ -101,8 +118,13 @@ with run_col:
                 st.caption("The bound and KL curves appear after the first training steps.")
         with grid:
             if info.samples:
-                st.image(info.samples.read_bytes(), width="stretch",
-                         caption=f"p(x|z) means of 64 fixed z, one fixed weight draw (step {p.get('samples_step')})")
+                try:
+                    png = folders.read_png(info.samples)
+                except folders.FileError as err:
+                    st.warning(f"No sample grid: {err}")
+                else:
+                    st.image(png, width="stretch", caption=f"p(x|z) means of 64 fixed z, one fixed weight draw "
+                                                           f"(step {p.get('samples_step')})")
         stop_col, resume_col, delete_col = st.columns(3)
         if stop_col.button("Kill worker" if info.status == "unresponsive" else "Stop", key="tl_stop",
                            disabled=not (info.active or info.status == "queued"),

@@ -49,3 +49,30 @@ def tiny_zoo(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return root
+
+
+@pytest.fixture
+def no_logged_tracebacks(monkeypatch):
+    """Fail the test when anything logs an exception or an error while it runs.
+
+    Streamlit logs some problems instead of raising them (a dataframe Arrow cannot store is logged with its
+    traceback at INFO level, then converted to text), so AppTest's `exception` list alone misses them."""
+    import logging
+
+    from streamlit import logger as st_logger
+
+    seen: list[str] = []
+    handle = logging.Logger.handle
+
+    def recording_handle(self, record):
+        if (record.exc_info and record.exc_info[0] is not None) or record.levelno >= logging.ERROR:
+            cause = f" ({record.exc_info[1]!r})" if record.exc_info and record.exc_info[1] is not None else ""
+            seen.append(f"{record.name}: {record.getMessage()}{cause}")
+        return handle(self, record)
+
+    monkeypatch.setattr(logging.Logger, "handle", recording_handle)
+    level = st_logger._global_log_level
+    st_logger.set_log_level("INFO")  # where Streamlit logs the traceback of an Arrow conversion it worked around
+    yield seen
+    st_logger.set_log_level(level)
+    assert not seen, "logged during the test:\n" + "\n".join(seen)

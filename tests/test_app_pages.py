@@ -16,6 +16,7 @@ from iwae_core.checkpoint import write_json
 from support import require_data
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
+pytestmark = pytest.mark.usefixtures("no_logged_tracebacks")  # a traceback Streamlit only logs fails a test too
 
 
 @pytest.fixture

@@ -74,3 +74,17 @@ def test_study_curves_follow_tau_and_the_verdict_is_shown(tmp_path):
 def test_missing_study_says_what_to_run(tmp_path):
     at = open_page(tmp_path / "none.csv")
     assert any("python -m iwae_core.study" in i.value for i in at.info)
+
+
+@pytest.mark.slow
+def test_a_link_with_a_tau_the_study_lacks_says_so(tmp_path):
+    path = write_study(tmp_path / "study.csv")
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["tau"] = "0.5"
+    at.run()
+    at.switch_page("pages/6_Reproduction.py").run()
+    at.text_input(key="repro:path").set_value(str(path)).run()
+    assert not at.exception
+    assert at.radio(key="repro:tau").value == 1.0
+    notices = [w.value for w in at.warning] + [i.value for i in at.info]
+    assert any("tau = 0.5" in n for n in notices), notices
