@@ -19,6 +19,12 @@ DATASETS = ("mnist", "omniglot")
 # precision of the random layers' noise-path products in training; auto = bfloat16 on a CPU with native
 # bfloat16 matrix products, float32 elsewhere (see BayesLinear and docs in the README)
 NOISE_PRECISIONS = ("auto", "float32", "bfloat16")
+# how the random draws of a test log-likelihood pass are seeded (evaluate.log_likelihood_range):
+#   stream:    one torch stream seeded once per pass, running through the images in order; every number
+#              shipped so far was computed this way, and it stays the default.
+#   per-batch: each batch of images starts its own stream, seeded from (seed, index of its first image).
+# With either, a pass split across processes gives the same per-image values as in one process.
+SEEDINGS = ("stream", "per-batch")
 
 
 @dataclass
