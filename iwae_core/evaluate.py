@@ -153,7 +153,7 @@ def log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, noise_scale: floa
     """Images start..stop of the pass `log_likelihood` makes over all of x with this seed, exactly as that
     whole pass computes them (start on a batch boundary): so shards computed anywhere, concatenated, equal
     the pass in one process value for value. With stream seeding the shard first replays the draws of the
-    images before it (about a quarter of their evaluation time for IWAE-R); per-batch seeding needs none.
+    images before it (about a third of their evaluation time for IWAE-R); per-batch seeding needs none.
     Uses torch's global stream and leaves it at the end of the shard."""
     if seeding not in SEEDINGS:
         raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")

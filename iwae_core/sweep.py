@@ -63,6 +63,7 @@ TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 EVAL_KEYS = {"k", "limit", "noise_scale", "mc_repeats", "mc_images", "seed", "batch_size", "seeding"}
 # settings that say how a trial runs, not what it computes: a rerun may change them
 RUNTIME_KEYS = ("threads", "device", "checkpoint_every")
+STOP_CHECK_SECONDS = 0.5  # how often a running trial looks whether the sweep asked it to stop
 
 
 # ---- the grid -------------------------------------------------------------------------------------------
@@ -244,14 +245,19 @@ def evaluation_kwargs(evaluation: dict) -> dict:
     return out
 
 
+class TrialStopped(Exception):
+    """The sweep asked a trial to stop (Ctrl-C or kill of `iwae sweep`); its checkpoint is saved."""
+
+
 def run_trial(run: RunConfig, out: str | os.PathLike, data_dir: str | None = None, evaluation: dict | None = None,
-              command: str | None = None, data: dict | None = None) -> dict:
+              command: str | None = None, data: dict | None = None, should_stop=None) -> dict:
     """Train (or resume, or skip when finished) one trial into its model folder, then evaluate it if asked:
-    what `iwae train --resume` then `iwae eval` do. Ctrl-C or ray.cancel (KeyboardInterrupt) checkpoints first.
-    Returns what happened: resumed_at (step), trained (steps this call), evaluated, test_ll."""
+    what `iwae train --resume` then `iwae eval` do. When should_stop() turns true the run stops after a
+    checkpoint (Trainer.request_stop) and TrialStopped is raised; so does KeyboardInterrupt, after one.
+    Returns what happened: resumed_at (step), trained_steps (this call), evaluated, test_ll."""
     import torch
 
-    from .train import Trainer
+    from .train import Hooks, Trainer
 
     out = Path(out)
     info = {"resumed_at": None, "trained_steps": 0, "evaluated": False}
@@ -259,25 +265,40 @@ def run_trial(run: RunConfig, out: str | os.PathLike, data_dir: str | None = Non
     if state == "other":
         raise RuntimeError(f"{out} holds a run with other settings than this trial's; move it away or use "
                            "another sweep folder")
+    checked = {"at": time.monotonic()}
+
+    def stop_requested() -> bool:  # asked at most every STOP_CHECK_SECONDS: a file test on shared storage
+        if should_stop is None or time.monotonic() - checked["at"] < STOP_CHECK_SECONDS:
+            return False
+        checked["at"] = time.monotonic()
+        return should_stop()
+
     if state != "trained":
-        trainer = Trainer(run, out=out, data=data, data_dir=data_dir)
+        hooks = Hooks(on_step=[lambda trainer, _: stop_requested() and trainer.request_stop()])
+        trainer = Trainer(run, out=out, data=data, data_dir=data_dir, hooks=hooks)
         if trainer.resume():
             info["resumed_at"] = trainer.step
         start = trainer.step
         if not trainer.done:
             try:
-                trainer.fit()
+                reason = trainer.fit()
             except KeyboardInterrupt:
                 trainer.save_checkpoint()
                 raise
+            if reason == "stopped":
+                raise TrialStopped(f"stopped at step {trainer.step} after a checkpoint")
         info["trained_steps"] = trainer.step - start
         trainer.finish({"command": command})
     if evaluation:
         from .evaluate import evaluate_folder
 
+        def progress(done: int, total: int) -> None:
+            if stop_requested():
+                raise TrialStopped("stopped during the evaluation (nothing of it written)")
         if run.train.threads:
             torch.set_num_threads(run.train.threads)
-        result = evaluate_folder(out, data_dir=data_dir, data=data, **evaluation_kwargs(evaluation))
+        result = evaluate_folder(out, data_dir=data_dir, data=data, progress=progress,
+                                 **evaluation_kwargs(evaluation))
         info["evaluated"], info["test_ll"] = True, result.get("test_ll")
     return info
 
@@ -298,14 +319,20 @@ def _trial_task(spec: dict) -> dict:
     key = (run.train.dataset, spec["data_dir"])
     t0 = time.time()
     where = {"host": socket.gethostname()}
+    stop_file = Path(spec["stop_file"])
     try:
+        if stop_file.exists():
+            raise TrialStopped("the sweep was stopping when this trial came to start")
         if key not in _DATA_CACHE:  # a worker process keeps the dataset for its next trials
             from .data import load_dataset
 
             _DATA_CACHE.clear()
             _DATA_CACHE[key] = load_dataset(run.train.dataset, spec["data_dir"])
-        info = run_trial(run, spec["out"], spec["data_dir"], spec["eval"], spec["command"], data=_DATA_CACHE[key])
+        info = run_trial(run, spec["out"], spec["data_dir"], spec["eval"], spec["command"], data=_DATA_CACHE[key],
+                         should_stop=stop_file.exists)
         return {"status": "done", **info, **where, "seconds": round(time.time() - t0, 1)}
+    except (TrialStopped, KeyboardInterrupt) as err:
+        return {"status": "interrupted", "error": str(err) or "interrupted", **where}
     except TrainingDiverged as err:
         return {"status": "failed", "error": str(err), **where}
     except Exception as err:  # noqa: BLE001 - any error of one trial is reported, and the others go on
@@ -398,19 +425,20 @@ def run_sweep(grid_file: str | os.PathLike, out: str | os.PathLike, address: str
         return read_manifest(out)
 
     interrupted = False
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(*_):
-        raise KeyboardInterrupt
-    if hasattr(signal, "SIGTERM"):
-        try:
-            signal.signal(signal.SIGTERM, on_sigterm)  # `kill` stops the sweep as Ctrl-C does
-        except ValueError:  # not the main thread
-            previous = None
+    stop_file = out / RUNNING / "STOP"
+    stop_file.unlink(missing_ok=True)  # left by a sweep that was killed while stopping
     with ray_session(address, num_cpus=num_cpus,
                      num_gpus=None if gpus_per_trial else 0) as (ray, where):
         say(f"running on {where}: {cluster_cpus(ray)} CPUs, {cpus_per_trial:g} per trial"
             + (f", {gpus_per_trial:g} GPU per trial" if gpus_per_trial else ""))
+
+        def on_sigterm(*_):
+            raise KeyboardInterrupt
+        previous = signal.getsignal(signal.SIGTERM)  # Ray's, which would end the process on the spot
+        try:
+            signal.signal(signal.SIGTERM, on_sigterm)  # `kill` stops the sweep as Ctrl-C does
+        except ValueError:  # not the main thread
+            previous = None
         task = ray.remote(_trial_task).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial,
                                                max_retries=max_retries)
         refs = {}
@@ -418,7 +446,8 @@ def run_sweep(grid_file: str | os.PathLike, out: str | os.PathLike, address: str
             token = t.token = uuid.uuid4().hex
             refs[task.remote({"run": t.run.to_json(), "out": str(out / t.name), "data_dir": data_dir,
                               "eval": grid.evaluation, "command": f"{command}  # trial {t.name}",
-                              "token": token, "running_file": str(out / RUNNING / f"{t.name}.json")})] = t
+                              "token": token, "running_file": str(out / RUNNING / f"{t.name}.json"),
+                              "stop_file": str(stop_file)})] = t
         bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="sweep", unit="trial",
                    disable=not show_progress, dynamic_ncols=True)
         pending = list(refs)
@@ -430,7 +459,7 @@ def run_sweep(grid_file: str | os.PathLike, out: str | os.PathLike, address: str
                     _finish_trial(ray, ref, t, grid)
                     bar.update(1)
                     if t.status == "failed":
-                        bar.write(f"trial {t.name} failed: {t.error}")
+                        bar.write(f"trial {t.name} failed: {t.error}", file=sys.stderr)
                     _write_manifest(out, grid, str(grid_file), trials, extra)
                 running = _running(out, [refs[r] for r in pending])
                 for t in (refs[r] for r in pending):
@@ -439,20 +468,29 @@ def run_sweep(grid_file: str | os.PathLike, out: str | os.PathLike, address: str
                                     f"failed {sum(t.status == 'failed' for t in trials)}", refresh=True)
         except KeyboardInterrupt:
             interrupted = True
-            bar.write("interrupted: stopping the running trials after a checkpoint ...")
+            say("interrupted: the running trials stop after a checkpoint ...")
+            stop_file.parent.mkdir(parents=True, exist_ok=True)
+            stop_file.write_text("stop\n")  # the trials look for it twice a second (run_trial's should_stop)
+            running = _running(out, [refs[r] for r in pending])
             for ref in pending:
-                ray.cancel(ref)
-            deadline = time.time() + 30
+                if refs[ref].name not in running:
+                    ray.cancel(ref)  # not started: it never will
+            deadline = time.time() + 60
             while pending and time.time() < deadline:
-                _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+                for ref in ready:
+                    _finish_trial(ray, ref, refs[ref], grid)
             for t in (refs[r] for r in refs):
                 if t.status in ("queued", "running"):
                     t.status = "interrupted"
             _write_manifest(out, grid, str(grid_file), trials, extra)
+            stop_file.unlink(missing_ok=True)
         finally:
             bar.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if interrupted:
+                say("stopping Ray ...")
     _write_manifest(out, grid, str(grid_file), trials, extra)
     _report(trials)
     if interrupted:
