@@ -34,7 +34,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     if address:
         # tasks run on the cluster's nodes: the package (and torch) must be installed there, and run and
         # data folders must be at the same paths on every node (shared storage); see docs/scaling.md
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as err:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or its own errors
+            hint = ""
+            if "auth" in str(err).lower():
+                hint = (" (the cluster wants its token: set RAY_AUTH_MODE=token and make the head's "
+                        "~/.ray/auth_token, or RAY_AUTH_TOKEN, available here)")
+            raise RuntimeError(f"cannot connect to the Ray cluster at {address}{hint}: "
+                               f"{str(err).strip().splitlines()[0]}") from err
         where = f"the Ray cluster at {address}"
     else:
         # a local Ray's worker processes inherit this environment: let them import this very package,

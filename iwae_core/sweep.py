@@ -449,7 +449,7 @@ def run_sweep(grid_file: str | os.PathLike, out: str | os.PathLike, address: str
                               "token": token, "running_file": str(out / RUNNING / f"{t.name}.json"),
                               "stop_file": str(stop_file)})] = t
         bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc="sweep", unit="trial",
-                   disable=not show_progress, dynamic_ncols=True)
+                   disable=None if show_progress else True, dynamic_ncols=True)  # None: only on a terminal
         pending = list(refs)
         try:
             while pending:
