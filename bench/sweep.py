@@ -74,8 +74,9 @@ def sweep_vs_sequential(steps: int, root: Path) -> dict:
     grid_file = root / "grid.toml"
     grid_file.write_text(GRID.format(steps=steps))
     t0 = time.perf_counter()
-    run_sweep(grid_file, root / "sweep", num_cpus=2, show_progress=False)
+    manifest = run_sweep(grid_file, root / "sweep", num_cpus=2, show_progress=False)
     sweep = time.perf_counter() - t0
+    trial_seconds = [t["seconds"] for t in manifest["trials"]]
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     data = load_dataset("mnist")
@@ -83,7 +84,7 @@ def sweep_vs_sequential(steps: int, root: Path) -> dict:
         run_trial(trial.run, root / "sequential" / trial.name, data=data)
     sequential = time.perf_counter() - t0
     torch.set_num_threads(threads)
-    return {"sweep": sweep, "sequential": sequential}
+    return {"sweep": sweep, "sequential": sequential, "trials": trial_seconds}
 
 
 def sharded_eval(S: int, images: int, root: Path) -> dict:
@@ -105,7 +106,14 @@ def sharded_eval(S: int, images: int, root: Path) -> dict:
     common = {"S": S, "limit": images, "noise_scales": [1.0], "mc_repeats": 1, "write": False, "show_progress": False}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        evaluate_sharded([folder], 2, **{**common, "limit": 20})  # warm both workers up (imports)
+        @ray.remote(num_cpus=1)
+        def warm_up() -> int:  # two at once: both worker processes start and import torch before the timing
+            import iwae_core.sharded  # noqa: F401
+
+            time.sleep(2)
+            return os.getpid()
+        assert len(set(ray.get([warm_up.remote() for _ in range(2)]))) == 2
+        evaluate_sharded([folder], 2, **{**common, "limit": 20})
         for label, workers, seeding in (("1 worker", 1, "stream"), ("2 workers, stream seeding", 2, "stream"),
                                         ("2 workers, per-batch seeding", 2, "per-batch")):
             result = evaluate_sharded([folder], workers, seeding=seeding, **common)[str(folder)]
@@ -145,6 +153,7 @@ def main() -> None:
     p.add_argument("--S", type=int, default=1000, help="joint draws per test image")
     p.add_argument("--images", type=int, default=100, help="test images evaluated")
     args = p.parse_args()
+    print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         start = ray_startup()
@@ -152,7 +161,9 @@ def main() -> None:
               f"workers {start['first tasks']:.1f} s, shutdown {start['shutdown']:.1f} s")
         times = sweep_vs_sequential(args.steps, root)
         print(f"4 trials of {args.steps} steps: sweep on 2 CPUs {times['sweep']:.1f} s, one after another "
-              f"{times['sequential']:.1f} s: sequential / sweep = {times['sequential'] / times['sweep']:.2f}")
+              f"{times['sequential']:.1f} s: sequential / sweep = {times['sequential'] / times['sweep']:.2f}; "
+              f"the trials' own seconds in the sweep (a worker's first includes its imports and data loading): "
+              + ", ".join(f"{t:.1f}" for t in times["trials"]))
         speeds = sharded_eval(args.S, args.images, root)
         base = speeds["1 worker"]
         print(f"test LL of MNIST IWAE-R, S = {args.S}, {args.images} images:")
@@ -161,6 +172,7 @@ def main() -> None:
         shares = replay_share(args.S, args.images)
         print("replaying a pass's random draws / computing the pass (stream-seeded sharding's overhead): "
               + ", ".join(f"{v} {s:.0%}" for v, s in shares.items()))
+    print(f"load average {os.getloadavg()[0]:.1f} at the end (other processes share the cores)")
 
 
 if __name__ == "__main__":

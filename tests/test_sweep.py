@@ -187,6 +187,28 @@ def test_a_stopped_trial_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path
         torch.set_num_threads(threads)
 
 
+def test_a_failing_trial_comes_back_as_its_error(tmp_path, monkeypatch):
+    """What a Ray worker returns for a trial that diverges or breaks: status failed and the error's message
+    (the driver reports it and goes on with the others); the trial's running file is cleared either way."""
+    from iwae_core import sweep
+    from iwae_core.train import TrainingDiverged
+
+    run = plan_trials(parse_grid({"base": {"hidden": [8], "z_dim": 2}, "grid": {"seed": [0]}}))[0].run
+    spec = {"run": run.to_json(), "out": str(tmp_path / "t"), "data_dir": None, "eval": None, "command": "iwae sweep",
+            "token": "abc", "running_file": str(tmp_path / ".running" / "t.json"),
+            "stop_file": str(tmp_path / ".running" / "STOP")}
+    monkeypatch.setitem(sweep._DATA_CACHE, ("mnist", None), {})  # no dataset needed: run_trial fails first
+    for error, expected in ((TrainingDiverged("training stopped at step 3: the loss is not finite"),
+                             "training stopped at step 3: the loss is not finite"),
+                            (ValueError("bad value"), "ValueError: bad value")):
+        def fail(*args, error=error, **kwargs):
+            raise error
+        monkeypatch.setattr("iwae_core.sweep.run_trial", fail)
+        outcome = sweep._trial_task(spec)
+        assert outcome["status"] == "failed" and outcome["error"] == expected
+        assert not (tmp_path / ".running" / "t.json").exists()
+
+
 # ---- a sweep on a local Ray ----------------------------------------------------------------------------
 GRID = """
 [base]
