@@ -13,7 +13,10 @@ Usage: IWAE_DATA_DIR=DIR python bench/sweep.py [--steps 300] [--S 1000] [--image
    without Ray, then sharded on 1 and 2 Ray workers (stream seeding, and per-batch seeding with 2), in
    images per second of the pass itself (first shard started to last shard done); plus, for each variant,
    the share of a pass's time that replaying its random draws costs (what limits stream-seeded sharding).
-Every number comes from this one run; the machine's other load shows in them.
+Every number comes from this one run; the machine's other load shows in them. Ray runs its workers at
+niceness 15, which on a busy machine hands their CPU time to every other process and makes any comparison
+with this (niceness 0) process meaningless: the benchmark starts its Rays with RAY_worker_niceness=0
+unless that is set already.
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ def main() -> None:
     p.add_argument("--S", type=int, default=1000, help="joint draws per test image")
     p.add_argument("--images", type=int, default=100, help="test images evaluated")
     args = p.parse_args()
+    os.environ.setdefault("RAY_worker_niceness", "0")  # read by the local Rays started below
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -121,6 +121,8 @@ def cmd_eval(args) -> int:
     from .checkpoint import load_model
     from .evaluate import evaluate_folder
 
+    if args.address and not args.workers:
+        raise ValueError("--address runs a sharded evaluation on a Ray cluster: give --workers N too")
     if args.workers:  # shard the test images of every model across Ray workers
         from .sharded import evaluate_sharded
 
