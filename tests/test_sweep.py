@@ -236,7 +236,8 @@ KILLED = "variant=iwae,seed=0"
 
 
 def sweep_cli(grid: Path, out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Ray's workers run at niceness 15: on a busy machine they would crawl behind everything else
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_worker_niceness": "0"}
     return subprocess.Popen([sys.executable, "-m", "iwae_core.cli", "sweep", str(grid), "--out", str(out),
                              "--no-progress", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
@@ -325,7 +326,7 @@ def test_a_trial_folder_with_other_settings_is_not_resumed(tmp_path):
 
 # ---- sharded evaluation on a local Ray -----------------------------------------------------------------
 @pytest.mark.slow
-def test_sharded_evaluation_equals_single_process_image_by_image(tiny_zoo, tmp_path):
+def test_sharded_evaluation_equals_single_process_image_by_image(tiny_zoo, tmp_path, monkeypatch):
     data_root = require_data("MNIST", "raw")
     import ray
 
@@ -340,6 +341,7 @@ def test_sharded_evaluation_equals_single_process_image_by_image(tiny_zoo, tmp_p
     from iwae_core.data import load_dataset
 
     mnist = load_dataset("mnist", data_root)
+    monkeypatch.setenv("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         for seeding, workers in (("stream", 2), ("per-batch", 3)):
