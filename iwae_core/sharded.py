@@ -8,9 +8,9 @@ equal `iwae eval` without --workers value for value (tests/test_sweep.py checks 
   stream seeding (the default, and how every shipped number was computed): the pass is one random
   stream; a shard replays the draws of the images before it (recorded from one real log_weights call
   and checked to move the stream exactly as the call does) without computing anything else. The replay
-  costs a share f of those images' evaluation time (measured by bench/sweep.py: 28-36% for IWAE-R, 27%
-  for IWAE-Rrec, 7% for IWAE, whose deterministic networks draw only z), so the last of N shards does
-  1/N of the work plus f (N-1)/N of replay: IWAE-R gains about 1.5x on 2 workers and at most ~3x.
+  costs a share f of those images' evaluation time (measured by bench/sweep.py: 28-49% for IWAE-R, 22-27%
+  for IWAE-Rrec, 7-8% for IWAE, whose deterministic networks draw only z), so the last of N shards does
+  1/N of the work plus f (N-1)/N of replay: IWAE-R gains about 1.5x on 2 workers and at most 2-3x.
   per-batch seeding (--seeding per-batch): every batch of images has its own seed, so shards need no
   replay and scale with the workers; its per-image values are other draws than the stream's (the same
   estimator, equally valid), which is why it is opt-in and recorded as "seeding" in metrics.json.
