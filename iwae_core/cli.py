@@ -17,6 +17,7 @@ from .config import (
     NOISE_PRECISIONS,
     OBJECTIVES,
     PAPER_PRESET,
+    SEEDINGS,
     VARIANTS,
     ModelConfig,
     RunConfig,
@@ -228,11 +229,24 @@ def cmd_eval(args) -> int:
     for directory in args.dirs:  # every folder is checked before the first one takes minutes
         load_model(directory)
         check_evaluation_target(Path(directory), write=not args.no_write)
+    if args.address and not args.workers:
+        raise ValueError("--address runs a sharded evaluation on a Ray cluster: give --workers N too")
+    if args.workers:  # shard the test images of every model across Ray workers
+        from .sharded import evaluate_sharded
+
+        results = evaluate_sharded(args.dirs, args.workers, S=args.k, limit=args.limit,
+                                   noise_scales=args.noise_scale, batch_size=args.batch_size,
+                                   data_dir=args.data_dir, write=not args.no_write, mc_repeats=args.mc_repeats,
+                                   mc_images=args.mc_images, seed=args.seed, seeding=args.seeding,
+                                   address=args.address, show_progress=sys.stderr.isatty())
+        for result in results.values():
+            print(json.dumps(result, indent=2))
+        return 0
     for directory in args.dirs:
         result = evaluate_folder(directory, S=args.k, limit=args.limit, noise_scales=args.noise_scale,
                                  batch_size=args.batch_size, data_dir=args.data_dir, write=not args.no_write,
                                  mc_repeats=args.mc_repeats, mc_images=args.mc_images, seed=args.seed,
-                                 progress=progress_bar(f"test LL {directory}"))
+                                 progress=progress_bar(f"test LL {directory}"), seeding=args.seeding)
         print(json.dumps(result, indent=2))
     return 0
 
@@ -240,7 +254,11 @@ def cmd_eval(args) -> int:
 def cmd_table(args) -> int:
     from .checkpoint import select_models
     from .evaluate import comparison_table, paired_differences, stale_evaluation, write_paired
+    from .sweep import is_sweep, sweep_table
 
+    if len(args.dirs) == 1 and is_sweep(args.dirs[0]):  # a sweep folder: its trials grouped by configuration
+        print(sweep_table(args.dirs[0]))
+        return 0
     print(comparison_table(args.dirs or None))
     if args.paired or args.write:
         entries = select_models(args.dirs)
@@ -259,6 +277,12 @@ def cmd_table(args) -> int:
         if args.write:
             write_paired(entries, rows)
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import main_sweep
+
+    return main_sweep(args)
 
 
 def cmd_bench(args) -> int:
@@ -329,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     e.add_argument("--data-dir")
     e.add_argument("--no-write", action="store_true", help="print only; leave metrics.json as it is")
+    e.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="shard the test images of every model across N Ray workers (a local Ray, or the "
+                        "cluster at --address / $RAY_ADDRESS); per-image results equal those without")
+    e.add_argument("--address", default=None, help="a Ray cluster to run --workers on (default: $RAY_ADDRESS, "
+                                                  "else a local Ray)")
+    e.add_argument("--seeding", choices=SEEDINGS, default="stream",
+                   help="stream (default; as every shipped number): one random stream through the images; "
+                        "per-batch: a seed per batch of images, which shards without replaying the stream")
     e.set_defaults(func=cmd_eval)
 
     tb = sub.add_parser("table", help="the paper's table beside these models' numbers")
@@ -336,6 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--paired", action="store_true", help="also print paired per-image differences")
     tb.add_argument("--write", action="store_true", help="store the paired differences in each metrics.json")
     tb.set_defaults(func=cmd_table)
+
+    sw = sub.add_parser("sweep", help="train (and evaluate) every combination of a grid, in parallel on Ray")
+    sw.add_argument("grid", help="a TOML grid file: [base] settings, [grid] lists to cross, optional [eval]")
+    sw.add_argument("--out", required=True, help="the sweep folder: one model folder per trial and sweep.json")
+    sw.add_argument("--address", default=None,
+                    help="a Ray cluster (ray://HOST:10001 or HOST:6379; default: $RAY_ADDRESS, else a local Ray)")
+    sw.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: every core)")
+    sw.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs (and torch threads) per trial")
+    sw.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (fractions share a GPU)")
+    sw.add_argument("--max-retries", type=int, default=3,
+                    help="times Ray reruns a trial whose worker died (each resumes from its checkpoint)")
+    sw.add_argument("--data-dir")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench", help="speed and memory benchmarks, printed as ratios")
     b.add_argument("--quick", action="store_true")

@@ -22,6 +22,12 @@ DATASETS = ("mnist", "omniglot")
 NOISE_PRECISIONS = ("auto", "float32", "bfloat16")
 # the two readings of a random-weight IWAE (see TrainConfig.objective)
 OBJECTIVES = ("bayes", "mixture")
+# how the random draws of a test log-likelihood pass are seeded (evaluate.log_likelihood_range):
+#   stream:    one torch stream seeded once per pass, running through the images in order; every number
+#              shipped so far was computed this way, and it stays the default.
+#   per-batch: each batch of images starts its own stream, seeded from (seed, index of its first image).
+# With either, a pass split across processes gives the same per-image values as in one process.
+SEEDINGS = ("stream", "per-batch")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 from . import checkpoint as ckpt
 from .allocator import retain_freed_memory
 from .bounds import effective_sample_size, iwae_bound
-from .config import check_k, check_seed
+from .config import SEEDINGS, check_k, check_seed
 from .data import binarize, load_dataset
 from .model import IWAE
 
@@ -37,20 +37,24 @@ def binarized_test_images(data: dict, limit: int | None = None) -> torch.Tensor:
 @torch.no_grad()
 def log_likelihood(model: IWAE, x: torch.Tensor, S: int = 5000, noise_scale: float = 1.0,
                    batch_size: int | None = None, rows_per_chunk: int = ROWS_PER_CHUNK,
-                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                   progress: Callable[[int, int], None] | None = None,
+                   batch_seeds: tuple[int, int] | None = None) -> torch.Tensor:
     """log p^(x) = logmeanexp_s log w_s with S independent joint draws (theta_s, phi_s, z_s) per image.
 
     Weights are drawn per (draw, image) row ('sample' granularity in both networks), in chunks of
     at most rows_per_chunk rows, so memory stays bounded whatever S and the batch size. x: [n, 784] -> [n].
+    The draws come from torch's global stream as the caller left it, or, with batch_seeds = (seed, first),
+    from a stream per batch seeded with batch_seed(seed, first + the batch's first index in x).
     """
     check_k(S, "S")
     model.eval()
     retain_freed_memory()
-    # by default about 500 draws of 10 images per chunk: few Python round trips, small tensors
-    batch_size = min(batch_size or max(1, min(len(x), rows_per_chunk // 500)), rows_per_chunk)
-    chunk = max(1, min(S, rows_per_chunk // batch_size))
+    batch_size = eval_batch_size(len(x), batch_size, rows_per_chunk)
+    chunk = eval_chunk(S, batch_size, rows_per_chunk)
     out = []
     for start in range(0, len(x), batch_size):
+        if batch_seeds is not None:  # per-batch seeding: (seed, index of x[0] in the whole pass)
+            torch.manual_seed(batch_seed(batch_seeds[0], batch_seeds[1] + start))
         xb = x[start:start + batch_size]
         acc = torch.full((len(xb),), -math.inf, device=x.device)
         for s0 in range(0, S, chunk):
@@ -61,6 +65,109 @@ def log_likelihood(model: IWAE, x: torch.Tensor, S: int = 5000, noise_scale: flo
         if progress:
             progress(min(start + batch_size, len(x)), len(x))
     return torch.cat(out)
+
+
+def eval_batch_size(n: int, batch_size: int | None = None, rows_per_chunk: int = ROWS_PER_CHUNK) -> int:
+    """Images per batch of a pass over n images: by default about 500 draws of 10 images per chunk (few
+    Python round trips, small tensors). A property of the whole pass: a shard of it must use the same."""
+    return min(batch_size or max(1, min(n, rows_per_chunk // 500)), rows_per_chunk)
+
+
+def eval_chunk(S: int, batch_size: int, rows_per_chunk: int = ROWS_PER_CHUNK) -> int:
+    """Draws per log_weights call for a batch of batch_size images."""
+    return max(1, min(S, rows_per_chunk // batch_size))
+
+
+def batch_seed(seed: int, first_image: int) -> int:
+    """The seed of the batch starting at image first_image under per-batch seeding (a 64-bit mix of both)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(first_image)]).generate_state(1, np.uint64)[0])
+
+
+# torch functions that draw from the global stream; a log_weights call's draws are recorded among these
+_RNG_FUNCTIONS = {torch.randn, torch.rand, torch.randint, torch.randn_like, torch.rand_like, torch.randint_like,
+                  torch.bernoulli, torch.normal, torch.randperm, torch.multinomial, torch.poisson,
+                  torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.bernoulli_, torch.Tensor.random_,
+                  torch.Tensor.exponential_, torch.Tensor.geometric_, torch.Tensor.log_normal_,
+                  torch.Tensor.cauchy_, torch.Tensor.bernoulli, torch.Tensor.multinomial}
+
+
+class _RecordDraws(torch.overrides.TorchFunctionMode):
+    """Records the random draws (function, arguments) made while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RNG_FUNCTIONS:
+            keep = lambda a: a.detach().clone() if torch.is_tensor(a) else a  # noqa: E731
+            self.calls.append((func, tuple(keep(a) for a in args), {k: keep(v) for k, v in kwargs.items()}))
+        return func(*args, **kwargs)
+
+
+def _replay(calls: list[tuple]) -> None:
+    for func, args, kwargs in calls:
+        func(*[a.clone() if torch.is_tensor(a) else a for a in args], **kwargs)
+
+
+@torch.no_grad()
+def stream_draws(model: IWAE, batch_size: int, k: int, noise_scale: float) -> list[tuple]:
+    """The random draws of one log_weights call on batch_size images with k draws, as log_likelihood
+    makes it; checked here: replaying them moves torch's stream exactly as the real call does."""
+    model.eval()
+    x = torch.zeros(batch_size, model.config.x_dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(20_160_101)
+        with _RecordDraws() as rec:
+            model.log_weights(x, k, noise_scale=noise_scale, encoder_granularity="sample",
+                              decoder_granularity="sample")
+        after_call = torch.get_rng_state()
+        torch.manual_seed(20_160_101)
+        _replay(rec.calls)
+        if not torch.equal(torch.get_rng_state(), after_call):
+            raise RuntimeError("cannot skip ahead in the evaluation's random stream: the draws of log_weights "
+                               "were not all recorded; evaluate in one process, or use per-batch seeding")
+    return rec.calls
+
+
+def skip_stream(model: IWAE, n_batches: int, S: int, batch_size: int, noise_scale: float = 1.0,
+                rows_per_chunk: int = ROWS_PER_CHUNK) -> None:
+    """Advance torch's global stream past the draws log_likelihood makes for n_batches full batches,
+    without computing them: a shard of a stream-seeded pass starts where the whole pass would be."""
+    if n_batches <= 0:
+        return
+    chunk = eval_chunk(S, batch_size, rows_per_chunk)
+    ks = [min(chunk, S - s0) for s0 in range(0, S, chunk)]
+    draws = {k: stream_draws(model, batch_size, k, noise_scale) for k in set(ks)}
+    for _ in range(n_batches):
+        for k in ks:
+            _replay(draws[k])
+
+
+def log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, noise_scale: float = 1.0,
+                         batch_size: int | None = None, seed: int = 0, seeding: str = "stream",
+                         start: int = 0, stop: int | None = None, rows_per_chunk: int = ROWS_PER_CHUNK,
+                         progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Images start..stop of the pass `log_likelihood` makes over all of x with this seed, exactly as that
+    whole pass computes them (start on a batch boundary): so shards computed anywhere, concatenated, equal
+    the pass in one process value for value. With stream seeding the shard first replays the draws of the
+    images before it (about a third of their evaluation time for IWAE-R); per-batch seeding needs none.
+    Uses torch's global stream and leaves it at the end of the shard."""
+    if seeding not in SEEDINGS:
+        raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
+    stop = len(x) if stop is None else stop
+    batch_size = eval_batch_size(len(x), batch_size, rows_per_chunk)
+    if start % batch_size and start != len(x):
+        raise ValueError(f"a shard must start on a batch boundary: {start} is not a multiple of {batch_size}")
+    if seeding == "stream":
+        torch.manual_seed(seed)
+        skip_stream(model, start // batch_size, S, batch_size, noise_scale, rows_per_chunk)
+        return log_likelihood(model, x[start:stop], S, noise_scale, batch_size, rows_per_chunk, progress)
+    return log_likelihood(model, x[start:stop], S, noise_scale, batch_size, rows_per_chunk, progress,
+                          batch_seeds=(seed, start))
 
 
 def summarize(values: torch.Tensor) -> dict:
@@ -140,13 +247,36 @@ def weight_statistics(model: IWAE) -> list[dict]:
     return rows
 
 
+def noise_scales_for(run, noise_scales=None) -> list[float]:
+    """The weight-noise scales tau an evaluation covers: the given ones, else 1 and 0 for random-weight models."""
+    random = run.model.random_encoder or run.model.random_decoder
+    return list(noise_scales) if noise_scales else ([1.0, 0.0] if random else [1.0])
+
+
+def evaluation_passes(n_images: int, taus: list[float], seed: int = 0, mc_repeats: int = 3,
+                      mc_images: int = 500) -> list[tuple[float, int, int]]:
+    """The log-likelihood passes evaluate_folder makes, as (tau, seed, number of leading test images):
+    the whole test set per tau, then the Monte-Carlo repeats on the first mc_images images."""
+    passes = []
+    for tau in taus:
+        passes.append((tau, seed, n_images))
+        passes += [(tau, seed + 1000 * r, min(mc_images, n_images)) for r in range(1, mc_repeats)]
+    return passes
+
+
 def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_scales=None,
                     batch_size: int | None = None, data_dir=None, write: bool = True, mc_repeats: int = 3,
                     mc_images: int = 500, seed: int = 0, progress: Callable | None = None,
-                    data: dict | None = None) -> dict:
+                    data: dict | None = None, seeding: str = "stream",
+                    passes: Callable[[float, int, int], tuple[torch.Tensor, float]] | None = None,
+                    workers: int | None = None) -> dict:
     """The full protocol on a model folder; writes metrics.json["test"] and test_ll.safetensors.
 
     The settings, the model and the files it will write are checked before minutes of computing.
+
+    passes(tau, seed, n) may supply the per-image log-likelihoods of the first n test images (and the
+    seconds they took) computed elsewhere, e.g. sharded across Ray workers (sharded.py); they must equal
+    log_likelihood_range's. `workers` is then recorded beside the timing.
     """
     directory = Path(directory)
     check_evaluation_settings(S=S, limit=limit, noise_scales=noise_scales, batch_size=batch_size,
@@ -155,30 +285,38 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
     metrics = check_evaluation_target(directory, write)
     data = data if data is not None else load_dataset(run.train.dataset, data_dir)
     x = binarized_test_images(data, limit)
-    random = run.model.random_encoder or run.model.random_decoder
-    taus = list(noise_scales) if noise_scales else ([1.0, 0.0] if random else [1.0])
+    taus = noise_scales_for(run, noise_scales)
+    if seeding not in SEEDINGS:
+        raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
+
+    def compute(tau: float, pass_seed: int, n: int, pass_progress=None) -> tuple[torch.Tensor, float]:
+        if passes is not None:
+            return passes(tau, pass_seed, n)
+        t0 = time.perf_counter()
+        ll = log_likelihood_range(model, x[:n], S, noise_scale=tau, batch_size=batch_size, seed=pass_seed,
+                                  seeding=seeding, progress=pass_progress)
+        return ll, time.perf_counter() - t0
+
     result = {"S": S, "n_images": len(x), "test_seed": TEST_SEED, "source": data.get("source"),
-              "model_sha256": model_sha256(directory),
+              "model_sha256": model_sha256(directory), "seeding": seeding,
+              "batch_size": eval_batch_size(len(x), batch_size),
               "by_tau": {}}
     per_image = {}
     for tau in taus:
-        t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        ll = log_likelihood(model, x, S, noise_scale=tau, batch_size=batch_size, progress=progress)
-        seconds = time.perf_counter() - t0
+        ll, seconds = compute(tau, seed, len(x), progress)
         # Monte-Carlo spread: repeat the estimate on the first mc_images images with other seeds.
         sub = x[:mc_images]
         reps = [ll[:mc_images]]
         for r in range(1, mc_repeats):
-            torch.manual_seed(seed + 1000 * r)
-            reps.append(log_likelihood(model, sub, S, noise_scale=tau, batch_size=batch_size))
+            reps.append(compute(tau, seed + 1000 * r, len(sub))[0])
         mc_sd = torch.stack(reps).std(0).pow(2).mean().sqrt().item() if mc_repeats > 1 else None
         per_image[f"tau={tau:g}"] = ll
         result["by_tau"][f"{tau:g}"] = {
             **summarize(ll), "mc_sd_per_image": mc_sd,
             "mc_sd_of_mean": mc_sd / math.sqrt(len(x)) if mc_sd is not None else None,
             "mc_repeats": mc_repeats, "mc_images": len(sub), "seconds": round(seconds, 1),
-            "images_per_second": round(len(x) / seconds, 2)}
+            "images_per_second": round(len(x) / seconds, 2) if seconds > 0 else None,
+            **({"workers": workers} if workers else {})}
     torch.manual_seed(seed)
     au_x = binarize(data["train"][:500], seed=TEST_SEED)
     result["active_units"] = active_units(model, au_x)["count"]
@@ -246,6 +384,8 @@ def _comparable_taus(old: dict | None, new: dict, per_image_path: Path) -> dict:
     if not old or not per_image_path.exists() or any(old.get(key) != new[key]
                                                      for key in ("S", "n_images", "test_seed", "source",
                                                                  "model_sha256")):
+        return {}
+    if old.get("seeding", "stream") != new["seeding"]:  # results written before seeding was recorded: stream
         return {}
     try:
         stored = ckpt.read_tensors(per_image_path)
