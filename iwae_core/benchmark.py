@@ -40,14 +40,14 @@ def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def train_step_fn(variant: str, noise_precision: str = "auto"):
+def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = "float32"):
     """One step of the Trainer itself (the paper preset: objective, KL, Adam, NaN guard) on a fixed batch."""
     torch.manual_seed(0)
     images = torch.rand(1000, 784)
     train = {**PAPER_PRESET["train"], "batch_size": BATCH, "k": K}
     run = RunConfig(model=ModelConfig.for_variant(variant, **PAPER_PRESET["model"]),
                     train=TrainConfig(**train, device="cpu", threads=torch.get_num_threads(),
-                                      noise_precision=noise_precision))
+                                      noise_precision=noise_precision, precision=precision))
     trainer = Trainer(run, data={"train": images, "valid": images[:100]})
     x = torch.bernoulli(torch.full((BATCH, 784), 0.13))
     return lambda: trainer.train_step(x)

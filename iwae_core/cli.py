@@ -16,6 +16,7 @@ from .config import (
     NOISE_PRECISIONS,
     OBJECTIVES,
     PAPER_PRESET,
+    PRECISIONS,
     VARIANTS,
     ModelConfig,
     RunConfig,
@@ -40,6 +41,8 @@ def build_run(args) -> RunConfig:
                  "rho_lr_scale"):
         if getattr(args, name) is not None:
             train_kw[name] = getattr(args, name)
+    if getattr(args, "precision", None) is not None:
+        train_kw["precision"] = args.precision
     train_kw["dataset"] = args.dataset
     return RunConfig(model=ModelConfig.for_variant(args.variant, **model_kw), train=TrainConfig(**train_kw))
 
@@ -217,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--noise-precision", choices=NOISE_PRECISIONS,
                    help="precision of the random layers' noise-path products (default auto: bfloat16 on CPUs "
                         "with native bfloat16 products, float32 elsewhere); evaluation always uses float32")
+    t.add_argument("--precision", choices=PRECISIONS,
+                   help="matrix products of the training step: float32 (default), bf16-mixed (bfloat16 inputs, "
+                        "float32 accumulation; parameters, Adam, draws and the bound stay float32) or auto "
+                        "(bf16-mixed where the device multiplies bfloat16 natively); see docs/precision.md")
     t.add_argument("--init-from", metavar="DIR",
                    help="start from the weights of this trained model folder: a further training stage with "
                         "its own schedule, counting on from that model's epochs and history")
