@@ -176,7 +176,7 @@ def cmd_table(args) -> int:
 def cmd_bench(args) -> int:
     from .benchmark import run_benchmarks
 
-    run_benchmarks(quick=args.quick)
+    run_benchmarks(quick=args.quick, as_json=args.json)
     return 0
 
 
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="speed and memory benchmarks, printed as ratios")
     b.add_argument("--quick", action="store_true")
+    b.add_argument("--json", action="store_true",
+                   help="print the results as one JSON object on stdout (the table goes to stderr)")
     b.set_defaults(func=cmd_bench)
 
     return p

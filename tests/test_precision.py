@@ -121,3 +121,28 @@ def test_unknown_precision_is_refused_with_a_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--precision" in err and "'fp16'" in err and "bf16-mixed" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys):
+    """The JSON plumbing alone, on made-up times (timing belongs in `iwae bench` itself, not in tests)."""
+    from iwae_core import benchmark
+
+    made_up = {"bare iwae": 0.030, "bare iwae-rrec": 0.040, "bare iwae-r": 0.070, "bare iwae bfloat16": 0.015,
+               "bare iwae-r bfloat16": 0.035, "iwae": 0.039, "iwae-rrec": 0.060, "iwae-r": 0.090,
+               "iwae bf16-mixed": 0.026, "iwae-r bf16-mixed": 0.060, "iwae-r float32": 0.110}
+    monkeypatch.setattr(benchmark, "train_step_fn", lambda *a, **k: None)
+    monkeypatch.setattr(benchmark, "bare_matmul_fn", lambda *a, **k: None)
+    monkeypatch.setattr(benchmark, "median_times", lambda fns, repeats: {name: made_up[name] for name in fns})
+    monkeypatch.setattr(benchmark, "eval_memory", lambda b, S, seconds: {"base_mb": 900.0, "peak_mb": 950.0,
+                                                                         "images_per_s": 9.5})
+    assert main(["bench", "--quick", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # stdout holds the JSON object alone; the table went to stderr
+    assert "bf16-mixed step / float32 step" in captured.err
+    ratios = result["ratios"]
+    assert ratios["iwae_bf16_mixed_step_over_float32_step"] == round(0.026 / 0.039, 3)
+    assert ratios["iwae_r_bf16_mixed_step_over_float32_step"] == round(0.060 / 0.090, 3)
+    assert ratios["iwae_step_over_bare_matmuls"] == 1.3
+    assert ratios["iwae_r_step_over_iwae_step"] == round(0.09 / 0.039, 3)
+    assert result["bare_matmul_ms"]["iwae bfloat16"] == 15.0 and result["step_ms"]["iwae-r bf16-mixed"] == 60.0
+    assert result["eval_images_per_s"] == {"1": 9.5, "100": 9.5} and result["eval_peak_mb"]["100"] == 950
