@@ -54,10 +54,14 @@ def matmul_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     bfloat16 natively: a CPU with AVX512-BF16 or AMX (oneDNN), a CUDA GPU with bfloat16 support.
 
     The products go through hand-written casts (ops.low_precision_linear and the noise-path ops), not
-    torch.autocast, on every device: autocast returns its products in bfloat16, so every following op (the
-    activations, the Bernoulli log-likelihood) would run in bfloat16 unless each layer's output were widened
-    again, and on this CPU the autocast step with those widenings was slower than the hand-written one (see
-    docs/precision.md for the measurement, scripts/bf16_mechanism.py to repeat it).
+    torch.autocast, on every device. Measured on this CPU (scripts/bf16_mechanism.py, docs/precision.md) the
+    two run the step equally fast, so the choice rests on the contract: autocast returns each product in
+    bfloat16, so every following op (tanh, the Bernoulli log-likelihood) would run in bfloat16 unless each
+    layer widened its output again by hand; the hand-written backward passes of the noise path's autograd
+    functions run outside autocast's reach, so their products need the casts written out anyway; and it is
+    a context that must enclose the forward pass wherever the model is called. The casts do the same products (bfloat16
+    inputs, float32 accumulation: oneDNN on CPU, cuBLAS on CUDA) with float32 results, and run unchanged on
+    CUDA, where they stand in for bf16 autocast.
     """
     if precision == "bf16-mixed":
         return torch.bfloat16
