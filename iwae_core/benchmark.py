@@ -1,9 +1,12 @@
-"""`iwae bench`: speed and memory of the paper model on this machine, printed as ratios from one run.
+"""`iwae bench`: speed and memory of the paper model on this machine, printed as ratios from one run
+(`--json`: one JSON object on stdout, the table on stderr).
 
 - training step (batch 100, k = 25) / the bare matrix products of an IWAE step, and / those of the
   variant's own step (a random layer has twice the products), per variant;
 - IWAE-R step / IWAE step, with the Trainer's default noise-path precision and, where that is bfloat16,
   also with float32;
+- the IWAE and IWAE-R steps in bf16-mixed (--precision) / the same run's float32 steps, and the bare
+  products in bfloat16;
 - test log-likelihood (S = 5000): images per second, and peak memory for several batch sizes, each
   measured in a fresh process so peaks do not mask each other.
 """
@@ -40,29 +43,30 @@ def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def train_step_fn(variant: str, noise_precision: str = "auto"):
+def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = "float32"):
     """One step of the Trainer itself (the paper preset: objective, KL, Adam, NaN guard) on a fixed batch."""
     torch.manual_seed(0)
     images = torch.rand(1000, 784)
     train = {**PAPER_PRESET["train"], "batch_size": BATCH, "k": K}
     run = RunConfig(model=ModelConfig.for_variant(variant, **PAPER_PRESET["model"]),
                     train=TrainConfig(**train, device="cpu", threads=torch.get_num_threads(),
-                                      noise_precision=noise_precision))
+                                      noise_precision=noise_precision, precision=precision))
     trainer = Trainer(run, data={"train": images, "valid": images[:100]})
     x = torch.bernoulli(torch.full((BATCH, 784), 0.13))
     return lambda: trainer.train_step(x)
 
 
-def bare_matmul_fn(variant: str = "iwae"):
-    """The matrix products of one training step of `variant`: per layer the forward product, and the
-    weight- and input-gradient products (no input gradient for the data). A random layer has two of each:
+def bare_matmul_fn(variant: str = "iwae", dtype: torch.dtype = torch.float32):
+    """The matrix products of one training step of `variant` in `dtype`: per layer the forward product, and
+    the weight- and input-gradient products (no input gradient for the data). A random layer has two of each:
     the mean and the noise path (Flipout in the decoder, local reparameterisation in the encoder)."""
     config = ModelConfig.for_variant(variant)
     random_encoder, random_decoder = config.random_encoder, config.random_decoder
     rows_enc2 = BATCH * K if random_encoder else BATCH  # a random encoder's samples differ after layer 1
     layers = [(BATCH, 784, 400, random_encoder, False), (rows_enc2, 400, 80, random_encoder, True),
               (BATCH * K, 40, 400, random_decoder, True), (BATCH * K, 400, 784, random_decoder, True)]
-    mats = [(torch.randn(m, k), torch.randn(k, n), torch.randn(m, n), 2 if random else 1, input_grad)
+    mats = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.randn(m, n, dtype=dtype),
+             2 if random else 1, input_grad)
             for m, k, n, random, input_grad in layers]
 
     def step():
@@ -100,37 +104,73 @@ report({batch_size} / (time.perf_counter() - t))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_benchmarks(quick: bool = False) -> dict:
+def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
+    """Time and print everything (the human-readable table); with as_json the table goes to stderr and
+    stdout gets one JSON object: the ratios by name, bare product and step times in ms, eval rate and memory."""
+    out = sys.stderr if as_json else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
     repeats = 5 if quick else 30
     retain_freed_memory()  # as the Trainer and the evaluation do
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, paper model 784-400-40, "
-          f"batch {BATCH}, k {K}")
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, paper model 784-400-40, "
+        f"batch {BATCH}, k {K}")
     variants = ("iwae", "iwae-rrec", "iwae-r")
     precision = str(noise_dtype("auto", torch.device("cpu")) or torch.float32).removeprefix("torch.")
-    print(f"noise-path products of the random layers: {precision} (the Trainer's default, auto, on this CPU)")
-    fns = {**{f"bare {v}": bare_matmul_fn(v) for v in variants}, **{v: train_step_fn(v) for v in variants}}
+    say(f"noise-path products of the random layers: {precision} (the Trainer's default, auto, on this CPU)")
+    fns = {**{f"bare {v}": bare_matmul_fn(v) for v in variants},
+           **{f"bare {v} bfloat16": bare_matmul_fn(v, torch.bfloat16) for v in ("iwae", "iwae-r")},
+           **{v: train_step_fn(v) for v in variants},
+           **{f"{v} bf16-mixed": train_step_fn(v, precision="bf16-mixed") for v in ("iwae", "iwae-r")}}
     if precision != "float32":
         fns["iwae-r float32"] = train_step_fn("iwae-r", noise_precision="float32")
     times = median_times(fns, repeats)
     steps = {v: times[v] for v in fns if not v.startswith("bare")}
     bare = times["bare iwae"]
-    print(f"bare float32 matrix products of one IWAE step: {bare * 1e3:.1f} ms")
+    say(f"bare float32 matrix products of one IWAE step: {bare * 1e3:.1f} ms "
+        f"(bfloat16: {times['bare iwae bfloat16'] * 1e3:.1f} ms); of one IWAE-R step: "
+        f"{times['bare iwae-r'] * 1e3:.1f} ms (bfloat16: {times['bare iwae-r bfloat16'] * 1e3:.1f} ms)")
+    labels = {"iwae-r float32": "iwae-r, float32 noise path"}
     for v, t in steps.items():
         own = times[f"bare {v.split()[0]}"]
-        name = v if v in variants else "iwae-r, float32 noise path"
-        print(f"train step {name:27s} {t * 1e3:7.1f} ms   step / IWAE bare matmuls = {t / bare:.2f}   "
-              f"step / its own bare float32 matmuls ({own * 1e3:.1f} ms) = {t / own:.2f}")
-    line = f"iwae-r step / iwae step = {steps['iwae-r'] / steps['iwae']:.2f}"
+        say(f"train step {labels.get(v, v):27s} {t * 1e3:7.1f} ms   step / IWAE bare matmuls = {t / bare:.2f}   "
+            f"step / its own bare float32 matmuls ({own * 1e3:.1f} ms) = {t / own:.2f}")
+    ratios = {
+        "iwae_step_over_bare_matmuls": steps["iwae"] / bare,  # target <= 1.3
+        "iwae_r_step_over_iwae_step": steps["iwae-r"] / steps["iwae"],  # target <= 2.3
+        "iwae_rrec_step_over_iwae_step": steps["iwae-rrec"] / steps["iwae"],
+        "iwae_bf16_mixed_step_over_float32_step": steps["iwae bf16-mixed"] / steps["iwae"],  # target <= 0.7
+        "iwae_r_bf16_mixed_step_over_float32_step": steps["iwae-r bf16-mixed"] / steps["iwae-r"],  # <= 0.7
+        "iwae_bf16_mixed_step_over_bf16_bare_matmuls": steps["iwae bf16-mixed"] / times["bare iwae bfloat16"],
+        "bare_matmuls_bfloat16_over_float32": times["bare iwae bfloat16"] / bare,
+    }
+    line = f"iwae-r step / iwae step = {ratios['iwae_r_step_over_iwae_step']:.2f}"
     if "iwae-r float32" in steps:
-        line += f" (float32 noise path: {steps['iwae-r float32'] / steps['iwae']:.2f})"
-    print(f"{line}   iwae-rrec step / iwae step = {steps['iwae-rrec'] / steps['iwae']:.2f}")
+        ratios["iwae_r_float32_noise_step_over_iwae_step"] = steps["iwae-r float32"] / steps["iwae"]
+        line += f" (float32 noise path: {ratios['iwae_r_float32_noise_step_over_iwae_step']:.2f})"
+    say(f"{line}   iwae-rrec step / iwae step = {ratios['iwae_rrec_step_over_iwae_step']:.2f}")
+    say(f"bf16-mixed step / float32 step: iwae {ratios['iwae_bf16_mixed_step_over_float32_step']:.2f}, "
+        f"iwae-r {ratios['iwae_r_bf16_mixed_step_over_float32_step']:.2f} (targets <= 0.7; the float32 steps "
+        f"above, the same run)")
     S = 5000
     mem = {}
     for b, seconds in ([(1, None), (100, None)] if quick else [(1, None), (100, None), (1000, 20.0),
                                                                 (100_000, 20.0)]):
         mem[b] = m = eval_memory(b, S, seconds)
         rate = f"{m['images_per_s']:.2f} images/s" if m["images_per_s"] else f"stopped after {seconds:.0f} s"
-        print(f"test LL S={S}, iwae-r, batch {b:>6}: peak RSS {m['peak_mb']:7.0f} MB "
-              f"(+{m['peak_mb'] - m['base_mb']:.0f} MB over the loaded interpreter), {rate}")
-    return {"bare_s": {v: times[f"bare {v}"] for v in variants}, "steps_s": steps, "noise_precision": precision,
-            "eval": mem}
+        say(f"test LL S={S}, iwae-r, batch {b:>6}: peak RSS {m['peak_mb']:7.0f} MB "
+            f"(+{m['peak_mb'] - m['base_mb']:.0f} MB over the loaded interpreter), {rate}")
+    result = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick, "repeats": repeats,
+        "noise_precision": precision, "ratios": {name: round(r, 3) for name, r in ratios.items()},
+        "bare_matmul_ms": {name.removeprefix("bare "): round(t * 1e3, 2) for name, t in times.items()
+                           if name.startswith("bare")},
+        "step_ms": {name: round(t * 1e3, 2) for name, t in steps.items()},
+        "eval_S": S,
+        "eval_images_per_s": {str(b): m["images_per_s"] for b, m in mem.items()},
+        "eval_peak_mb": {str(b): round(m["peak_mb"]) for b, m in mem.items()},
+    }
+    if as_json:
+        print(json.dumps(result))
+    return result

@@ -17,6 +17,7 @@ from .config import (
     NOISE_PRECISIONS,
     OBJECTIVES,
     PAPER_PRESET,
+    PRECISIONS,
     SEEDINGS,
     VARIANTS,
     ModelConfig,
@@ -42,6 +43,8 @@ def build_run(args) -> RunConfig:
                  "rho_lr_scale"):
         if getattr(args, name) is not None:
             train_kw[name] = getattr(args, name)
+    if getattr(args, "precision", None) is not None:
+        train_kw["precision"] = args.precision
     train_kw["dataset"] = args.dataset
     return RunConfig(model=ModelConfig.for_variant(args.variant, **model_kw), train=TrainConfig(**train_kw))
 
@@ -288,7 +291,7 @@ def cmd_sweep(args) -> int:
 def cmd_bench(args) -> int:
     from .benchmark import run_benchmarks
 
-    run_benchmarks(quick=args.quick)
+    run_benchmarks(quick=args.quick, as_json=args.json)
     return 0
 
 
@@ -335,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--noise-precision", choices=NOISE_PRECISIONS,
                    help="precision of the random layers' noise-path products (default auto: bfloat16 on CPUs "
                         "with native bfloat16 products, float32 elsewhere); evaluation always uses float32")
+    t.add_argument("--precision", choices=PRECISIONS,
+                   help="matrix products of the training step: float32 (default), bf16-mixed (bfloat16 inputs, "
+                        "float32 accumulation; parameters, Adam, draws and the bound stay float32) or auto "
+                        "(bf16-mixed where the device multiplies bfloat16 natively); see docs/precision.md")
     t.add_argument("--init-from", metavar="DIR",
                    help="start from the weights of this trained model folder: a further training stage with "
                         "its own schedule, counting on from that model's epochs and history")
@@ -385,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="speed and memory benchmarks, printed as ratios")
     b.add_argument("--quick", action="store_true")
+    b.add_argument("--json", action="store_true",
+                   help="print the results as one JSON object on stdout (the table goes to stderr)")
     b.set_defaults(func=cmd_bench)
 
     return p

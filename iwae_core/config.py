@@ -20,6 +20,10 @@ DATASETS = ("mnist", "omniglot")
 # precision of the random layers' noise-path products in training; auto = bfloat16 on a CPU with native
 # bfloat16 matrix products, float32 elsewhere (see BayesLinear and docs in the README)
 NOISE_PRECISIONS = ("auto", "float32", "bfloat16")
+# precision of a training step's matrix products: float32, or bf16-mixed (bfloat16 inputs, float32
+# accumulation and results; parameters, Adam, draws and the bound stay float32); auto = bf16-mixed where the
+# device multiplies bfloat16 natively (see train.matmul_dtype and docs/precision.md)
+PRECISIONS = ("float32", "bf16-mixed", "auto")
 # the two readings of a random-weight IWAE (see TrainConfig.objective)
 OBJECTIVES = ("bayes", "mixture")
 # how the random draws of a test log-likelihood pass are seeded (evaluate.log_likelihood_range):
@@ -123,12 +127,16 @@ class TrainConfig:
     # (fresh Adam state), counted on from that model's epochs, steps and history
     init_from: str | None = None
     noise_precision: str = "auto"
+    # float32 until a fidelity study (3 seeds, 10 epochs) shows bf16-mixed within 0.05 nats; see PRECISIONS
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.noise_precision not in NOISE_PRECISIONS:
             raise ValueError(f"noise_precision must be one of {NOISE_PRECISIONS}, got {self.noise_precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective == "mixture" and self.beta != 0:
@@ -234,8 +242,10 @@ class RunConfig:
     def from_json(cls, text: str) -> RunConfig:
         d = json.loads(text)
         # runs written before noise_precision existed computed every product in float32; runs written before
-        # rho_adam_eps existed trained rho with the means' eps (one Adam group), and with the Bayesian objective
-        train = {"noise_precision": "float32", "rho_adam_eps": d["train"].get("adam_eps", 1e-4), **d["train"]}
+        # rho_adam_eps existed trained rho with the means' eps (one Adam group), and with the Bayesian objective;
+        # runs written before precision existed multiplied in float32
+        train = {"noise_precision": "float32", "precision": "float32",
+                 "rho_adam_eps": d["train"].get("adam_eps", 1e-4), **d["train"]}
         return cls(model=from_dict(ModelConfig, d["model"]), train=from_dict(TrainConfig, train))
 
     def save(self, path: Path) -> None:

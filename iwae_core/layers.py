@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import flipout_noise, softplus, squared_input_product
+from .ops import flipout_noise, low_precision_linear, softplus, squared_input_product
 
 
 def inverse_softplus(y: float) -> float:
@@ -49,6 +49,8 @@ class BayesLinear(nn.Module):
             self.bias_rho = nn.Parameter(torch.full((out_features,), rho))
         # dtype of the noise path's matrix products (None: the input's); see IWAE.set_noise_precision
         self.noise_dtype: torch.dtype | None = None
+        # dtype of the mean path's products (None: the input's); see IWAE.set_mean_precision
+        self.mean_dtype: torch.dtype | None = None
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, random={self.random}"
@@ -68,10 +70,16 @@ class BayesLinear(nn.Module):
         return (gaussian_kl(self.weight_mu, self.weight_sigma, self.prior_std)
                 + gaussian_kl(self.bias_mu, self.bias_sigma, self.prior_std))
 
+    @staticmethod
+    def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        if dtype is None or dtype == x.dtype:
+            return F.linear(x, w, b)
+        return low_precision_linear(x, w, b, dtype)  # float32 out, products in dtype (see ops.py)
+
     def forward(self, x: torch.Tensor, k: int, granularity: str = "sample",
                 noise_scale: float = 1.0) -> torch.Tensor:
         """x: [k or 1, batch, in] -> [k or 1, batch, out] (always [k, ...] for granularity 'sample')."""
-        mean = F.linear(x, self.weight_mu, self.bias_mu)
+        mean = self._linear(x, self.weight_mu, self.bias_mu, self.mean_dtype)
         if not self.random or noise_scale == 0:
             return mean
         w_sigma = noise_scale * self.weight_sigma
@@ -81,7 +89,9 @@ class BayesLinear(nn.Module):
         if granularity == "batch":
             w_noise = w_sigma * torch.randn_like(w_sigma)
             b_noise = b_sigma * torch.randn_like(b_sigma)
-            return mean + F.linear(x, w_noise, b_noise)
+            # a full weight product like the mean path's, so in its precision (noise_dtype covers Flipout
+            # and the local reparameterisation, as it always has)
+            return mean + self._linear(x, w_noise, b_noise, self.mean_dtype)
         if granularity == "datapoint":
             # Flipout: W_b = mu + (sigma * eps) * r_b s_b^T with random signs per data point.
             w_noise = w_sigma * torch.randn_like(w_sigma)

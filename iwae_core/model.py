@@ -106,6 +106,13 @@ class IWAE(nn.Module):
             if isinstance(module, BayesLinear):
                 module.noise_dtype = dtype
 
+    def set_mean_precision(self, dtype: torch.dtype | None) -> None:
+        """Compute every layer's mean-path products (x mu^T + b, forward and backward) with dtype inputs,
+        float32 accumulation and float32 results; None computes them in the input's dtype."""
+        for module in self.modules():
+            if isinstance(module, BayesLinear):
+                module.mean_dtype = dtype
+
     def _zero(self) -> torch.Tensor:
         return self.encoder.layers[0].weight_mu.new_zeros(())
 

@@ -185,3 +185,44 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """tanh for hidden-layer activations (absolute error below 2e-7; see _Tanh)."""
     return _Tanh.apply(x)
+
+
+class _LowPrecisionLinear(torch.autograd.Function):
+    """x @ w^T + b with the three products of forward and backward in `dtype` and float32 results.
+
+    Every product takes `dtype` inputs and accumulates in float32 (oneDNN on CPU, cuBLAS on CUDA); its
+    result is rounded to `dtype` once (CPU matmul has no float32-output variant for bfloat16 inputs) and
+    widened straight back, so what leaves the layer (activations, logits, gradients for Adam) is float32.
+    The bias is added, and its gradient summed, in float32. Saved for backward: the low-precision copies
+    of x and w (half the memory of float32 ones).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        x_low, w_low = x.to(dtype), w.to(dtype)
+        product = torch.matmul(x_low, w_low.T)
+        ctx.save_for_backward(x_low, w_low)
+        ctx.has_bias, ctx.out_dtype = b is not None, x.dtype
+        out = product.new_empty(product.shape, dtype=x.dtype)
+        return torch.add(product, b, out=out) if b is not None else out.copy_(product)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x_low, w_low = ctx.saved_tensors
+        grad_low = grad.to(w_low.dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.matmul(grad_low, w_low).to(ctx.out_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad_low.reshape(-1, grad.shape[-1]).T @ x_low.reshape(-1, x_low.shape[-1])).to(ctx.out_dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+def low_precision_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                         dtype: torch.dtype) -> torch.Tensor:
+    """F.linear(x, w, b) with its products (forward and backward) in `dtype`, float32 in and out
+    (see _LowPrecisionLinear); x [..., in], w [out, in], b [out] or None."""
+    return _LowPrecisionLinear.apply(x, w, b, dtype)

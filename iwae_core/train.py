@@ -46,6 +46,34 @@ def noise_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def matmul_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The input dtype of every matrix product of a training step for a TrainConfig.precision (None: float32).
+
+    bf16-mixed: bfloat16 inputs, float32 accumulation and float32 results, for the mean and the noise path,
+    encoder and decoder, forward and backward; parameters, Adam's state, the eps draws, sigma, the
+    log-likelihood terms, logsumexp and the bound stay float32. auto chooses it where the device multiplies
+    bfloat16 natively: a CPU with AVX512-BF16 or AMX (oneDNN), a CUDA GPU with bfloat16 support.
+
+    The products go through hand-written casts (ops.low_precision_linear and the noise-path ops), not
+    torch.autocast, on every device. Measured on this CPU (scripts/bf16_mechanism.py, docs/precision.md) the
+    two run the step equally fast, so the choice rests on the contract: autocast returns each product in
+    bfloat16, so every following op (tanh, the Bernoulli log-likelihood) would run in bfloat16 unless each
+    layer widened its output again by hand; the hand-written backward passes of the noise path's autograd
+    functions run outside autocast's reach, so their products need the casts written out anyway; and it is
+    a context that must enclose the forward pass wherever the model is called. The casts do the same products (bfloat16
+    inputs, float32 accumulation: oneDNN on CPU, cuBLAS on CUDA) with float32 results, and run unchanged on
+    CUDA, where they stand in for bf16 autocast.
+    """
+    if precision == "bf16-mixed":
+        return torch.bfloat16
+    if precision == "auto":
+        if device.type == "cpu" and native_bfloat16_matmul():
+            return torch.bfloat16
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+    return None
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """auto = cuda, then mps, then cpu; an explicit device that is not available is an error."""
     if name == "auto":
@@ -129,8 +157,11 @@ class Trainer:
             self.before = read_earlier_stages(self.cfg.init_from, run)
             ckpt.load_state(self.model, Path(self.cfg.init_from) / "model.safetensors")
         self.model = self.model.to(self.device)
-        self.noise_dtype = noise_dtype(self.cfg.noise_precision, self.device)
+        # bf16-mixed puts the noise path in bfloat16 too; in float32 runs it follows noise_precision as before
+        self.matmul_dtype = matmul_dtype(self.cfg.precision, self.device)
+        self.noise_dtype = self.matmul_dtype or noise_dtype(self.cfg.noise_precision, self.device)
         self.model.set_noise_precision(self.noise_dtype)
+        self.model.set_mean_precision(self.matmul_dtype)
         self.net = distributed.wrap(self.model, self.device)
         self.optimizer = build_adam(self.model, self.cfg, self.device)
         self.batches = Batches(distributed.shard(self.data["train"]), self.cfg.batch_size,
@@ -214,6 +245,19 @@ class Trainer:
         return "finished"
 
     def train_step(self, x: torch.Tensor) -> dict:
+        # CUDA float32 runs multiply in TF32 (tensor cores, float32 range, 10-bit mantissa) during the step
+        # alone, so the validation bound and every evaluation stay in full float32
+        tf32 = self.device.type == "cuda" and self.matmul_dtype is None
+        if tf32:
+            allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return self._train_step(x)
+        finally:
+            if tf32:
+                torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+    def _train_step(self, x: torch.Tensor) -> dict:
         set_lr(self.optimizer, self.lr_at(self.step))
         log_w = self.net(x, self.cfg.k, estimator=self.cfg.estimator)
         objective = surrogate_objective(log_w, self.cfg.estimator).mean()
@@ -251,10 +295,18 @@ class Trainer:
     def validation_bound(self) -> float:
         """Mean L_k (k = eval_k) on fixed-seed binarised validation images, without touching the RNG."""
         self.model.eval()
-        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
-            torch.manual_seed(4321)
-            bounds = [iwae_bound(self.model.log_weights(xb, self.cfg.eval_k))
-                      for xb in self.valid.split(100)]
+        # in float32 whatever the training precision (the noise path as noise_precision says, as it always
+        # was), so the validation bounds of float32 and bf16-mixed runs compare like for like
+        self.model.set_mean_precision(None)
+        self.model.set_noise_precision(noise_dtype(self.cfg.noise_precision, self.device))
+        try:
+            with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+                torch.manual_seed(4321)
+                bounds = [iwae_bound(self.model.log_weights(xb, self.cfg.eval_k))
+                          for xb in self.valid.split(100)]
+        finally:
+            self.model.set_mean_precision(self.matmul_dtype)
+            self.model.set_noise_precision(self.noise_dtype)
         self.model.train()
         return torch.cat(bounds).mean().item()
 
@@ -420,6 +472,7 @@ class Trainer:
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "processes": self.world_size,
             "noise_precision": str(self.noise_dtype or torch.float32).removeprefix("torch."),
+            "precision": "float32" if self.matmul_dtype is None else "bf16-mixed",
             "objective": self.cfg.objective, "beta": self.cfg.beta, "init_sigma": self.run.model.init_sigma,
             "adam_eps": self.cfg.adam_eps, "rho_adam_eps": self.cfg.rho_adam_eps,
             "rho_lr_scale": self.cfg.rho_lr_scale,

@@ -1,0 +1,148 @@
+"""Training precision: bf16-mixed products agree with float32 within bfloat16's rounding; parameters, gradients
+and Adam's state stay float32; the option round-trips through config.json and old configs read as float32."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import synthetic_data
+from iwae_core import checkpoint as ckpt
+from iwae_core.cli import main
+from iwae_core.config import ModelConfig, RunConfig, TrainConfig
+from iwae_core.layers import BayesLinear
+from iwae_core.ops import low_precision_linear
+from iwae_core.train import Trainer, matmul_dtype, native_bfloat16_matmul
+
+# bfloat16 keeps 8 significant bits: each input rounds by at most 2^-9 = 0.2% relative, the products
+# accumulate in float32 and their results round once more by 2^-9. Over sums of hundreds of terms of either
+# sign the errors partly cancel; 2% of a tensor's norm is a tolerance far above that and far below any
+# mix-up of terms (which moves a result by its own size).
+BF16_TOLERANCE = 0.02
+
+
+def layer_outputs_and_grads(layer: BayesLinear, x: torch.Tensor, granularity: str, dtype) -> list[torch.Tensor]:
+    """The layer's output and the gradients of a fixed linear function of it, with all its products in dtype,
+    on the same weight draws (seeded)."""
+    layer.mean_dtype = layer.noise_dtype = dtype
+    layer.zero_grad()
+    xg = x.clone().requires_grad_()
+    torch.manual_seed(1)
+    y = layer(xg, 25, granularity)
+    (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    grads = [xg.grad] + [p.grad.clone() for p in layer.parameters()]
+    return [y.detach(), *grads]
+
+
+@pytest.mark.parametrize("granularity,random", [("batch", True), ("datapoint", True), ("sample", True),
+                                                ("sample", False)])
+def test_bf16_mixed_layer_agrees_with_float32_and_keeps_float32_results(granularity, random):
+    torch.manual_seed(0)
+    layer = BayesLinear(400, 300, random=random, init_sigma=0.05)
+    x = torch.tanh(torch.randn(1 if granularity != "sample" else 25, 20, 400))
+    f32 = layer_outputs_and_grads(layer, x, granularity, None)
+    bf16 = layer_outputs_and_grads(layer, x, granularity, torch.bfloat16)
+    names = ["output", "grad x"] + [f"grad {name}" for name, _ in layer.named_parameters()]
+    for name, a, b in zip(names, f32, bf16, strict=True):
+        assert b.dtype == torch.float32, name  # what leaves the layer, and what Adam sees, is float32
+        error = (b - a).norm() / a.norm()
+        assert error < BF16_TOLERANCE, (name, error.item())
+        if "bias" not in name:  # the bfloat16 products really ran: they round (bias gradients are float32 sums)
+            assert error > 1e-5, (name, error.item())
+    assert all(p.dtype == torch.float32 for p in layer.parameters())
+
+
+def test_low_precision_linear_matches_a_float64_product_of_the_rounded_inputs():
+    """The product of the bfloat16-rounded inputs, accumulated exactly (float64) and rounded once: what a
+    float32-accumulating bfloat16 product gives; float32 out, bias added in float32."""
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 7, 300), torch.randn(50, 300), torch.randn(50)
+    y = low_precision_linear(x, w, b, torch.bfloat16)
+    exact = x.bfloat16().double() @ w.bfloat16().double().T
+    assert y.dtype == torch.float32
+    # one rounding of the result to bfloat16 (2^-9 relative) plus float32 accumulation: within 2^-8
+    assert ((y.double() - b.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+
+
+def tiny_trainer(precision: str, out=None) -> Trainer:
+    run = RunConfig(ModelConfig.for_variant("iwae-r", hidden=(32,), z_dim=4, init_sigma=0.05),
+                    TrainConfig(k=5, batch_size=20, epochs=1, max_steps=3, seed=0, device="cpu", threads=1,
+                                eval_k=5, eval_images=50, precision=precision))
+    return Trainer(run, out=out, data=synthetic_data())
+
+
+def test_a_bf16_mixed_step_is_finite_keeps_float32_state_and_round_trips(tmp_path):
+    trainer = tiny_trainer("bf16-mixed", out=tmp_path)
+    assert trainer.matmul_dtype == trainer.noise_dtype == torch.bfloat16
+    assert all(layer.mean_dtype == torch.bfloat16 for layer in trainer.model.encoder.layers)
+    x = trainer.data["train"][:20].bernoulli()
+    metrics = trainer.train_step(x)
+    assert torch.isfinite(torch.tensor(metrics["bound"]))
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.model.parameters())
+    for state in trainer.optimizer.state.values():
+        assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
+    assert trainer.fit() == "max_steps"
+    trainer.finish()
+    _, run = ckpt.load_model(tmp_path)
+    assert run.train.precision == "bf16-mixed"
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["precision"] == "bf16-mixed"
+    assert json.loads((tmp_path / "metrics.json").read_text())["training"]["precision"] == "bf16-mixed"
+
+
+def test_the_validation_bound_is_float32_whatever_the_training_precision():
+    """Same seed, same initial weights: the bf16-mixed run's validation bound is the float32 run's, and the
+    bfloat16 products are back in place after it."""
+    f32, bf16 = tiny_trainer("float32"), tiny_trainer("bf16-mixed")
+    assert f32.validation_bound() == bf16.validation_bound()
+    assert all(layer.mean_dtype == torch.bfloat16 for layer in bf16.model.decoder.layers)
+
+
+def test_float32_is_the_default_and_old_configs_read_as_float32():
+    assert TrainConfig().precision == "float32"
+    d = json.loads(RunConfig().to_json())
+    d["train"]["precision"] = "bf16-mixed"
+    assert RunConfig.from_json(json.dumps(d)).train.precision == "bf16-mixed"
+    del d["train"]["precision"]  # a config.json written before the option existed
+    assert RunConfig.from_json(json.dumps(d)).train.precision == "float32"
+
+
+def test_auto_chooses_bf16_mixed_only_where_bfloat16_products_are_native():
+    cpu = torch.device("cpu")
+    assert matmul_dtype("auto", cpu) == (torch.bfloat16 if native_bfloat16_matmul() else None)
+    assert matmul_dtype("float32", cpu) is None
+    assert matmul_dtype("bf16-mixed", cpu) == torch.bfloat16
+
+
+def test_unknown_precision_is_refused_with_a_clear_message(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"precision must be one of \('float32', 'bf16-mixed', 'auto'\), got 'fp16'"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(SystemExit):
+        main(["train", "--precision", "fp16", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert "--precision" in err and "'fp16'" in err and "bf16-mixed" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys):
+    """The JSON plumbing alone, on made-up times (timing belongs in `iwae bench` itself, not in tests)."""
+    from iwae_core import benchmark
+
+    made_up = {"bare iwae": 0.030, "bare iwae-rrec": 0.040, "bare iwae-r": 0.070, "bare iwae bfloat16": 0.015,
+               "bare iwae-r bfloat16": 0.035, "iwae": 0.039, "iwae-rrec": 0.060, "iwae-r": 0.090,
+               "iwae bf16-mixed": 0.026, "iwae-r bf16-mixed": 0.060, "iwae-r float32": 0.110}
+    monkeypatch.setattr(benchmark, "train_step_fn", lambda *a, **k: None)
+    monkeypatch.setattr(benchmark, "bare_matmul_fn", lambda *a, **k: None)
+    monkeypatch.setattr(benchmark, "median_times", lambda fns, repeats: {name: made_up[name] for name in fns})
+    monkeypatch.setattr(benchmark, "eval_memory", lambda b, S, seconds: {"base_mb": 900.0, "peak_mb": 950.0,
+                                                                         "images_per_s": 9.5})
+    assert main(["bench", "--quick", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # stdout holds the JSON object alone; the table went to stderr
+    assert "bf16-mixed step / float32 step" in captured.err
+    ratios = result["ratios"]
+    assert ratios["iwae_bf16_mixed_step_over_float32_step"] == round(0.026 / 0.039, 3)
+    assert ratios["iwae_r_bf16_mixed_step_over_float32_step"] == round(0.060 / 0.090, 3)
+    assert ratios["iwae_step_over_bare_matmuls"] == 1.3
+    assert ratios["iwae_r_step_over_iwae_step"] == round(0.09 / 0.039, 3)
+    assert result["bare_matmul_ms"]["iwae bfloat16"] == 15.0 and result["step_ms"]["iwae-r bf16-mixed"] == 60.0
+    assert result["eval_images_per_s"] == {"1": 9.5, "100": 9.5} and result["eval_peak_mb"]["100"] == 950
