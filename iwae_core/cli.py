@@ -177,8 +177,13 @@ def train_until_done(args, trainer, out: Path, signals: list, bar) -> int:
         if not resumed:
             print(f"no checkpoint in {out}: starting from scratch")
         elif trainer.done:
-            # finished already: leave the model folder (and any evaluation in metrics.json) as it is
-            print(f"{out} has done its {trainer.step} steps already ({trainer.epoch} epochs); nothing to do")
+            # finished already: leave the model folder (and any evaluation in metrics.json) as it is, unless a
+            # kill after the last checkpoint kept the run from writing its metrics.json: write it now
+            if trainer.finished_record():
+                print(f"{out} has done its {trainer.step} steps already ({trainer.epoch} epochs); nothing to do")
+                return 0
+            trainer.finish({"command": "iwae " + " ".join(shlex.quote(a) for a in sys.argv[1:])})
+            print(f"{out} had done its {trainer.step} steps but not written metrics.json; written now")
             return 0
         else:
             print(f"resuming {out} at step {trainer.step} (epoch {trainer.epoch})")

@@ -453,6 +453,17 @@ class Trainer:
                                  or not torch.equal(perm.sort().values, torch.arange(n))):
             raise ckpt.CheckpointError(f"{path}: tensor perm is not a permutation of the {n} training images")
 
+    def finished_record(self) -> bool:
+        """Whether metrics.json records this run's training up to its current step (finish() has run)."""
+        if self.out is None:
+            return False
+        path = self.out / "metrics.json"
+        try:
+            training = ckpt.read_json_object(path).get("training") or {}
+        except ckpt.CheckpointError:
+            return False
+        return training.get("steps") == self.before["steps"] + self.step
+
     def finish(self, extra_metrics: dict | None = None) -> None:
         """Write the final model folder with metrics.json describing the run (rank 0 only)."""
         if not self.out or self.rank != 0:

@@ -70,3 +70,20 @@ def test_train_without_data_names_the_folder(tmp_path, capsys, monkeypatch):
     assert code == 2
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "MNIST/raw" in err
+
+
+@pytest.mark.slow
+def test_resume_of_a_run_killed_before_its_metrics_writes_them(tmp_path):
+    """A kill after the last checkpoint but before metrics.json: --resume writes the record, trains nothing."""
+    require_data("MNIST", "raw")
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "mnist", "--hidden", "16", "--z-dim", "3", "--k", "2", "--max-steps", "5",
+            "--batch-size", "50", "--threads", "1", "--out", str(out)]
+    iwae(*args)
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "metrics.json").unlink()
+    r = iwae(*args, "--resume")
+    assert "written now" in r.stdout
+    assert json.loads((out / "metrics.json").read_text())["training"]["steps"] == 5
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert "nothing to do" in iwae(*args, "--resume").stdout
