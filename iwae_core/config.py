@@ -18,7 +18,7 @@ GRANULARITIES = ("batch", "datapoint", "sample")
 ESTIMATORS = ("iwae", "stl", "dreg")
 DATASETS = ("mnist", "omniglot")
 # precision of the random layers' noise-path products in training; auto = bfloat16 on a CPU with native
-# bfloat16 matrix products, float32 elsewhere (see BayesLinear and docs in the README)
+# bfloat16 matrix products, float32 elsewhere (see BayesLinear and docs/cli.md)
 NOISE_PRECISIONS = ("auto", "float32", "bfloat16")
 # precision of a training step's matrix products: float32, or bf16-mixed (bfloat16 inputs, float32
 # accumulation and results; parameters, Adam, draws and the bound stay float32); auto = bf16-mixed where the
