@@ -250,8 +250,9 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_results(root: Path, results: Path) -> list[dict]:
-    """Rebuild results/study.csv and results/study.md from the study's folders."""
+def write_results(root: Path, results: Path, note: str | None = None) -> list[dict]:
+    """Rebuild results/study.csv and results/study.md (with `note` as its status paragraph, or the one
+    study.md has) from the study's folders."""
     rows = collect(root)
     if not rows:
         return rows
@@ -263,7 +264,9 @@ def write_results(root: Path, results: Path) -> list[dict]:
             w.writeheader()
             w.writerows(rows)
     ckpt.atomic_write(results / "study.csv", write)
-    ckpt.atomic_write(results / "study.md", lambda tmp: Path(tmp).write_text(markdown(rows)))
+    if note is None and (results / "study.md").exists():  # keep the status paragraph a rebuild does not know
+        note = _status((results / "study.md").read_text())
+    ckpt.atomic_write(results / "study.md", lambda tmp: Path(tmp).write_text(markdown(rows, note)))
     return rows
 
 
@@ -271,7 +274,15 @@ def _f(value, fmt: str = "+.3f") -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
-def markdown(rows: list[dict]) -> str:
+STATUS = "**Status.** "
+
+
+def _status(text: str) -> str | None:
+    line = next((line for line in text.splitlines() if line.startswith(STATUS)), None)
+    return line.removeprefix(STATUS) if line else None
+
+
+def markdown(rows: list[dict], note: str | None = None) -> str:
     """results/study.md: for each dataset and budget, every arm's test LL and difference to IWAE across seeds."""
     summary = summarize(rows)
     n_images = sorted({r["n_images"] for r in rows})
@@ -292,6 +303,8 @@ def markdown(rows: list[dict]) -> str:
         f"Commits: {', '.join(commits) or '—'}.",
         "",
     ]
+    if note:
+        lines += [STATUS + " ".join(note.split()), ""]
     for dataset in sorted({s["dataset"] for s in summary}):
         for epochs in sorted({s["epochs"] for s in summary if s["dataset"] == dataset}):
             lines += [f"## {dataset}, {epochs} epochs", "",
@@ -322,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="trials trained at once, one thread each")
     p.add_argument("--data-dir")
     p.add_argument("--summarize", action="store_true", help="only rebuild study.csv and study.md")
+    p.add_argument("--note", help="a status paragraph for study.md (what the results cover, what is missing)")
     args = p.parse_args(argv)
     cfg = StudyConfig(root=args.root, results=args.results, datasets=tuple(args.datasets), arms=tuple(args.arms),
                       seeds=tuple(args.seeds), budgets=tuple(args.budgets), init_sigma=args.init_sigma,
@@ -329,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                       workers=args.workers, data_dir=args.data_dir)
     if not args.summarize:
         run_study(cfg)
-    rows = write_results(cfg.root, cfg.results)
+    rows = write_results(cfg.root, cfg.results, args.note)
     print(f"{len(rows)} result rows in {cfg.results / 'study.csv'}")
     return 0
 

@@ -69,6 +69,9 @@ def test_results_pair_each_arm_with_the_same_seeds_iwae(tiny_study):
     assert all(r["diff_to_iwae"] == 0 for r in rows if r["arm"] == "iwae")
     md = (cfg.results / "study.md").read_text()
     assert "## mnist, 2 epochs" in md and "iwae-r-mixture" in md
+    write_results(cfg.root, cfg.results, note="A pilot:\n two budgets.")
+    write_results(cfg.root, cfg.results)  # a rebuild keeps the status paragraph
+    assert "**Status.** A pilot: two budgets." in (cfg.results / "study.md").read_text()
     # a second call trains and evaluates nothing: every budget is there
     assert run_task(cfg, "mnist", "iwae", 0, 2).endswith("done already")
 
