@@ -16,6 +16,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ TEST_IMAGES = 2000  # binarised test images kept in memory per dataset
 ACTIVITY_IMAGES = 500  # images for the active-unit count, as in Burda et al.
 TAU_MAX = 3.0
 SEED_MAX = 2**31 - 1
+CONFIRM_K = 1000  # from this k on, Bound vs k shows the estimated seconds and computes only on a click
 URL_K_MAX = 500  # the largest k a link may ask for: k = 5000 for three models costs tens of seconds of CPU
 CACHE_SECONDS = 3600  # cached results not asked for in an hour are dropped
 VARIANT_ORDER = ("iwae", "iwae-r", "iwae-rrec")
@@ -268,6 +270,10 @@ class ResultCache:
     def __init__(self, size: int) -> None:
         self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
 
+    def contains(self, key) -> bool:
+        with self.lock:
+            return key in self.data
+
     def get(self, key, compute: Callable[[], object]):
         with self.lock:
             if key in self.data:
@@ -281,20 +287,53 @@ class ResultCache:
         return value
 
 
-_BOUNDS = ResultCache(2048)
+_BOUNDS = ResultCache(256)  # curves of [10 k, <= 2,000 images] floats: at most 80 kB each
 
 
-def bound_point(model_ref: ModelRef, dataset: str, root: str, k: int, tau: float, n_images: int, seed: int,
+_RATES: dict[ModelRef, float] = {}  # log-weight rows per second last measured per model (for cost estimates)
+
+
+def bound_curve_cached(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int,
+                       seed: int) -> bool:
+    return _BOUNDS.contains((model_ref, dataset, root, k_max, float(tau), n_images, seed))
+
+
+def bound_curve(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int, seed: int,
                 progress: Callable[[int, int], None] | None = None) -> dict:
-    """Mean L_k and its standard error over the first n_images test images, for one k; computed once per
-    setting (progress(done, total) hears about each chunk of images while it is computed)."""
+    """L_k per image of the first n_images test images for every k of the grid up to k_max, from one pass of
+    k_max draws per image (evaluate.grouped_bounds): {'ks': [..], 'per_image': [len(ks), n] numpy}. Computed
+    once per setting; the pass's speed is kept for estimate_seconds."""
     def compute() -> dict:
         model = _load_model(*model_ref)
         x = _test_set(dataset, root)["x"][:n_images]
+        ks = [k for k in explore.K_GRID if k <= k_max]
         with TORCH_LOCK:
-            return evaluate.bound_vs_k(model, x, [k], noise_scale=tau, seed=seed, progress=progress)[0]
+            start = time.perf_counter()
+            per_image = evaluate.grouped_bounds(model, x, ks, noise_scale=tau, seed=seed, progress=progress)
+            seconds = time.perf_counter() - start
+        if seconds > 0.05:  # too short a pass says little about the speed
+            _RATES[model_ref] = k_max * len(x) / seconds
+        return {"ks": ks, "per_image": per_image.numpy()}
 
-    return dict(_BOUNDS.get((model_ref, dataset, root, k, float(tau), n_images, seed), compute))
+    return _BOUNDS.get((model_ref, dataset, root, k_max, float(tau), n_images, seed), compute)
+
+
+def estimate_seconds(model_ref: ModelRef, rows: int) -> float:
+    """Seconds for `rows` log-weight rows of a model at the speed last measured on it (a 2,000-row probe
+    when none was)."""
+    if model_ref not in _RATES:
+        model = _load_model(*model_ref)
+        x = torch.zeros(1, model.config.x_dim)
+        with TORCH_LOCK, torch.no_grad(), torch.random.fork_rng():
+            start = time.perf_counter()
+            model.log_weights(x, 2000)
+            _RATES[model_ref] = 2000 / max(time.perf_counter() - start, 1e-6)
+    return rows / _RATES[model_ref]
+
+
+def curve_rows(ks: list[int], per_image: np.ndarray) -> list[dict]:
+    """Mean and standard error over images of per-image values [len(ks), n]: one row per k."""
+    return [{"k": k, **evaluate.summarize(torch.as_tensor(v))} for k, v in zip(ks, per_image, strict=True)]
 
 
 # k log weights and k posterior draws: about 1 MB at k = 5000
@@ -468,6 +507,36 @@ def seed_input(page: str, default: int = 0) -> int:
                                        help="Same seed, same latent and weight draws: shared in the URL."))
     _url_notice(key)
     return seed
+
+
+def int_input(page: str, param: str, label: str, lo: int, hi: int, default: int, step: int = 1,
+              key: str | None = None, sidebar: bool = True, help: str | None = None) -> int:
+    """A whole number from lo to hi whose value lives in the URL as ?param=; a link's value outside that
+    range (or not a whole number) gets the default and a notice."""
+    key = key or f"{page}:{param}"
+    default = min(max(default, lo), hi)
+    _init(key, param, lambda raw: int(raw) if lo <= int(raw) <= hi else None, default,
+          lambda v: isinstance(v, int) and lo <= v <= hi, f"a whole number from {lo} to {hi}")
+    where = st.sidebar if sidebar else st
+    value = int(where.number_input(label, lo, hi, step=step, key=key, help=help or f"Shared in the URL as ?{param}="))
+    _url_notice(key)
+    return value
+
+
+def choice_input(page: str, param: str, label: str, options: list, default=None, key: str | None = None,
+                 sidebar: bool = True, help: str | None = None, format_func: Callable | None = None):
+    """A selectbox over `options` whose value lives in the URL as ?param= (the option's text); a link naming
+    no option gets the default (the first option when None) and a notice listing the options."""
+    key = key or f"{page}:{param}"
+    default = default if default in options else options[0]
+    by_text = {str(o): o for o in options}
+    shown = ", ".join(list(by_text)[:12]) + (", …" if len(by_text) > 12 else "")
+    _init(key, param, lambda raw: by_text.get(raw), default, lambda v: v in options, f"one of {shown}")
+    where = st.sidebar if sidebar else st
+    value = where.selectbox(label, options, key=key, help=help or f"Shared in the URL as ?{param}=",
+                            format_func=format_func or str)
+    _url_notice(key)
+    return value
 
 
 def sync_url(**params) -> None:

@@ -97,6 +97,44 @@ def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, no
 
 
 @torch.no_grad()
+def grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: float = 1.0, seed: int = 0,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Per-image estimates of L_k for every k of `ks` from ONE pass of k_max = max(ks) draws per image: [len(ks), n].
+
+    The k_max log weights of an image are split into floor(k_max / k) disjoint groups of k consecutive draws
+    (the remainder is unused); each group is an L_k estimate and they are averaged. Every group has the
+    distribution of the k draws plain L_k uses (same call, same granularities: a 'datapoint' decoder draw is
+    shared by all k_max draws of an image as it is by the k of plain L_k), so the expectation is L_k's, and
+    averaging groups lowers the variance. A new k_max or tau costs one pass, not one per k.
+    Draws are made with all k_max of an image in one call (so groups never straddle two weight draws), at most
+    ROWS_PER_CHUNK rows per call where that allows. progress(done, total) counts images.
+    """
+    ks = list(ks)
+    for k in ks:
+        check_k(k)
+    if not ks:
+        return torch.zeros(0, len(x))
+    k_max = max(ks)
+    model.eval()
+    b = max(1, ROWS_PER_CHUNK // k_max)
+    out = torch.empty(len(ks), len(x))
+    done = 0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for start in range(0, len(x), b):
+            xb = x[start:start + b]
+            lw = model.log_weights(xb, k_max, noise_scale=noise_scale)  # [k_max, b]
+            for i, k in enumerate(ks):
+                groups = k_max // k
+                per_group = lw[:groups * k].reshape(groups, k, len(xb))
+                out[i, start:start + len(xb)] = iwae_bound(per_group.transpose(0, 1)).mean(0)  # [groups, b]
+            done += len(xb)
+            if progress:
+                progress(done, len(x))
+    return out
+
+
+@torch.no_grad()
 def importance_weights(model: IWAE, x: torch.Tensor, k: int, noise_scale: float = 1.0,
                        seed: int = 0) -> dict:
     """For one image x [784]: its k log weights, normalised weights, ESS and posterior draws z."""

@@ -249,17 +249,22 @@ def sigma_histograms(sigmas: Mapping[str, object], prior_std: float = 1.0, bins:
     return fig
 
 
-def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str, float] | None = None,
-               band: float = 1.0, k_max: int | None = None, title: str | None = None) -> go.Figure:
+def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str, float | tuple] | None = None,
+               band: float = 1.0, k_max: int | None = None, title: str | None = None,
+               y_title: str = "mean L_k (nats)", zero_line: bool = False,
+               colors: Mapping[str, str] | None = None) -> go.Figure:
     """Mean L_k against k (log x axis) per model, with a band of ± `band` standard errors over images;
-    optional dotted lines (references: label -> value), e.g. the paper's test log-likelihood.
-    k_max fixes the x axis to [1, k_max]."""
+    optional dotted lines (references: label -> value, or label -> (value, curve name, k)), e.g. the paper's
+    test log-likelihood: with a curve name it is drawn in that curve's colour, with k a marker sits at that k.
+    k_max fixes the x axis to [1, k_max]; colors (curve name -> colour) keeps a model's colour across figures;
+    y_title and zero_line serve the paired view (differences to a reference model)."""
     fig = go.Figure()
-    for i, (name, rows) in enumerate(curves.items()):
+    color_of = {name: (colors or {}).get(name, PALETTE[i % len(PALETTE)]) for i, name in enumerate(curves)}
+    for name, rows in curves.items():
         rows = sorted(rows, key=lambda r: r["k"])
         if not rows:
             continue
-        color = PALETTE[i % len(PALETTE)]
+        color = color_of[name]
         k = [r["k"] for r in rows]
         mean = np.array([r["mean"] for r in rows])
         se = np.array([r.get("stderr") or 0.0 for r in rows])
@@ -268,19 +273,27 @@ def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str,
                                  name=f"{name} ± {band:g} s.e.", showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=k, y=mean, mode="lines+markers", name=name, line=dict(color=color),
                                  error_y=None, customdata=se,
-                                 hovertemplate=f"{name}<br>k=%{{x}}<br>L_k=%{{y:.3f}} ± %{{customdata:.3f}}"
+                                 hovertemplate=f"{name}<br>k=%{{x}}<br>%{{y:.3f}} ± %{{customdata:.3f}}"
                                                "<extra></extra>"))
     ks = sorted({r["k"] for rows in curves.values() for r in rows})
     lo, hi = (ks[0], ks[-1]) if ks else (1, k_max or 10)
     hi = k_max or hi
-    for j, (label, value) in enumerate((references or {}).items()):
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[value, value], mode="lines", name=label, opacity=0.8,
-                                 line=dict(dash="dot", color=PALETTE[(len(curves) + j) % len(PALETTE)]),
+    for j, (label, ref) in enumerate((references or {}).items()):
+        value, owner, at_k = (tuple(ref) + (None, None))[:3] if isinstance(ref, (tuple, list)) else (ref, None, None)
+        color = color_of.get(owner, PALETTE[(len(curves) + j) % len(PALETTE)])
+        fig.add_trace(go.Scatter(x=[lo, max(hi, at_k or hi)], y=[value, value], mode="lines", name=label,
+                                 opacity=0.8, line=dict(dash="dot", color=color),
                                  hovertemplate=f"{label}: {value:.3f}<extra></extra>"))
+        if at_k:
+            fig.add_trace(go.Scatter(x=[at_k], y=[value], mode="markers", name=f"{label} (marker)",
+                                     showlegend=False, marker=dict(symbol="star", size=11, color=color),
+                                     hovertemplate=f"{label}: {value:.3f}<extra></extra>"))
+    if zero_line:
+        fig.add_hline(y=0, line_color="black", line_width=1)
     fig.update_xaxes(type="log", title="k (importance samples)", tickvals=ks or None)
     if k_max:
         fig.update_xaxes(range=[math.log10(lo) - 0.1, math.log10(max(k_max, 1)) + 0.1])
-    fig.update_yaxes(title="mean L_k (nats)")
+    fig.update_yaxes(title=y_title)
     fig.update_layout(title=title or f"L_k against k (band: ± {band:g} standard error over images)",
                       height=450, width=900, margin=dict(l=60, r=10, t=50, b=50))
     return fig
