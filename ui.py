@@ -459,15 +459,25 @@ def pick_models(page: str, multi: bool = True, prefer: str | None = None) -> dic
     return {label: entries[label] for label in chosen}
 
 
-def tau_slider(page: str, default: float = 1.0) -> float:
-    """Weight-noise scale tau: sigma -> tau * sigma (0 = posterior-mean weights, 1 = learned posterior)."""
+def tau_slider(page: str, default: float = 1.0, models: dict[str, checkpoint.ZooEntry] | None = None) -> float:
+    """Weight-noise scale tau: sigma -> tau * sigma (0 = posterior-mean weights, 1 = learned posterior).
+
+    With `models`, says which of them tau does nothing for (deterministic networks: variant iwae), and is
+    disabled when that is all of them."""
     key = f"{page}:tau"
     _init(key, "tau", lambda raw: round(round(min(max(float(raw), 0.0), TAU_MAX) / 0.05) * 0.05, 2)
           if not math.isnan(float(raw)) else None, default, lambda v: isinstance(v, float) and 0 <= v <= TAU_MAX,
           f"τ from 0 to {TAU_MAX:g} in steps of 0.05")
-    tau = st.sidebar.slider("τ (weight-noise scale)", 0.0, TAU_MAX, step=0.05, key=key,
+    fixed = [label for label, e in (models or {}).items() if e.variant == "iwae"]
+    disabled = bool(models) and len(fixed) == len(models)
+    tau = st.sidebar.slider("τ (weight-noise scale)", 0.0, TAU_MAX, step=0.05, key=key, disabled=disabled,
                             help="σ is replaced by τσ: 0 = posterior-mean weights, 1 = the learned posterior, "
                                  ">1 exaggerated uncertainty.")
+    if disabled:
+        st.sidebar.caption(f"τ does nothing here: {', '.join(fixed)} {'has' if len(fixed) == 1 else 'have'} "
+                           "deterministic weights (variant IWAE).")
+    elif fixed:
+        st.sidebar.caption(f"τ does nothing for {', '.join(fixed)} (deterministic weights, variant IWAE).")
     _url_notice(key)
     return tau
 
@@ -519,6 +529,20 @@ def int_input(page: str, param: str, label: str, lo: int, hi: int, default: int,
           lambda v: isinstance(v, int) and lo <= v <= hi, f"a whole number from {lo} to {hi}")
     where = st.sidebar if sidebar else st
     value = int(where.number_input(label, lo, hi, step=step, key=key, help=help or f"Shared in the URL as ?{param}="))
+    _url_notice(key)
+    return value
+
+
+def int_slider(page: str, param: str, label: str, lo: int, hi: int, default: int, step: int = 1,
+               key: str | None = None, help: str | None = None) -> int:
+    """A sidebar slider of whole numbers lo..hi (on the step grid from lo) whose value lives in the URL as ?param=;
+    a link's value off the range or the grid gets the default and a notice."""
+    key = key or f"{page}:{param}"
+    default = min(max(default, lo), hi)
+    valid = lambda v: isinstance(v, int) and lo <= v <= hi and (v - lo) % step == 0  # noqa: E731
+    _init(key, param, lambda raw: int(raw) if valid(int(raw)) else None, default, valid,
+          f"a whole number from {lo} to {hi}" + (f" in steps of {step}" if step > 1 else ""))
+    value = int(st.sidebar.slider(label, lo, hi, step=step, key=key, help=help or f"Shared in the URL as ?{param}="))
     _url_notice(key)
     return value
 

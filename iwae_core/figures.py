@@ -68,11 +68,27 @@ def _colorscale(scale) -> list:
 
 
 def _heatmap(z: np.ndarray, colorscale="gray", zmin=0.0, zmax=1.0, showscale=False, name="", colorbar=None,
-             value_label="value") -> go.Heatmap:
+             value_label="value", customdata=None, hovertemplate: str | None = None) -> go.Heatmap:
     z = np.round(z, 4)
     return go.Heatmap(z=z, colorscale=_colorscale(colorscale), zmin=zmin, zmax=zmax, showscale=showscale, name=name,
-                      colorbar=colorbar, zsmooth=False, hoverongaps=False,
-                      hovertemplate=f"{name}<br>row %{{y}}, col %{{x}}<br>{value_label} %{{z:.3g}}<extra></extra>")
+                      colorbar=colorbar, zsmooth=False, hoverongaps=False, customdata=customdata,
+                      hovertemplate=hovertemplate
+                      or f"{name}<br>row %{{y}}, col %{{x}}<br>{value_label} %{{z:.3g}}<extra></extra>")
+
+
+def tile_index(n: int, ncol: int, first: int = 0, pad: int = 1) -> np.ndarray:
+    """For the layout of `tile`: [rows, cols, 3] of (image number + first, pixel row, pixel column) per cell,
+    -1 in the gaps; the heatmap's customdata, so hover names the image (unit) and pixel, not the grid cell."""
+    ncol = max(1, min(ncol, n)) if n else 1
+    nrow = max(1, math.ceil(n / ncol))
+    step = SIDE + pad
+    out = np.full((nrow * step - pad, ncol * step - pad, 3), -1, dtype=np.int64)
+    rows, cols = np.meshgrid(np.arange(SIDE), np.arange(SIDE), indexing="ij")
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        out[r * step:r * step + SIDE, c * step:c * step + SIDE] = np.stack([np.full_like(rows, i + first), rows,
+                                                                            cols], -1)
+    return out
 
 
 def _image_axes(fig: go.Figure, n_panels: int) -> None:
@@ -184,30 +200,41 @@ def activity_bar(activity: Sequence[float], threshold: float = 0.01, title: str 
 
 
 def weight_tiles(maps: Mapping[str, object], ncol: int = 8, log10: bool = True, colorscale: str = "viridis",
-                 value_label: str = "σ", shared_scale: bool = False, title: str | None = None) -> go.Figure:
+                 value_label: str = "σ", shared_scale: bool = False, title: str | None = None,
+                 zrange: tuple[float, float] | None = None, range_text: str | None = None,
+                 first_unit: int = 0) -> go.Figure:
     """Panels side by side, each a set of units' 784 weights [units, 784] as 28x28 tiles, coloured by
-    log10 of the values when log10=True; each panel has its own colour scale unless shared_scale."""
+    log10 of the values when log10=True; each panel has its own colour scale unless shared_scale, or all use
+    the fixed `zrange` (in the coloured values' units; values outside take the end colours), whose meaning
+    `range_text` writes on the colour bar. Hover names the unit (first_unit + tile number) and the pixel."""
     names = list(maps)
     arrays = [to_numpy(maps[m]) for m in names]
     if log10:
         arrays = [np.log10(np.maximum(a, 1e-12)) for a in arrays]
 
     def limits(values: list[np.ndarray]) -> tuple[float, float]:
+        if zrange is not None:
+            return zrange
         finite = np.concatenate([a[np.isfinite(a)].ravel() for a in values]) if values else np.zeros(1)
         finite = finite if finite.size else np.zeros(1)
         lo, hi = float(np.percentile(finite, 0.5)), float(np.percentile(finite, 99.5))
         return lo, hi if hi > lo else lo + 1e-6
 
     label = f"log10 {value_label}" if log10 else value_label
-    gap = 0.12 if not shared_scale else 0.04
+    shared = shared_scale or zrange is not None
+    bar_title = f"{label}<br>{range_text}" if range_text else label
+    gap = 0.12 if not shared else 0.04
     fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=gap)
     for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1):
-        lo, hi = limits(arrays) if shared_scale else limits([a])
+        lo, hi = limits(arrays) if shared else limits([a])
         domain = fig.layout[f"xaxis{i if i > 1 else ''}"].domain
         fig.add_trace(_heatmap(tile(a, ncol), colorscale=colorscale, zmin=lo, zmax=hi,
-                               showscale=(i == 1) or not shared_scale, name=name, value_label=label,
-                               colorbar=dict(title=label, thickness=12, len=0.9,
-                                             x=1.02 if shared_scale else domain[1] + 0.01)),
+                               showscale=(i == 1) or not shared, name=name, value_label=label,
+                               colorbar=dict(title=bar_title, thickness=12, len=0.9,
+                                             x=1.02 if shared else domain[1] + 0.01),
+                               customdata=tile_index(len(a), ncol, first_unit),
+                               hovertemplate=f"{name}<br>unit %{{customdata[0]}}, pixel (%{{customdata[1]}}, "
+                                             f"%{{customdata[2]}})<br>{label} %{{z:.4g}}<extra></extra>"),
                       row=1, col=i)
     _image_axes(fig, len(names))
     rows = max((math.ceil(len(a) / ncol) for a in arrays), default=1)

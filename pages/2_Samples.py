@@ -11,7 +11,7 @@ st.caption("Every model decodes the same latent draws z ~ p(z) (same seed). Each
            "weights θ ~ q(θ) with σ scaled by τ; a deterministic decoder (IWAE, IWAE-Rrec) gives identical rows.")
 
 models = ui.pick_models("samples")
-tau = ui.tau_slider("samples")
+tau = ui.tau_slider("samples", models=models)
 draws = st.sidebar.slider("Weight draws θ", 1, 12, 4, key="samples:draws")
 n = st.sidebar.slider("Latent draws z", 2, 16, 8, key="samples:n")
 seed = ui.seed_input("samples")

@@ -22,7 +22,7 @@ source = st.sidebar.radio("Start from", sources, key="traversals:source")
 index = None
 if source == "Test image":
     index = int(st.sidebar.number_input("Test image", 0, len(test["x"]) - 1, 0, key="traversals:index"))
-tau = ui.tau_slider("traversals", default=0.0)
+tau = ui.tau_slider("traversals", default=0.0, models={label: entry})
 seed = ui.seed_input("traversals")
 span = st.sidebar.slider("Range (± around the start)", 0.5, 5.0, 3.0, 0.5, key="traversals:span")
 steps = st.sidebar.slider("Steps", 3, 15, 9, 2, key="traversals:steps")

@@ -17,7 +17,7 @@ st.caption("Mean L_k over the first test images (binarised with the evaluation s
 
 models = ui.pick_models("bound")
 k_max = ui.k_slider("bound", default=100, label="largest k")
-tau = ui.tau_slider("bound")
+tau = ui.tau_slider("bound", models=models)
 n_images = ui.int_input("bound", "images", "Test images", 1, ui.TEST_IMAGES, 100, step=50)
 seed = ui.seed_input("bound")
 ui.sync_url(model=list(models), k=k_max, tau=tau, seed=seed, images=n_images)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from iwae_core.checkpoint import write_json
@@ -238,16 +239,26 @@ def test_weight_variance_maps_histograms_and_unit_slider(zoo, no_data):
     assert at.selectbox(key="weights:model").value == "tiny-iwae-r"  # a random model by default
     specs = charts(at)
     assert [s["layout"]["title"]["text"] for s in specs] == [
-        "Posterior weight σ", "Signal-to-noise |μ|/σ", "Posterior weight σ per layer against the prior"]
+        "Posterior weight σ of tiny-iwae-r", "Signal-to-noise |μ|/σ of tiny-iwae-r",
+        "Posterior weight σ per layer against the prior"]
+    # one fixed colour scale: log10 sigma from the smallest initial sigma (0.05) to the prior std (1), written on
+    # the bar; hover names the unit and the pixel
+    heat = [t for t in specs[0]["data"] if t.get("type") == "heatmap"]
+    assert [(t["zmin"], t["zmax"]) for t in heat] == [(pytest.approx(np.log10(0.05)), 0.0)] * 2
+    assert "smallest initial σ" in heat[0]["colorbar"]["title"]["text"]
+    assert "unit %{customdata[0]}, pixel (%{customdata[1]}, %{customdata[2]})" in heat[0]["hovertemplate"]
+    cells = array(heat[0]["customdata"]).reshape(4 * 29 - 1, 8 * 29 - 1, 3)
+    assert list(cells[29 + 3, 2 * 29 + 5]) == [8 + 2, 3, 5]  # second row of tiles, third tile: unit 10
     sigma = panels(specs[0])
     assert list(sigma) == ["first encoder layer (units 0–31)", "last decoder layer (units 0–31)"]
     assert sigma["first encoder layer (units 0–31)"].shape == (4 * 29 - 1, 8 * 29 - 1)  # 32 units, 8 per row
     # the tiles are log10 sigma: init sigma 0.05 moved a little by training
     assert -1.6 < np.nanmedian(sigma["first encoder layer (units 0–31)"]) < -1.0
-    at.slider(key="weights:count").set_value(8)
-    at.slider(key="weights:ncol").set_value(4)
+    at.slider(key="weights:units").set_value(8)
+    at.slider(key="weights:cols").set_value(4)
     smaller = panels(charts(rerun(at))[0])
     assert smaller["first encoder layer (units 0–7)"].shape == (2 * 29 - 1, 4 * 29 - 1)
+    assert at.query_params["units"] in ("8", ["8"]) and at.query_params["cols"] in ("4", ["4"])
     stats = at.dataframe[0].value
     assert list(stats["layer"]) == ["encoder.0", "encoder.1", "decoder.0", "decoder.1"]
 
@@ -256,9 +267,31 @@ def test_weight_variance_of_a_deterministic_model_shows_mu(zoo, no_data):
     at = open_app("4_Weight_variance.py")
     at.selectbox(key="weights:model").set_value("tiny-iwae")
     specs = charts(rerun(at))
-    assert [s["layout"]["title"]["text"] for s in specs] == ["Deterministic weights |μ|"]
+    assert [s["layout"]["title"]["text"] for s in specs] == ["Deterministic weights |μ| of tiny-iwae"]
     assert "point-estimate weights" in texts(at, "info")
     assert at.query_params["model"] in ("tiny-iwae", ["tiny-iwae"])
+
+
+def test_weight_variance_says_when_sigma_has_not_moved(zoo, tmp_path, monkeypatch, no_data):
+    from safetensors.torch import load_file, save_file
+
+    from iwae_core.layers import inverse_softplus
+
+    at = open_app("4_Weight_variance.py", model="tiny-iwae-r")
+    warning = texts(at, "warning")  # 30 training steps barely move sigma from its initial 0.05
+    assert "The encoder's σ has not moved from its initial value 0.05" in warning
+    assert "The decoder's σ has not moved" in warning
+    moved = tmp_path / "zoo" / "moved-iwae-r"
+    shutil.copytree(zoo / "tiny-iwae-r", moved)
+    state = load_file(moved / "model.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    for name in [n for n in state if n.startswith("encoder") and n.endswith("rho")]:
+        sigma = 0.05 * torch.exp(torch.randn(state[name].shape, generator=gen))
+        state[name] = sigma.apply_(inverse_softplus)
+    save_file(state, str(moved / "model.safetensors"))
+    monkeypatch.setenv("IWAE_ZOO_DIRS", str(tmp_path / "zoo"))
+    warning = texts(open_app("4_Weight_variance.py", model="moved-iwae-r"), "warning")
+    assert "encoder's σ has not moved" not in warning and "The decoder's σ has not moved" in warning
 
 
 # ---- bound vs k ----------------------------------------------------------------------------------------
@@ -373,3 +406,14 @@ def test_bound_vs_k_link_values_of_the_new_controls_get_notices(zoo, mnist):
     assert "images = 0" in notices and "images = 100" in notices
     assert "ref = nobody" in notices and "image = 99999" in notices
     assert at.number_input(key="bound:index").value == 0
+
+
+def test_tau_slider_says_when_it_does_nothing_and_is_disabled_for_deterministic_networks(zoo, no_data):
+    at = open_app("2_Samples.py", model="tiny-iwae")
+    assert at.slider(key="samples:tau").disabled
+    assert "τ does nothing here: tiny-iwae has deterministic weights" in texts(at, "caption")
+    at = open_app("2_Samples.py", model="tiny-iwae,tiny-iwae-r")
+    assert not at.slider(key="samples:tau").disabled
+    assert "τ does nothing for tiny-iwae (deterministic" in texts(at, "caption")
+    at = open_app("2_Samples.py", model="tiny-iwae-r")
+    assert not at.slider(key="samples:tau").disabled and "τ does nothing" not in texts(at, "caption")
