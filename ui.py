@@ -245,6 +245,17 @@ def reconstruction(model_ref: ModelRef, dataset: str, root: str, index: int, tau
         return torch.stack([x, explore.reconstruction(model, x, tau, seed)]).numpy()
 
 
+# [draws <= 12, n <= 16, 784] floats: at most 0.6 MB each
+@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
+def reconstructions(model_ref: ModelRef, dataset: str, root: str, first: int, n: int, draws: int, tau: float,
+                    seed: int) -> np.ndarray:
+    """Test images first .. first + n - 1 reconstructed under `draws` weight draws: [draws, n, 784]."""
+    model = _load_model(*model_ref)
+    x = _test_set(dataset, root)["x"][first:first + n]
+    with TORCH_LOCK:
+        return explore.reconstructions(model, x, draws, tau, seed).numpy()
+
+
 # mu, sigma and |mu|/sigma of two 784 x hidden layers: about 8 MB for the shipped models
 @st.cache_data(max_entries=8, ttl=CACHE_SECONDS, show_spinner=False)
 def weight_maps(model_ref: ModelRef) -> dict:

@@ -119,26 +119,39 @@ def image_grid(images, nrow: int = 8, title: str | None = None) -> go.Figure:
     return fig
 
 
+TILE_PX = 96  # the largest on-screen width of one 28x28 image in the stacked grids
+
+
+def _stacked(names: list[str], rows: list[int], cols: int, width: int = 1100) -> tuple[go.Figure, int]:
+    """One panel per model, stacked top to bottom (each as wide as the figure, so tiles are big), panel i
+    `rows[i]` tiles high and `cols` wide: the figure and its height."""
+    tile_px = min(TILE_PX, (width - 20) / max(cols, 1))
+    heights = [max(r, 1) * tile_px + 40 for r in rows] or [tile_px]
+    fig = make_subplots(rows=max(1, len(names)), cols=1, subplot_titles=names or None,
+                        row_heights=[h / sum(heights) for h in heights], vertical_spacing=min(0.3 / max(len(names), 1),
+                                                                                             0.06))
+    return fig, int(sum(heights) + 80)
+
+
 def sample_grids(samples: Mapping[str, object], title: str | None = None) -> go.Figure:
-    """Models side by side, each a block of samples [draws, n, 784]: row d = decoder weight draw d,
-    column i = latent draw z_i (the same z in every model)."""
+    """Models stacked top to bottom, each a block of images [draws, n, 784]: row d = weight draw d,
+    column i = latent draw z_i (or test image i)."""
     names = list(samples)
     arrays = [to_numpy(samples[m]) for m in names]
-    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
+    n = max((a.shape[1] for a in arrays), default=1)
+    fig, height = _stacked(names, [a.shape[0] for a in arrays], n)
     for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1):
-        draws, n = a.shape[0], a.shape[1]
-        z = tile(a.reshape(draws * n, -1), n)
-        fig.add_trace(_heatmap(z, name=name, value_label="p(pixel on)"), row=1, col=i)
+        draws, n_i = a.shape[0], a.shape[1]
+        z = tile(a.reshape(draws * n_i, -1), n_i)
+        fig.add_trace(_heatmap(z, name=name, value_label="p(pixel on)"), row=i, col=1)
     _image_axes(fig, len(names))
-    rows = max((a.shape[0] for a in arrays), default=1)
-    cols = sum(a.shape[1] for a in arrays) or 1
     fig.update_layout(title=title or "Samples: rows are weight draws θ ~ q(θ), columns the same latent draws z",
-                      height=_panel_height(rows, cols), width=1100, margin=dict(l=10, r=10, t=70, b=10))
+                      height=height, width=1100, margin=dict(l=10, r=10, t=70, b=10))
     return fig
 
 
 def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Figure:
-    """Per-pixel standard deviation across weight draws for each latent draw, models side by side,
+    """Per-pixel standard deviation across weight draws for each latent draw, models stacked,
     one colour scale for all (0 everywhere for a deterministic decoder)."""
     names = list(samples)
     spreads = []
@@ -148,7 +161,7 @@ def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Fi
         spreads.append(np.zeros_like(a[0]) if same else a.std(0, ddof=1))
     top = max((float(s.max()) for s in spreads), default=0.0)
     top = top if top > 0 else 1e-3
-    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
+    fig, height = _stacked(names, [1] * len(names), max((len(s) for s in spreads), default=1))
     bar_panel = next((i for i, s in enumerate(spreads, start=1) if s.max() > 0), None)
     for i, (name, s) in enumerate(zip(names, spreads, strict=True), start=1):
         flat = not s.max() > 0
@@ -156,15 +169,14 @@ def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Fi
         scale = [[0, MAGMA_ZERO], [1, MAGMA_ZERO]] if flat else "magma"
         fig.add_trace(_heatmap(tile(s, len(s)), colorscale=scale, zmin=0.0, zmax=top, showscale=(i == bar_panel),
                                name=name, value_label="std", colorbar=dict(title="std", thickness=12)),
-                      row=1, col=i)
+                      row=i, col=1)
         if flat:
             fig.add_annotation(text="no spread: every weight draw gives the same image", showarrow=False,
                                xref=f"x{i if i > 1 else ''} domain", yref=f"y{i if i > 1 else ''} domain",
-                               x=0.5, y=-0.15, yanchor="top", font=dict(size=11, color="#555"))
+                               x=1.0, y=1.02, xanchor="right", yanchor="bottom", font=dict(size=11, color="#555"))
     _image_axes(fig, len(names))
-    cols = sum(len(s) for s in spreads) or 1
     fig.update_layout(title=title or "Per-pixel spread of p(x|z) across weight draws",
-                      height=_panel_height(1, cols, min_h=200), width=1100, margin=dict(l=10, r=10, t=70, b=10))
+                      height=height, width=1100, margin=dict(l=10, r=10, t=70, b=10))
     return fig
 
 

@@ -136,7 +136,7 @@ def test_home_and_pages_say_clearly_when_there_is_no_model_or_no_data(tmp_path, 
 # ---- samples -------------------------------------------------------------------------------------------
 
 def test_samples_tau_changes_only_the_random_decoder_and_draws_add_rows(zoo, no_data):
-    at = open_app("2_Samples.py")
+    at = open_app("2_Samples.py", view="prior")
     assert at.multiselect(key="samples:model").value == ["tiny-iwae", "tiny-iwae-r", "tiny-iwae-rrec"]
     before = panels(charts(at)[0])
     assert list(before) == ["tiny-iwae (IWAE)", "tiny-iwae-r (IWAE-R)", "tiny-iwae-rrec (IWAE-Rrec)"]
@@ -156,7 +156,7 @@ def test_samples_tau_changes_only_the_random_decoder_and_draws_add_rows(zoo, no_
 
 
 def test_samples_spread_is_zero_for_deterministic_decoders_and_at_tau_zero(zoo, no_data):
-    at = open_app("2_Samples.py")
+    at = open_app("2_Samples.py", view="prior")
     spread = charts(at)[1]
     notes = [a["text"] for a in spread["layout"].get("annotations", []) if "no spread" in a["text"]]
     assert len(notes) == 2  # IWAE and IWAE-Rrec: deterministic decoders
@@ -168,11 +168,11 @@ def test_samples_spread_is_zero_for_deterministic_decoders_and_at_tau_zero(zoo, 
 
 
 def test_samples_url_sets_the_widgets(zoo, no_data):
-    at = open_app("2_Samples.py", model="tiny-iwae-r,not-a-model", tau="0.5", seed="3")
+    at = open_app("2_Samples.py", model="tiny-iwae-r,not-a-model", tau="0.5", seed="3", view="prior")
     assert at.multiselect(key="samples:model").value == ["tiny-iwae-r"]
     assert at.slider(key="samples:tau").value == 0.5
     assert at.number_input(key="samples:seed").value == 3
-    other = open_app("2_Samples.py", model="tiny-iwae-r", tau="0.5", seed="4")
+    other = open_app("2_Samples.py", model="tiny-iwae-r", tau="0.5", seed="4", view="prior")
     assert not np.array_equal(panels(charts(at)[0])["tiny-iwae-r (IWAE-R)"],
                               panels(charts(other)[0])["tiny-iwae-r (IWAE-R)"])
     bad = open_app("2_Samples.py", tau="lots", seed="-5")
@@ -181,9 +181,49 @@ def test_samples_url_sets_the_widgets(zoo, no_data):
 
 def test_export_widgets_explain_a_missing_chromium(zoo, no_data, monkeypatch, tmp_path):
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium"))
-    at = open_app("2_Samples.py")
+    at = open_app("2_Samples.py", view="prior")
     captions = texts(at, "caption")
     assert "BROWSER_PATH" in captions and "no-chromium" in captions and "HTML and CSV export still work" in captions
+
+
+def test_samples_reconstructions_of_the_same_test_images_by_each_model(zoo, mnist):
+    at = open_app("2_Samples.py", image="5", n="4", draws="2")
+    assert at.selectbox(key="samples:view").value == "reconstructions"  # the comparison that means something
+    spec = charts(at)[0]
+    grids = panels(spec)
+    assert list(grids) == ["test images 5–8", "tiny-iwae (IWAE)", "tiny-iwae-r (IWAE-R)", "tiny-iwae-rrec (IWAE-Rrec)"]
+    assert grids["test images 5–8"].shape == (28, 4 * 29 - 1) and grids["tiny-iwae-r (IWAE-R)"].shape == (57, 115)
+    assert set(np.unique(grids["test images 5–8"][~np.isnan(grids["test images 5–8"])])) <= {0.0, 1.0}
+    np.testing.assert_array_equal(grids["tiny-iwae (IWAE)"][:28], grids["tiny-iwae (IWAE)"][29:])  # deterministic
+    assert "τ = 1, seed 0, 2 weight draws" in spec["layout"]["title"]["text"]
+    assert spec["layout"]["height"] >= 4 * 96  # big tiles: models stacked, each as wide as the figure
+    at.number_input(key="samples:image").set_value(6)
+    moved = panels(charts(rerun(at))[0])
+    np.testing.assert_array_equal(moved["test images 6–9"][:, :28], grids["test images 5–8"][:, 29:57])
+    assert at.query_params["image"] in ("6", ["6"])
+
+
+def test_samples_ab_compares_one_model_at_tau_zero_and_the_chosen_tau(zoo, no_data):
+    at = open_app("2_Samples.py", view="ab", tau="2")
+    assert at.selectbox(key="samples:ab").value == "tiny-iwae-r"  # a random model by default
+    grids = panels(charts(at)[0])
+    a, b = grids["A: tiny-iwae-r (IWAE-R), τ = 0"], grids["B: tiny-iwae-r (IWAE-R), τ = 2"]
+    np.testing.assert_array_equal(a[:28], a[29:57])  # tau = 0: every weight draw is the posterior mean
+    assert np.nanmax(np.abs(b[:28] - b[29:57])) > 1e-3
+    at.selectbox(key="samples:ab").set_value("tiny-iwae")
+    rerun(at)
+    assert "A and B are the same images" in texts(at, "info")
+    assert at.query_params["ab"] in ("tiny-iwae", ["tiny-iwae"])
+
+
+def test_samples_prior_grid_says_it_is_not_aligned_and_bad_views_get_a_notice(zoo, no_data):
+    at = open_app("2_Samples.py", view="prior")
+    assert "not aligned across models" in charts(at)[0]["layout"]["title"]["text"]
+    assert "NOT the same content" in texts(at, "caption")
+    bad = open_app("2_Samples.py", view="sideways", draws="40")
+    notices = texts(bad, "warning")
+    assert "view = sideways" in notices and "view = prior" in notices  # no test images here: the prior grid
+    assert "draws = 40" in notices and "draws = 4" in notices
 
 
 # ---- latent traversals ---------------------------------------------------------------------------------

@@ -113,6 +113,11 @@ def test_every_page_renders_without_exception(page, server):
 def test_tau_slider_changes_the_samples_and_png_export_downloads(page, server):
     open_page(page, server, "Samples")
     page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
+    page.get_by_label("View", exact=True).click()  # the prior grid: reconstructions are the default with data
+    page.get_by_role("option", name="Prior samples (not aligned across models)").click()
+    wait_idle(page)
+    page.wait_for_url(re.compile(r"view=prior"))
+    wait_idle(page)
     before = chart_data(page)
     assert "tau=1" in page.url
     move_slider(page, "τ", presses=4, key="ArrowLeft")
