@@ -146,13 +146,15 @@ def test_bound_vs_k_slider_extends_the_curve(page, server):
     open_page(page, server, "Bound vs k")
     page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
     xs = page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").first.evaluate(
-        "el => Math.max(...el.data.flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
+        "el => Math.max(...el.data.filter(t => t.mode === 'lines+markers')"
+        ".flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
     move_slider(page, "largest k", presses=1, key="ArrowRight")
     wait_idle(page)
     page.wait_for_url(re.compile(r"k=500"))
     wait_idle(page)
     xs_after = page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").first.evaluate(
-        "el => Math.max(...el.data.flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
+        "el => Math.max(...el.data.filter(t => t.mode === 'lines+markers')"
+        ".flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
     assert_no_exception(page, "Bound vs k after the k slider")
     assert xs == 100 and xs_after == 500
 
