@@ -558,18 +558,47 @@ def int_slider(page: str, param: str, label: str, lo: int, hi: int, default: int
     return value
 
 
+def bool_input(page: str, param: str, label: str, default: bool, key: str | None = None,
+               help: str | None = None) -> bool:
+    """A sidebar checkbox whose value lives in the URL as ?param=1 or 0; any other value in a link gets the
+    default and a notice."""
+    key = key or f"{page}:{param}"
+    _init(key, param, lambda raw: {"1": True, "0": False}.get(raw), default, lambda v: isinstance(v, bool),
+          "1 (on) or 0 (off)")
+    value = st.sidebar.checkbox(label, key=key, help=help or f"Shared in the URL as ?{param}=1 or 0")
+    _url_notice(key)
+    return value
+
+
+def float_slider(page: str, param: str, label: str, lo: float, hi: float, default: float, step: float,
+                 key: str | None = None, help: str | None = None) -> float:
+    """A sidebar slider lo..hi on the step grid whose value lives in the URL as ?param=; a link's value off the
+    range or the grid gets the default and a notice."""
+    key = key or f"{page}:{param}"
+
+    def on_grid(v) -> bool:
+        return isinstance(v, float) and lo <= v <= hi and abs((v - lo) / step - round((v - lo) / step)) < 1e-9
+
+    _init(key, param, lambda raw: float(raw) if on_grid(float(raw)) else None, float(default), on_grid,
+          f"from {lo:g} to {hi:g} in steps of {step:g}")
+    value = float(st.sidebar.slider(label, lo, hi, step=step, key=key, help=help or f"Shared in the URL as ?{param}="))
+    _url_notice(key)
+    return value
+
+
 def choice_input(page: str, param: str, label: str, options: list, default=None, key: str | None = None,
-                 sidebar: bool = True, help: str | None = None, format_func: Callable | None = None):
-    """A selectbox over `options` whose value lives in the URL as ?param= (the option's text); a link naming
-    no option gets the default (the first option when None) and a notice listing the options."""
+                 sidebar: bool = True, help: str | None = None, format_func: Callable | None = None,
+                 radio: bool = False):
+    """A selectbox (or radio) over `options` whose value lives in the URL as ?param= (the option's text); a link
+    naming no option gets the default (the first option when None) and a notice listing the options."""
     key = key or f"{page}:{param}"
     default = default if default in options else options[0]
     by_text = {str(o): o for o in options}
     shown = ", ".join(list(by_text)[:12]) + (", …" if len(by_text) > 12 else "")
     _init(key, param, lambda raw: by_text.get(raw), default, lambda v: v in options, f"one of {shown}")
     where = st.sidebar if sidebar else st
-    value = where.selectbox(label, options, key=key, help=help or f"Shared in the URL as ?{param}=",
-                            format_func=format_func or str)
+    value = (where.radio if radio else where.selectbox)(label, options, key=key, format_func=format_func or str,
+                                                        help=help or f"Shared in the URL as ?{param}=")
     _url_notice(key)
     return value
 

@@ -17,16 +17,20 @@ model = ui.load_model(model_ref)
 test = ui.test_set(entry.dataset)
 has_data = "error" not in test
 
-sources = ["Test image", "Prior draw"] if has_data else ["Prior draw"]
-source = st.sidebar.radio("Start from", sources, key="traversals:source")
+SOURCES = {"image": "Test image", "prior": "Prior draw"}
+sources = ["image", "prior"] if has_data else ["prior"]
+source = ui.choice_input("traversals", "source", "Start from", sources, radio=True, format_func=SOURCES.get,
+                         help="Shared in the URL as ?source=image or prior")
 index = None
-if source == "Test image":
-    index = int(st.sidebar.number_input("Test image", 0, len(test["x"]) - 1, 0, key="traversals:index"))
+if source == "image":
+    index = ui.int_input("traversals", "image", "Test image", 0, len(test["x"]) - 1, 0, key="traversals:index")
 tau = ui.tau_slider("traversals", default=0.0, models={label: entry})
 seed = ui.seed_input("traversals")
-span = st.sidebar.slider("Range (± around the start)", 0.5, 5.0, 3.0, 0.5, key="traversals:span")
-steps = st.sidebar.slider("Steps", 3, 15, 9, 2, key="traversals:steps")
-ui.sync_url(model=label, tau=tau, seed=seed)
+span = ui.float_slider("traversals", "span", "Range (± around the start)", 0.5, 5.0, 3.0, 0.5)
+steps = ui.int_slider("traversals", "steps", "Steps", 3, 15, 9, step=2)
+ui.sync_url(model=label, source=source, tau=tau, seed=seed, span=span, steps=steps)
+if index is not None:
+    ui.sync_url(image=index)
 
 if not has_data:
     st.warning(f"No {entry.dataset} test images, so traversals start from a prior draw and every unit is shown "
@@ -37,12 +41,14 @@ act = ui.activity(model_ref, entry.dataset, ui.data_key()) if has_data else None
 if act:
     order = [int(j) for j in np.argsort(act["activity"])[::-1]]
     active = [j for j in order if act["activity"][j] > act["threshold"]]
-    only_active = st.sidebar.checkbox("Active units only", True, key="traversals:only_active")
+    only_active = ui.bool_input("traversals", "active", "Active units only", True, key="traversals:only_active")
+    ui.sync_url(active=int(only_active))
     candidates = active if only_active and active else order
 else:
     candidates = list(range(model.config.z_dim))
-n_units = st.sidebar.slider("Units shown", 1, max(1, len(candidates)), min(8, len(candidates)),
-                            key="traversals:units") if len(candidates) > 1 else 1
+n_units = ui.int_slider("traversals", "units", "Units shown", 1, len(candidates), min(8, len(candidates))) \
+    if len(candidates) > 1 else 1
+ui.sync_url(units=n_units)
 units = candidates[:n_units]
 
 z0 = ui.start_point(model_ref, entry.dataset, ui.data_key(), index, tau, seed)

@@ -62,7 +62,8 @@ else:
 
 colors = {label: figures.PALETTE[i % len(figures.PALETTE)] for i, label in enumerate(models)}
 references = {}
-show_paper = st.sidebar.checkbox("Show the paper's test LL", True, key="bound:paper")
+show_paper = ui.bool_input("bound", "paper", "Show the paper's test LL", True)
+ui.sync_url(paper=int(show_paper))
 for label, e in (models.items() if show_paper else ()):
     paper = evaluate.PAPER_TABLE.get(e.dataset, {}).get(e.variant)
     if paper:

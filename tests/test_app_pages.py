@@ -256,7 +256,7 @@ def test_traversals_unit_count_and_prior_start(zoo, mnist):
     grid = charts(rerun(at))[1]
     assert len(grid["layout"]["yaxis"]["ticktext"]) == 2
     assert panels(grid)["traversal"].shape[0] == 2 * 29 - 1
-    at.radio(key="traversals:source").set_value("Prior draw")
+    at.radio(key="traversals:source").set_value("prior")
     start = charts(rerun(at))[0]
     assert "prior draw (seed 0)" in start["layout"]["title"]["text"]
     at.number_input(key="traversals:seed").set_value(9)
@@ -457,3 +457,36 @@ def test_tau_slider_says_when_it_does_nothing_and_is_disabled_for_deterministic_
     assert "τ does nothing for tiny-iwae (deterministic" in texts(at, "caption")
     at = open_app("2_Samples.py", model="tiny-iwae-r")
     assert not at.slider(key="samples:tau").disabled and "τ does nothing" not in texts(at, "caption")
+
+
+# ---- the whole view in the link ------------------------------------------------------------------------
+
+ROUND_TRIPS = {  # page -> the controls moved away from their defaults before the link is copied
+    "2_Samples.py": [("selectbox", "samples:view", "ab"), ("selectbox", "samples:ab", "tiny-iwae-rrec"),
+                     ("slider", "samples:draws", 3), ("slider", "samples:n", 5), ("slider", "samples:tau", 0.5),
+                     ("number_input", "samples:seed", 7)],
+    "3_Latent_traversals.py": [("selectbox", "traversals:model", "tiny-iwae-r"),
+                               ("number_input", "traversals:index", 4), ("slider", "traversals:span", 2.0),
+                               ("slider", "traversals:steps", 7), ("checkbox", "traversals:only_active", False),
+                               ("slider", "traversals:units", 3), ("slider", "traversals:tau", 0.5)],
+    "4_Weight_variance.py": [("selectbox", "weights:model", "tiny-iwae-rrec"), ("slider", "weights:units", 10),
+                             ("slider", "weights:first", 3), ("slider", "weights:cols", 5)],
+    "5_Bound_vs_k.py": [("number_input", "bound:images", 20), ("select_slider", "bound:k", 25),
+                        ("selectbox", "bound:ref", "tiny-iwae-rrec"), ("number_input", "bound:index", 2),
+                        ("selectbox", "bound:dim_a", 3), ("checkbox", "bound:paper", False)],
+}
+
+
+@pytest.mark.parametrize("page", list(ROUND_TRIPS))
+def test_a_copied_link_reproduces_the_view(zoo, mnist, page):
+    at = open_app(page)
+    for kind, key, value in ROUND_TRIPS[page]:
+        getattr(at, kind)(key=key).set_value(value)
+        rerun(at)
+    link = {name: at.query_params[name] for name in at.query_params}
+    link = {name: v[0] if isinstance(v, list) else v for name, v in link.items()}
+    fresh = open_app(page, **link)
+    for kind, key, value in ROUND_TRIPS[page]:
+        assert getattr(fresh, kind)(key=key).value == value, (key, link)
+    assert not texts(fresh, "warning").count("The link asked for")
+    assert [c.proto.spec for c in fresh.get("plotly_chart")] == [c.proto.spec for c in at.get("plotly_chart")]
