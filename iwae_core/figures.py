@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import io
+import json
 import math
 import os
 import shutil
@@ -623,27 +624,82 @@ def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def page_zip(figures: Mapping[str, go.Figure]) -> bytes:
-    """A zip with every figure in every available format and a README.txt saying what was skipped and why."""
+def images_csv(grids: Mapping[str, object], axes: Sequence[str] = ("draw", "z index"),
+               labels: Mapping[str, Sequence] | None = None, value_name: str = "value", group: str = "model") -> str:
+    """Tidy CSV of image blocks {name: [*lead, 784]} with len(lead) == len(axes): one row per pixel with the
+    columns `group` (the block's name), each axis (its index, or labels[axis][index]), pixel row, column and
+    `value_name`."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow([group, *axes, "pixel row", "column", value_name])
+    rows, cols = np.divmod(np.arange(SIDE * SIDE), SIDE)
+    labels = labels or {}
+    for name, block in grids.items():
+        a = to_numpy(block)
+        lead = a.shape[:-1]
+        if len(lead) != len(axes):
+            raise ValueError(f"{name}: image block of shape {a.shape} does not have the axes {', '.join(axes)}")
+        for index in np.ndindex(*lead):
+            keys = [labels[ax][i] if ax in labels else i for ax, i in zip(axes, index, strict=True)]
+            values = [f"{v:.6g}" for v in a[index]]
+            w.writerows([name, *keys, r, c, v] for r, c, v in zip(rows, cols, values, strict=True))
+    return out.getvalue()
+
+
+def table_csv(rows: Sequence[Mapping]) -> str:
+    """Tidy CSV of records (list of dicts with the same keys in the same order, e.g. model, k, tau, seed, mean,
+    stderr): one column per key; None is an empty cell."""
+    out = io.StringIO()
+    columns = list(rows[0]) if rows else []
+    w = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows([{c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in rows])
+    return out.getvalue()
+
+
+def settings_json(fig: go.Figure, settings: Mapping | None) -> str:
+    """The JSON sidecar of an exported figure: its title and the settings that reproduce it."""
+    title = fig.layout.title.text if fig.layout.title and fig.layout.title.text else None
+    return json.dumps({"title": title, **(settings or {})}, indent=2, default=str) + "\n"
+
+
+def page_zip(figures: Mapping[str, go.Figure], tables: Mapping[str, object] | None = None,
+             settings: Mapping | None = None) -> bytes:
+    """A zip with every figure in every available format and a README.txt saying what was skipped and why.
+
+    tables: figure name -> its tidy CSV text, or a function making it (replaces the trace dump of figure_csv);
+    settings: the view's settings (model, objective, k, tau, seed, images, link...), written beside each figure
+    as NAME.json with its title."""
     buf = io.BytesIO()
     skipped: list[str] = []
     reason = export_unavailable_reason()
+    tables = tables or {}
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, fig in figures.items():
             for fmt in FORMATS:
                 if fmt in IMAGE_FORMATS and reason:
                     continue
                 try:
-                    zf.writestr(f"{name}.{fmt}", figure_bytes(fig, fmt))
+                    if fmt == "csv" and name in tables:
+                        table = tables[name]
+                        zf.writestr(f"{name}.csv", table() if callable(table) else table)
+                    else:
+                        zf.writestr(f"{name}.{fmt}", figure_bytes(fig, fmt))
                 except ExportUnavailable as err:
                     skipped.append(f"{name}.{fmt}: {err}")
+            if settings is not None:
+                zf.writestr(f"{name}.json", settings_json(fig, settings))
         lines = [f"Figures: {', '.join(figures) or 'none'}.", f"Formats tried: {', '.join(FORMATS)}.", ""]
         if reason:
             lines.append(f"Skipped PNG, SVG and PDF for every figure: {reason}")
         lines += [f"Skipped {s}" for s in skipped]
         if not reason and not skipped:
             lines.append("Nothing was skipped.")
-        lines += ["", "CSV files hold each figure's data in long form (trace, x, y, value); "
+        tidy = [n for n in figures if n in tables]
+        lines += ["", (f"CSV files of {', '.join(tidy)} are tidy tables with named columns; " if tidy else "")
+                  + "other CSV files hold a figure's data in long form (trace, x, y, value); "
                   "HTML files open offline in any browser."]
+        if settings is not None:
+            lines.append("NAME.json beside each figure holds its title and the settings that reproduce it.")
         zf.writestr("README.txt", "\n".join(lines) + "\n")
     return buf.getvalue()

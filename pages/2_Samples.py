@@ -35,8 +35,9 @@ refs = {label: ui.ref(e) for label, e in models.items()}
 for r in refs.values():
     ui.load_model(r)
 names = {label: f"{label} ({ui.variant_label(models[label].variant)})" for label in models}
-settings = f"τ = {tau:g}, seed {seed}, {draws} weight draw{'s' if draws > 1 else ''}"
-figs = {}
+settings = f"τ = {tau:g}, seed {seed}, {draws} weight draw{'s' if draws > 1 else ''}"  # objective: see below
+figs, tables = {}, {}
+shown = dict(models)  # the models in the figures, for the exported settings
 
 if view == "reconstructions":
     st.caption("Every model reconstructs the same test images: p(x|z) at z = E_q[z|x]. Each row is one draw of "
@@ -57,11 +58,13 @@ if view == "reconstructions":
     grids |= {names[label]: ui.reconstructions(refs[label], first_dataset, ui.data_key(), first, n, draws, tau, seed)
               for label in same}
     figs["reconstructions"] = figures.sample_grids(
-        grids, title=f"Reconstructions of {first_dataset} test images {first}–{first + n - 1} ({settings}); "
-                     "rows: weight draws")
-    st.plotly_chart(figs["reconstructions"], key="samples-recon")
-    ui.export_buttons(figs["reconstructions"], "reconstructions")
+        grids, title=f"Reconstructions of {first_dataset} test images {first}–{first + n - 1} ({settings}"
+                     f"{ui.objectives_text({m: models[m] for m in same})}); rows: weight draws")
+    tables["reconstructions"] = lambda: figures.images_csv(
+        grids, axes=("draw", "test image"), labels={"test image": list(range(first, first + n))})
+    shown = {label: models[label] for label in same}
     spread_of = {names[label]: grids[names[label]] for label in same}
+    index_axis = ("test image", list(range(first, first + n)))
 elif view == "ab":
     st.caption("One model decodes the same latent draws z ~ p(z) with its posterior-mean weights (τ = 0, A) and "
                "with weights drawn from q(θ) with σ scaled by the chosen τ (B): what the weight uncertainty does.")
@@ -74,21 +77,31 @@ elif view == "ab":
     grids = {f"A: {names[label]}, τ = 0": ui.samples(refs[label], n, draws, 0.0, seed),
              f"B: {names[label]}, τ = {tau:g}": ui.samples(refs[label], n, draws, tau, seed)}
     figs["ab"] = figures.sample_grids(grids, title=f"{label}: the same z decoded at τ = 0 (A) and τ = {tau:g} (B), "
-                                                   f"seed {seed}; rows: weight draws")
-    st.plotly_chart(figs["ab"], key="samples-ab")
-    ui.export_buttons(figs["ab"], "ab")
+                                                   f"seed {seed}{ui.objectives_text({label: models[label]})}; "
+                                                   "rows: weight draws")
+    tables["ab"] = lambda: figures.images_csv(grids)
+    shown = {label: models[label]}
     spread_of = grids
+    index_axis = ("z index", list(range(n)))
 else:
     st.caption("Every model decodes the same latent draws z ~ p(z) (same seed), but each model's latent space is "
                "its own: column i of two models is NOT the same content, so compare the look of the samples, not "
                "image by image. Each row is one draw of the decoder weights; a deterministic decoder gives "
                "identical rows.")
     grids = {names[label]: ui.samples(r, n, draws, tau, seed) for label, r in refs.items()}
-    figs["samples"] = figures.sample_grids(grids, title=f"Prior samples, not aligned across models ({settings}); "
+    figs["samples"] = figures.sample_grids(grids, title=f"Prior samples, not aligned across models ({settings}"
+                                                        f"{ui.objectives_text(models)}); "
                                                         "rows: weight draws, columns: latent draws z")
-    st.plotly_chart(figs["samples"], key="samples-grid")
-    ui.export_buttons(figs["samples"], "samples")
+    tables["samples"] = lambda: figures.images_csv(grids)
     spread_of = grids
+    index_axis = ("z index", list(range(n)))
+
+view_settings = ui.view_settings(shown, view=view, tau=tau, seed=seed, weight_draws=draws,
+                                 **({"test_images": [first, first + n - 1]} if view == "reconstructions"
+                                    else {"latent_draws": n}))
+main = next(iter(figs))
+st.plotly_chart(figs[main], key=f"samples-{main}")
+ui.export_buttons(figs[main], main, tables[main], view_settings)
 
 st.subheader("Spread across weight draws")
 if draws < 2:
@@ -96,7 +109,10 @@ if draws < 2:
 figs["spread"] = figures.spread_map(spread_of, title=f"Per-pixel spread of p(x|z) across {draws} weight draws "
                                                      f"({settings})")
 st.plotly_chart(figs["spread"], key="samples-spread")
-ui.export_buttons(figs["spread"], "spread")
+tables["spread"] = lambda: figures.images_csv(
+    {name: (g.std(0, ddof=1) if len(g) > 1 else g[0] * 0) for name, g in spread_of.items()},
+    axes=(index_axis[0],), labels={index_axis[0]: index_axis[1]}, value_name="std across weight draws")
+ui.export_buttons(figs["spread"], "spread", tables["spread"], view_settings)
 st.caption("Per-pixel standard deviation of p(x|z) across the weight draws above, one tile per column.")
 
-ui.zip_button(figs, "samples")
+ui.zip_button(figs, "samples", tables, ui.final_link(view_settings))

@@ -57,6 +57,10 @@ start = tuple(float(v) for v in z0)
 images = np.stack([ui.traversal(model_ref, start, (u,), offsets, tau, seed)[0] for u in units]) if units \
     else np.zeros((0, steps, 784))
 
+settings = ui.view_settings({label: entry}, start="prior draw" if index is None else f"test image {index}", tau=tau,
+                            seed=seed, units=units, offsets=list(offsets))
+tables = {"traversals": lambda: figures.images_csv({label: images}, axes=("unit", "offset"),
+                                                   labels={"unit": units, "offset": list(offsets)})}
 col_img, col_info = st.columns([1, 3])
 with col_img:
     if index is not None:
@@ -66,7 +70,7 @@ with col_img:
         fig_start = figures.image_grid(ui.traversal(model_ref, start, (0,), (0.0,), tau, seed)[0], nrow=1,
                                        title=f"prior draw (seed {seed})")
     st.plotly_chart(fig_start, key="traversals-start")
-    ui.export_buttons(fig_start, "start")
+    ui.export_buttons(fig_start, "start", settings=settings)
 with col_info:
     st.markdown(f"**{label}** ({ui.variant_label(entry.variant)}, {entry.dataset}); starting point: "
                 + (f"E_q[z|x] of test image {index}" if index is not None else f"z ~ p(z), seed {seed}")
@@ -76,13 +80,19 @@ with col_info:
                     f"(activity > {act['threshold']:g} on {ui.ACTIVITY_IMAGES} test images).")
 
 fig_trav = figures.traversal_grid(images, units, offsets,
-                                  title="Latent traversals (columns: offset from the starting value)")
+                                  title=f"Latent traversals of {label} from "
+                                        + ("a prior draw" if index is None else f"test image {index}")
+                                        + f", τ = {tau:g}, seed {seed}{ui.objectives_text({label: entry})} "
+                                          "(columns: offset from the starting value)")
 st.plotly_chart(fig_trav, key="traversals-grid")
-ui.export_buttons(fig_trav, "traversals")
+ui.export_buttons(fig_trav, "traversals", tables["traversals"], settings)
 figs = {"traversals": fig_trav, "start": fig_start}
 if act:
     fig_act = figures.activity_bar(act["activity"], act["threshold"])
     st.plotly_chart(fig_act, key="traversals-activity")
-    ui.export_buttons(fig_act, "activity")
+    tables["activity"] = lambda: figures.table_csv([
+        {"model": label, "unit": j, "activity": float(a), "threshold": act["threshold"],
+         "active": bool(a > act["threshold"])} for j, a in enumerate(act["activity"])])
+    ui.export_buttons(fig_act, "activity", tables["activity"], settings)
     figs["activity"] = fig_act
-ui.zip_button(figs, "traversals")
+ui.zip_button(figs, "traversals", tables, ui.final_link(settings))

@@ -31,7 +31,16 @@ st.markdown(f"**{label}**: {ui.variant_label(entry.variant)} on {entry.dataset},
             f"{model.config.prior_std:g}; encoder {'random' if model.config.random_encoder else 'deterministic'}, "
             f"decoder {'random' if model.config.random_decoder else 'deterministic'}.")
 
-figs = {}
+figs, tables = {}, {}
+objective = ui.objectives_text({label: entry})
+settings = ui.view_settings({label: entry}, units=[start, start + count - 1], tiles_per_row=ncol)
+
+
+def weights_table(maps_shown: dict, value_name: str):
+    return lambda: figures.images_csv(maps_shown, axes=("unit",), labels={"unit": list(range(start, start + count))},
+                                      value_name=value_name, group="layer")
+
+
 sigma = {titles[net]: maps[net]["sigma"][units] for net in maps if maps[net]["sigma"] is not None}
 if sigma:
     # one colour scale for every model and unit: log10 sigma from the smallest initial sigma of the zoo's random
@@ -52,15 +61,18 @@ if sigma:
                        "little pattern there is, is not learned uncertainty).", icon=":material/info:")
     snr = {titles[net]: maps[net]["snr"][units] for net in maps if maps[net]["snr"] is not None}
     figs["sigma_maps"] = figures.weight_tiles(sigma, ncol=ncol, value_label="σ", colorscale="viridis",
-                                              title=f"Posterior weight σ of {label}", zrange=zrange,
+                                              title=f"Posterior weight σ of {label}{objective}", zrange=zrange,
                                               range_text=range_text, first_unit=start)
     figs["snr_maps"] = figures.weight_tiles(snr, ncol=ncol, value_label="|μ|/σ", colorscale="cividis",
-                                            title=f"Signal-to-noise |μ|/σ of {label}", shared_scale=True,
+                                            title=f"Signal-to-noise |μ|/σ of {label}{objective}", shared_scale=True,
                                             first_unit=start)
+    if zrange:
+        settings["sigma_colour_scale_log10"] = list(zrange)
+    tables["sigma_maps"], tables["snr_maps"] = weights_table(sigma, "sigma"), weights_table(snr, "|mu|/sigma")
     st.plotly_chart(figs["sigma_maps"], key="weights-sigma")
-    ui.export_buttons(figs["sigma_maps"], "sigma_maps")
+    ui.export_buttons(figs["sigma_maps"], "sigma_maps", tables["sigma_maps"], settings)
     st.plotly_chart(figs["snr_maps"], key="weights-snr")
-    ui.export_buttons(figs["snr_maps"], "snr_maps")
+    ui.export_buttons(figs["snr_maps"], "snr_maps", tables["snr_maps"], settings)
 deterministic = [net for net in maps if maps[net]["sigma"] is None]
 if deterministic:
     nets = " and ".join(deterministic)
@@ -69,15 +81,16 @@ if deterministic:
     mu = {titles[net]: maps[net]["abs_mu"][units] for net in deterministic}
     figs["mu_maps"] = figures.weight_tiles(mu, ncol=ncol, value_label="|μ|", colorscale="viridis",
                                            title=f"Deterministic weights |μ| of {label}", first_unit=start)
+    tables["mu_maps"] = weights_table(mu, "|mu|")
     st.plotly_chart(figs["mu_maps"], key="weights-mu")
-    ui.export_buttons(figs["mu_maps"], "mu_maps")
+    ui.export_buttons(figs["mu_maps"], "mu_maps", tables["mu_maps"], settings)
 
 sigmas = ui.layer_sigmas(model_ref)
 if sigmas:
     st.subheader("σ per layer against the prior")
     figs["sigma_histograms"] = figures.sigma_histograms(sigmas, prior_std=model.config.prior_std)
     st.plotly_chart(figs["sigma_histograms"], key="weights-hist")
-    ui.export_buttons(figs["sigma_histograms"], "sigma_histograms")
+    ui.export_buttons(figs["sigma_histograms"], "sigma_histograms", settings=settings)
 st.subheader("Per-layer summary")
 st.dataframe(ui.weight_table(model_ref), hide_index=True, key="weights-table")
-ui.zip_button(figs, "weight_variance")
+ui.zip_button(figs, "weight_variance", tables, ui.final_link(settings))

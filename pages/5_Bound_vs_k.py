@@ -69,13 +69,24 @@ for label, e in (models.items() if show_paper else ()):
     if paper:
         references[f"paper {ui.variant_label(e.variant)} ({e.dataset}): whole test set, k = 5000"] = (
             paper[0], label, 5000)
-figs = {}
+figs, tables = {}, {}
+settings = ui.view_settings(models, k_max=k_max, ks=ks, tau=tau, seed=seed, images=n_images,
+                            estimator="L_k of each k from one pass of k_max draws per image, in groups of k")
+
+
+def curve_table(rows_by_model: dict, **extra) -> str:
+    return figures.table_csv([{"model": label, **extra, "k": r["k"], "tau": tau, "seed": seed, "images": n_images,
+                               "mean": r["mean"], "stderr": r["stderr"]} for label, rows in rows_by_model.items()
+                              for r in rows])
+
+
 if curves:
     fig_bound = figures.bound_vs_k(curves, references=references, k_max=k_max, colors=colors,
-                                   title=f"L_k against k, τ = {tau:g}, seed {seed}, first {n_images} test images "
-                                         "(band ± 1 s.e. over images)")
+                                   title=f"L_k against k, τ = {tau:g}, seed {seed}, first {n_images} test images"
+                                         f"{ui.objectives_text(models)} (band ± 1 s.e. over images)")
     st.plotly_chart(fig_bound, key="bound-curve")
-    ui.export_buttons(fig_bound, "bound_vs_k")
+    tables["bound_vs_k"] = lambda: curve_table(curves)
+    ui.export_buttons(fig_bound, "bound_vs_k", tables["bound_vs_k"], settings)
     figs["bound_vs_k"] = fig_bound
     table = pd.DataFrame([{"model": label, **row} for label, rows in curves.items() for row in rows])
     st.dataframe(table, hide_index=True, key="bound-table")
@@ -93,10 +104,13 @@ if curves:
         fig_paired = figures.bound_vs_k(
             paired, k_max=k_max, zero_line=True, y_title=f"mean L_k − L_k of {reference} (nats)",
             colors={f"{label} − {reference}": colors[label] for label in same_data},
-            title=f"L_k minus {reference}'s on the same {n_images} images, τ = {tau:g}, seed {seed} "
-                  "(band ± 1 paired s.e.)")
+            title=f"L_k minus {reference}'s on the same {n_images} images, τ = {tau:g}, seed {seed}"
+                  f"{ui.objectives_text(models)} (band ± 1 paired s.e.)")
         st.plotly_chart(fig_paired, key="bound-paired")
-        ui.export_buttons(fig_paired, "bound_vs_k_paired")
+        tables["bound_vs_k_paired"] = lambda: curve_table(
+            {label: paired[f"{label} − {reference}"] for label in same_data if label != reference}, reference=reference)
+        settings["reference"] = reference
+        ui.export_buttons(fig_paired, "bound_vs_k_paired", tables["bound_vs_k_paired"], settings)
         figs["bound_vs_k_paired"] = fig_paired
     else:
         st.caption("Choose at least two models of the same dataset for paired differences.")
@@ -124,14 +138,25 @@ first = next(iter(models))
 fig_image = figures.image_grid(tests[first]["x"][index][None], nrow=1, title=f"test image {index}")
 fig_weights = figures.importance_weights(weights)
 fig_post = figures.posterior_scatter(weights, dims=(dim_a, dim_b))
+settings |= {"test_image": index, "k_importance": k_max}
+tables["test_image"] = lambda: figures.images_csv({"test image": tests[first]["x"][index][None]},
+                                                  axes=("test image",), labels={"test image": [index]})
+tables["importance_weights"] = lambda: figures.table_csv([
+    {"model": label, "test image": index, "k": k_max, "tau": tau, "seed": seed, "draw": d, "log weight": float(lw),
+     "normalised weight": float(nw)}
+    for label, w in weights.items() for d, (lw, nw) in enumerate(zip(w["log_w"], w["weights"], strict=True))])
+tables["posterior_draws"] = lambda: figures.table_csv([
+    {"model": label, "test image": index, "k": k_max, "tau": tau, "seed": seed, "draw": d,
+     **{f"z{j}": float(v) for j, v in enumerate(z[:z_dim])}}
+    for label, w in weights.items() for d, z in enumerate(w["z"])])
 c_img, c_w = st.columns([1, 4])
 with c_img:
     st.plotly_chart(fig_image, key="bound-image")
-    ui.export_buttons(fig_image, "test_image")
+    ui.export_buttons(fig_image, "test_image", tables["test_image"], settings)
 with c_w:
     st.plotly_chart(fig_weights, key="bound-weights")
-    ui.export_buttons(fig_weights, "importance_weights")
+    ui.export_buttons(fig_weights, "importance_weights", tables["importance_weights"], settings)
 st.plotly_chart(fig_post, key="bound-posterior")
-ui.export_buttons(fig_post, "posterior_draws")
+ui.export_buttons(fig_post, "posterior_draws", tables["posterior_draws"], settings)
 ui.zip_button({**figs, "importance_weights": fig_weights, "posterior_draws": fig_post, "test_image": fig_image},
-              "bound_vs_k")
+              "bound_vs_k", tables, ui.final_link(settings))

@@ -4,6 +4,8 @@ its widgets change what is shown (asserted on the figures' data and the tables' 
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -279,7 +281,7 @@ def test_weight_variance_maps_histograms_and_unit_slider(zoo, no_data):
     assert at.selectbox(key="weights:model").value == "tiny-iwae-r"  # a random model by default
     specs = charts(at)
     assert [s["layout"]["title"]["text"] for s in specs] == [
-        "Posterior weight σ of tiny-iwae-r", "Signal-to-noise |μ|/σ of tiny-iwae-r",
+        "Posterior weight σ of tiny-iwae-r; objective bayes", "Signal-to-noise |μ|/σ of tiny-iwae-r; objective bayes",
         "Posterior weight σ per layer against the prior"]
     # one fixed colour scale: log10 sigma from the smallest initial sigma (0.05) to the prior std (1), written on
     # the bar; hover names the unit and the pixel
@@ -490,3 +492,49 @@ def test_a_copied_link_reproduces_the_view(zoo, mnist, page):
         assert getattr(fresh, kind)(key=key).value == value, (key, link)
     assert not texts(fresh, "warning").count("The link asked for")
     assert [c.proto.spec for c in fresh.get("plotly_chart")] == [c.proto.spec for c in at.get("plotly_chart")]
+
+
+# ---- exports: settings in the title and a JSON sidecar, tidy CSV ---------------------------------------
+
+@pytest.fixture
+def zipped(monkeypatch) -> list:
+    """What each page hands to its zip button: (figures, page, tables, settings)."""
+    import ui
+
+    seen = []
+    monkeypatch.setattr(ui, "zip_button", lambda figs, page, tables=None, settings=None:
+                        seen.append((figs, page, tables, settings)))
+    return seen
+
+
+def test_bound_vs_k_exports_tidy_tables_and_its_settings(zoo, mnist, zipped):
+    at = open_app("5_Bound_vs_k.py", k="10", images="20", seed="3", model="tiny-iwae,tiny-iwae-r")
+    figs, page, tables, settings = zipped[-1]
+    assert page == "bound_vs_k" and set(tables) == {"bound_vs_k", "bound_vs_k_paired", "test_image",
+                                                    "importance_weights", "posterior_draws"}
+    assert {m["model"]: m["objective"] for m in settings["models"]} == {"tiny-iwae": "-", "tiny-iwae-r": "bayes"}
+    assert (settings["k_max"], settings["tau"], settings["seed"], settings["images"]) == (10, 1.0, 3, 20)
+    assert settings["link"]["k"] == "10" and settings["link"]["ref"] == "tiny-iwae" and "image" in settings["link"]
+    title = figs["bound_vs_k"].layout.title.text
+    assert "τ = 1" in title and "seed 3" in title and "20 test images" in title and "objective bayes" in title
+    curve = list(csv.DictReader(io.StringIO(tables["bound_vs_k"]())))
+    assert list(curve[0]) == ["model", "k", "tau", "seed", "images", "mean", "stderr"]
+    assert len(curve) == 2 * 4 and {r["model"] for r in curve} == {"tiny-iwae", "tiny-iwae-r"}
+    shown = curve_means(charts(at)[0])
+    assert [float(r["mean"]) for r in curve if r["model"] == "tiny-iwae"] == pytest.approx(shown["tiny-iwae"][1])
+    paired = list(csv.DictReader(io.StringIO(tables["bound_vs_k_paired"]())))
+    assert {r["reference"] for r in paired} == {"tiny-iwae"} and {r["model"] for r in paired} == {"tiny-iwae-r"}
+    weights = list(csv.DictReader(io.StringIO(tables["importance_weights"]())))
+    assert len(weights) == 2 * 10 and "normalised weight" in weights[0]
+
+
+def test_samples_exports_images_as_tidy_pixels(zoo, no_data, zipped):
+    open_app("2_Samples.py", view="prior", draws="2", n="3", model="tiny-iwae-r")
+    figs, page, tables, settings = zipped[-1]
+    rows = list(csv.DictReader(io.StringIO(tables["samples"]())))
+    assert list(rows[0]) == ["model", "draw", "z index", "pixel row", "column", "value"]
+    assert len(rows) == 2 * 3 * 784
+    spread = list(csv.DictReader(io.StringIO(tables["spread"]())))
+    assert list(spread[0]) == ["model", "z index", "pixel row", "column", "std across weight draws"]
+    assert settings["weight_draws"] == 2 and settings["latent_draws"] == 3 and settings["view"] == "prior"
+    assert "not aligned across models" in figs["samples"].layout.title.text
