@@ -306,6 +306,7 @@ _RATES: dict[ModelRef, float] = {}  # log-weight rows per second last measured p
 
 def bound_curve_cached(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int,
                        seed: int) -> bool:
+    """Whether bound_curve has this setting already (then showing it costs nothing and needs no click)."""
     return _BOUNDS.contains((model_ref, dataset, root, k_max, float(tau), n_images, seed))
 
 
