@@ -304,18 +304,69 @@ _BOUNDS = ResultCache(256)  # curves of [10 k, <= 2,000 images] floats: at most 
 _RATES: dict[ModelRef, float] = {}  # log-weight rows per second last measured per model (for cost estimates)
 
 
+def _stored_curves(model_ref: ModelRef) -> dict | str | None:
+    """The model folder's precomputed curves (evaluate.BOUND_CURVES) as numpy, None when there are none, or why
+    they cannot be used (one line naming the file); read again when the file changes."""
+    path = Path(model_ref[0]) / evaluate.BOUND_CURVES
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _read_stored_curves(model_ref, mtime)
+
+
+@st.cache_data(max_entries=32, ttl=CACHE_SECONDS, show_spinner=False)
+def _read_stored_curves(model_ref: ModelRef, mtime: int) -> dict | str:
+    path = Path(model_ref[0]) / evaluate.BOUND_CURVES
+    try:
+        curves = folders.read_bound_curves(path)
+    except folders.FileError as err:
+        return str(err)
+    if curves["meta"]["model_sha256"] != evaluate.model_sha256(Path(model_ref[0])):
+        return f"{path} was computed for other weights than model.safetensors holds, so it is not used"
+    return {name: (v.numpy() if torch.is_tensor(v) else v) for name, v in curves.items()}
+
+
+def stored_curves_problem(model_ref: ModelRef) -> str | None:
+    """Why a model's precomputed curves cannot be used, or None (none there, or fine)."""
+    stored = _stored_curves(model_ref)
+    return stored if isinstance(stored, str) else None
+
+
+def _from_store(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int,
+                seed: int) -> dict | None:
+    """The curve from the precomputed file when it was computed exactly as bound_curve would compute it (same
+    weights, k grid up to k_max, seed, tau and test images, as many of them: the draws of an image depend on how
+    many images share a call), else None."""
+    stored = _stored_curves(model_ref)
+    if not isinstance(stored, dict):
+        return None
+    meta, ks = stored["meta"], [k for k in explore.K_GRID if k <= k_max]
+    test = _test_set(dataset, root)
+    if (meta["ks"] != ks or meta["seed"] != seed or meta["test_seed"] != evaluate.TEST_SEED or "error" in test
+            or meta["source"] != test["source"] or n_images != meta["n_images"] or f"tau={tau:g}" not in stored):
+        return None
+    return {"ks": ks, "per_image": stored[f"tau={tau:g}"], "precomputed": True}
+
+
 def bound_curve_cached(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int,
                        seed: int) -> bool:
-    """Whether bound_curve has this setting already (then showing it costs nothing and needs no click)."""
-    return _BOUNDS.contains((model_ref, dataset, root, k_max, float(tau), n_images, seed))
+    """Whether bound_curve has this setting already, computed or precomputed (then showing it costs nothing and
+    needs no click)."""
+    return _BOUNDS.contains((model_ref, dataset, root, k_max, float(tau), n_images, seed)) or \
+        _from_store(model_ref, dataset, root, k_max, tau, n_images, seed) is not None
 
 
 def bound_curve(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int, seed: int,
                 progress: Callable[[int, int], None] | None = None) -> dict:
     """L_k per image of the first n_images test images for every k of the grid up to k_max, from one pass of
     k_max draws per image (evaluate.grouped_bounds): {'ks': [..], 'per_image': [len(ks), n] numpy}. Computed
-    once per setting; the pass's speed is kept for estimate_seconds."""
+    once per setting, or read from the model folder's precomputed curves when they hold exactly this setting;
+    a computed pass's speed is kept for estimate_seconds."""
     def compute() -> dict:
+        stored = _from_store(model_ref, dataset, root, k_max, tau, n_images, seed)
+        if stored is not None:
+            return stored
         model = _load_model(*model_ref)
         x = _test_set(dataset, root)["x"][:n_images]
         ks = [k for k in explore.K_GRID if k <= k_max]

@@ -134,6 +134,27 @@ def grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: flo
     return out
 
 
+BOUND_CURVES = "bound_curves.safetensors"  # precomputed grouped_bounds beside a model, for an instant first view
+
+
+def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], noise_scales=(0.0, 1.0), seed: int = 0,
+                       source: str = "") -> Path:
+    """grouped_bounds of the model in `directory` on the images x for each tau, saved as BOUND_CURVES (one
+    [len(ks), n] tensor 'tau=T' per tau) with what they were computed from: the model's sha256, ks, seed,
+    the number of images, the test binarisation seed and the data source. A reader uses them only when all of
+    these match what it would compute (see folders.read_bound_curves and the dashboard's ui.bound_curve)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    model, _ = ckpt.load_model(directory)
+    tensors = {f"tau={tau:g}": grouped_bounds(model, x, ks, noise_scale=tau, seed=seed).contiguous()
+               for tau in noise_scales}
+    meta = {"model_sha256": model_sha256(directory), "ks": ",".join(map(str, ks)), "seed": str(seed),
+            "n_images": str(len(x)), "test_seed": str(TEST_SEED), "source": source}
+    ckpt.atomic_write(directory / BOUND_CURVES, lambda p: save_file(tensors, str(p), metadata=meta))
+    return directory / BOUND_CURVES
+
+
 @torch.no_grad()
 def importance_weights(model: IWAE, x: torch.Tensor, k: int, noise_scale: float = 1.0,
                        seed: int = 0) -> dict:

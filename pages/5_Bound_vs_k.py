@@ -39,6 +39,10 @@ refs = {label: ui.ref(e) for label, e in models.items()}
 for r in refs.values():
     ui.load_model(r)
 ks = [k for k in explore.K_GRID if k <= k_max]
+for label, r in refs.items():
+    if problem := ui.stored_curves_problem(r):
+        st.warning(ui.escape_markdown(f"{label}: its precomputed curves are not used: {problem}"),
+                   icon=":material/warning:")
 key_of = {label: (refs[label], models[label].dataset, ui.data_key(), k_max, tau, n_images, seed) for label in models}
 todo = [label for label in models if not ui.bound_curve_cached(*key_of[label])]
 if k_max >= ui.CONFIRM_K and todo:
@@ -52,12 +56,18 @@ if todo is None:
     curves, per_image = {}, {}
 else:
     bar = st.progress(0.0, text="Computing L_k…")
-    per_image = {}
+    per_image, precomputed = {}, []
     for i, label in enumerate(models):
         text = f"L_k for {label}, k up to {k_max:,} (one pass of {k_max:,} draws per image) on {n_images} images…"
         step = lambda d, n, i=i, text=text: bar.progress(min(1.0, (i + d / n) / len(models)), text=text)
-        per_image[label] = ui.bound_curve(*key_of[label], progress=step)["per_image"]
+        curve = ui.bound_curve(*key_of[label], progress=step)
+        per_image[label] = curve["per_image"]
+        if curve.get("precomputed"):
+            precomputed.append(label)
     bar.empty()
+    if precomputed:
+        st.caption(f"Read from the curves stored beside {', '.join(precomputed)} (computed the same way, with the "
+                   "same weights, images and seed).")
     curves = {label: ui.curve_rows(ks, v) for label, v in per_image.items()}
 
 colors = {label: figures.PALETTE[i % len(figures.PALETTE)] for i, label in enumerate(models)}

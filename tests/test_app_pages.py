@@ -538,3 +538,34 @@ def test_samples_exports_images_as_tidy_pixels(zoo, no_data, zipped):
     assert list(spread[0]) == ["model", "z index", "pixel row", "column", "std across weight draws"]
     assert settings["weight_draws"] == 2 and settings["latent_draws"] == 3 and settings["view"] == "prior"
     assert "not aligned across models" in figs["samples"].layout.title.text
+
+
+def test_bound_vs_k_reads_curves_stored_beside_a_model_only_when_they_match(zoo, mnist, tmp_path, monkeypatch):
+    from iwae_core import checkpoint, data, evaluate
+
+    root = tmp_path / "zoo"
+    for name in ("tiny-iwae", "tiny-iwae-r"):
+        shutil.copytree(zoo / name, root / name)
+    monkeypatch.setenv("IWAE_ZOO_DIRS", str(root))
+    d = data.load_dataset("mnist", str(mnist), download=False)
+    x = evaluate.binarized_test_images(d, 30)
+    evaluate.write_bound_curves(root / "tiny-iwae-r", x, [1, 2, 5, 10], seed=0, source=d["source"])
+    model, _ = checkpoint.load_model(root / "tiny-iwae-r")
+    stored = evaluate.grouped_bounds(model, x, [1, 2, 5, 10], seed=0)  # what the page would compute itself
+    at = open_app("5_Bound_vs_k.py", k="10", images="30", model="tiny-iwae,tiny-iwae-r")
+    assert "Read from the curves stored beside tiny-iwae-r" in texts(at, "caption")
+    means = curve_means(charts(at)[0])["tiny-iwae-r"][1]
+    np.testing.assert_allclose(means, stored.mean(1).numpy(), rtol=1e-6)
+    # other settings than stored (seed, image count) are computed, not read
+    at.number_input(key="bound:seed").set_value(1)
+    assert "Read from the curves" not in texts(rerun(at), "caption")
+    at.number_input(key="bound:seed").set_value(0)
+    at.number_input(key="bound:images").set_value(20)
+    assert "Read from the curves" not in texts(rerun(at), "caption")
+    # curves of other weights, or a broken file, are not used, and the page says why
+    path = root / "tiny-iwae-r" / evaluate.BOUND_CURVES
+    path.write_bytes(b"not a safetensors file")
+    at = open_app("5_Bound_vs_k.py", k="10", images="30", model="tiny-iwae-r", seed="2")  # seed: not cached yet
+    warning = texts(at, "warning")
+    assert "precomputed curves are not used" in warning and "not a readable safetensors file" in warning
+    assert "Read from the curves" not in texts(at, "caption") and charts(at)

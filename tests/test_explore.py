@@ -135,3 +135,25 @@ def test_grouped_bounds_reuse_one_pass_and_report_progress(monkeypatch):
     assert calls == [(4, 10), (8, 10), (10, 10)]  # 4 images of 100 draws per call
     torch.testing.assert_close(out[1:], evaluate.grouped_bounds(m, x, [10, 100], seed=3))  # same pass, same draws
     assert out[2].mean() > out[1].mean() > out[0].mean()  # L_k rises with k
+
+
+def test_stored_curves_are_checked_before_use(tmp_path):
+    import pytest
+    from safetensors.torch import save_file
+
+    from iwae_core import folders
+
+    meta = {"model_sha256": "ab", "ks": "1,2,5", "seed": "0", "n_images": "4", "test_seed": "2016", "source": "s"}
+    good = tmp_path / "good.safetensors"
+    save_file({"tau=1": torch.zeros(3, 4)}, str(good), metadata=meta)
+    curves = folders.read_bound_curves(good)
+    assert curves["meta"]["ks"] == [1, 2, 5] and curves["tau=1"].shape == (3, 4)
+    cases = {"shape": ({"tau=1": torch.zeros(3, 5)}, meta, "tensor tau=1 of shape"),
+             "nan": ({"tau=1": torch.full((3, 4), float("nan"))}, meta, "finite"),
+             "meta": ({"tau=1": torch.zeros(3, 4)}, {k: v for k, v in meta.items() if k != "seed"}, "'seed'")}
+    for name, (tensors, metadata, words) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata=metadata)
+        with pytest.raises(folders.FileError, match=words) as err:
+            folders.read_bound_curves(path)
+        assert str(path) in str(err.value)
