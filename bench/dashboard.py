@@ -57,20 +57,29 @@ def open_page(page, url: str, chart: bool = True) -> float:
     return time.perf_counter() - t0
 
 
+CURVE_AT_5000 = ("sel => { const el = document.querySelector(sel); return el && el.data && Math.max(...el.data"
+                 ".filter(t => t.mode === 'lines+markers').flatMap(t => t.x || [])) >= 5000; }")
+
+
 def bound_to_5000(page) -> tuple[float, str]:
-    """On Bound vs k: move k to 5000, read the cost estimate, click Compute and time until the curve reaches k =
-    5000 and the script is done. Returns the seconds and the estimate's text."""
-    move_slider(page, "largest k", presses=3, key="ArrowRight")  # from the default k = 100: 500, 1000, 5000
-    button = page.get_by_role("button", name=re.compile(r"Compute up to k = 5,000"))
-    button.wait_for(timeout=300_000)
-    estimate = button.inner_text()
+    """On Bound vs k at the default k = 100: move k to 5000 and time until the curve reaches k = 5000 and the
+    script is done. Curves stored beside the models show at once; otherwise the page shows its cost estimate
+    and a Compute button, which is clicked (the time then counts from the click). Returns the seconds and how
+    the curve came (the estimate's text, or 'stored curves')."""
     t0 = time.perf_counter()
-    button.click()
-    page.wait_for_function("sel => { const el = document.querySelector(sel); return el && el.data && "
-                           "Math.max(...el.data.filter(t => t.mode === 'lines+markers').flatMap(t => t.x || [])) "
-                           ">= 5000; }", arg=CHART, timeout=1_800_000, polling=100)
+    move_slider(page, "largest k", presses=3, key="ArrowRight")  # 500, 1000, 5000
+    button = page.get_by_role("button", name=re.compile(r"Compute up to k = 5,000"))
+    page.wait_for_function(f"sel => ({CURVE_AT_5000})(sel) || [...document.querySelectorAll('button')]"
+                           ".some(b => b.innerText.includes('Compute up to k = 5,000'))", arg=CHART,
+                           timeout=600_000, polling=100)
+    how = "stored curves"
+    if button.count():
+        how = button.inner_text()
+        t0 = time.perf_counter()
+        button.click()
+    page.wait_for_function(CURVE_AT_5000, arg=CHART, timeout=1_800_000, polling=100)
     wait_idle(page, timeout=1_800_000, settle=0.05)
-    return time.perf_counter() - t0, estimate
+    return time.perf_counter() - t0, how
 
 
 class Results(dict):
@@ -138,8 +147,9 @@ def main() -> int:
             results["Bound vs k, k moved to a cached value: chart updated"] = statistics.median(back)
             results["Bound vs k, k moved to a cached value: script done"] = statistics.median(back_done)
             open_page(page, f"{server.url}/Bound_vs_k?images=100")
-            results["Bound vs k, k -> 5000 (default models, 100 images): click to curve"], estimate = \
-                bound_to_5000(page)
+            results["Bound vs k, k -> 5000 (default models, 100 images, seed 0)"], stored = bound_to_5000(page)
+            open_page(page, f"{server.url}/Bound_vs_k?images=100&seed=1")  # a seed no stored curve has
+            results["Bound vs k, k -> 5000 (default models, 100 images, seed 1)"], estimate = bound_to_5000(page)
             errors = page.locator("[data-testid=stException]").count()
         finally:
             server.stop()
@@ -166,9 +176,10 @@ def main() -> int:
     print("Ratios")
     for name, value in ratios.items():
         print(f"  {name:<{width}} {value:8.2f}x")
-    print(f"Targets (the page estimated: {estimate!r})")
-    checks = [("k -> 5000, three models, 100 images", r["Bound vs k, k -> 5000 (default models, 100 images): "
-                                                        "click to curve"], TARGETS["k -> 5000"])]
+    print(f"Targets (k -> 5000: seed 0 from {stored!r}; seed 1 from {estimate!r})")
+    checks = [(f"k -> 5000, three models, 100 images, seed {seed}",
+               r[f"Bound vs k, k -> 5000 (default models, 100 images, seed {seed})"], TARGETS["k -> 5000"])
+              for seed in (0, 1)]
     checks += [(f"first paint of {name}", r[f"first paint: {name}"], TARGETS["first paint"]) for name in PAGES]
     checks += [(f"cached update: {name}", r[f"{name}: chart updated"], TARGETS["cached update"])
                for name in ("Samples τ, cached value", "Bound vs k, k moved to a cached value")]
