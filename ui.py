@@ -341,12 +341,13 @@ def _from_store(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: f
     stored = _stored_curves(model_ref)
     if not isinstance(stored, dict):
         return None
-    meta, ks = stored["meta"], [k for k in explore.K_GRID if k <= k_max]
+    meta, ks, name = stored["meta"], [k for k in explore.K_GRID if k <= k_max], f"k_max={k_max},tau={tau:g}"
     test = _test_set(dataset, root)
-    if (meta["ks"] != ks or meta["seed"] != seed or meta["test_seed"] != evaluate.TEST_SEED or "error" in test
-            or meta["source"] != test["source"] or n_images != meta["n_images"] or f"tau={tau:g}" not in stored):
+    if ([k for k in meta["ks"] if k <= k_max] != ks or meta["seed"] != seed or meta["test_seed"] != evaluate.TEST_SEED
+            or "error" in test or meta["source"] != test["source"] or n_images != meta["n_images"]
+            or name not in stored):
         return None
-    return {"ks": ks, "per_image": stored[f"tau={tau:g}"], "precomputed": True}
+    return {"ks": ks, "per_image": stored[name], "precomputed": True}
 
 
 def bound_curve_cached(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int,

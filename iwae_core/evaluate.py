@@ -137,18 +137,25 @@ def grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: flo
 BOUND_CURVES = "bound_curves.safetensors"  # precomputed grouped_bounds beside a model, for an instant first view
 
 
-def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], noise_scales=(0.0, 1.0), seed: int = 0,
-                       source: str = "") -> Path:
-    """grouped_bounds of the model in `directory` on the images x for each tau, saved as BOUND_CURVES (one
-    [len(ks), n] tensor 'tau=T' per tau) with what they were computed from: the model's sha256, ks, seed,
-    the number of images, the test binarisation seed and the data source. A reader uses them only when all of
-    these match what it would compute (see folders.read_bound_curves and the dashboard's ui.bound_curve)."""
+def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=(100, 5000), noise_scales=(0.0, 1.0),
+                       seed: int = 0, source: str = "", keep: dict | None = None) -> Path:
+    """grouped_bounds of the model in `directory` on the images x, for each largest k in k_maxes (the grid ks up
+    to it) and each tau, saved as BOUND_CURVES: one [len(ks <= k_max), n] tensor 'k_max=K,tau=T' each, with what
+    they were computed from: the model's sha256, ks, seed, the number of images, the test binarisation seed and
+    the data source. A reader uses one only when all of these match what it would compute (see
+    folders.read_bound_curves and the dashboard's ui.bound_curve). keep: tensors already computed so, kept as
+    they are."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     model, _ = ckpt.load_model(directory)
-    tensors = {f"tau={tau:g}": grouped_bounds(model, x, ks, noise_scale=tau, seed=seed).contiguous()
-               for tau in noise_scales}
+    tensors = dict(keep or {})
+    for k_max in k_maxes:
+        for tau in noise_scales:
+            name = f"k_max={k_max},tau={tau:g}"
+            if name not in tensors:
+                tensors[name] = grouped_bounds(model, x, [k for k in ks if k <= k_max], noise_scale=tau,
+                                               seed=seed).contiguous()
     meta = {"model_sha256": model_sha256(directory), "ks": ",".join(map(str, ks)), "seed": str(seed),
             "n_images": str(len(x)), "test_seed": str(TEST_SEED), "source": source}
     ckpt.atomic_write(directory / BOUND_CURVES, lambda p: save_file(tensors, str(p), metadata=meta))

@@ -390,7 +390,8 @@ MAX_CURVE_BYTES = 16 << 20  # bound_curves.safetensors: [10 k, <= 2,000 images] 
 
 def read_bound_curves(path: Path) -> dict:
     """A model folder's precomputed L_k curves (evaluate.write_bound_curves) checked before use:
-    {'meta': {model_sha256, ks: [..], seed, n_images, test_seed, source}, 'tau=T': [len(ks), n_images] tensor, ...}.
+    {'meta': {model_sha256, ks: [..], seed, n_images, test_seed, source},
+     'k_max=K,tau=T': [len(ks <= K), n_images] tensor, ...}.
     A FileError names the file and what is wrong: not a safetensors file, too big, a missing or unreadable
     metadata key, a tensor of another shape or with values that are not finite."""
     path = Path(path)
@@ -411,9 +412,15 @@ def read_bound_curves(path: Path) -> dict:
                         "test_seed, source)") from err
     out = {"meta": checked}
     for name, t in tensors.items():
-        if not name.startswith("tau=") or tuple(t.shape) != (len(checked["ks"]), checked["n_images"]) \
-                or not t.is_floating_point() or not torch.isfinite(t).all():
-            raise FileError(f"{path}: tensor {name} of shape {tuple(t.shape)} is not "
-                            f"[{len(checked['ks'])} k, {checked['n_images']} images] of finite L_k values")
+        try:
+            k_max = int(name.split(",")[0].removeprefix("k_max="))
+        except ValueError:
+            k_max = None
+        rows = len([k for k in checked["ks"] if k <= (k_max or 0)])
+        if k_max is None or not name.startswith("k_max=") or ",tau=" not in name \
+                or tuple(t.shape) != (rows, checked["n_images"]) or not t.is_floating_point() \
+                or not torch.isfinite(t).all():
+            raise FileError(f"{path}: tensor {name} of shape {tuple(t.shape)} is not 'k_max=K,tau=T' holding "
+                            f"[k <= K of the {len(checked['ks'])} k, {checked['n_images']} images] finite L_k values")
         out[name] = t.float()
     return out

@@ -1,9 +1,10 @@
 """Precompute the Bound vs k curves of model folders, so the dashboard's view of k up to 5000 is instant.
 
 Usage: IWAE_DATA_DIR=DIR python scripts/bound_curves.py pretrained/mnist-iwae pretrained/mnist-iwae-r ...
-Writes bound_curves.safetensors into each folder: L_k per image for every k of the grid (one pass of 5000 draws
-per image, grouped as the page groups them), tau = 0 and 1, the first 100 test images, seed 0: the page's
-defaults. The page reads them only for exactly these settings and these weights; retraining makes them unused.
+Writes bound_curves.safetensors into each folder: L_k per image for every k of the grid up to the largest k of
+100 (the page's default) and of 5000 (one pass of k_max draws per image, grouped as the page groups them), tau = 0
+and 1, the first 100 test images, seed 0: the page's defaults. The page reads them only for exactly these
+settings and these weights; retraining makes them unused.
 """
 
 from __future__ import annotations

@@ -549,13 +549,17 @@ def test_bound_vs_k_reads_curves_stored_beside_a_model_only_when_they_match(zoo,
     monkeypatch.setenv("IWAE_ZOO_DIRS", str(root))
     d = data.load_dataset("mnist", str(mnist), download=False)
     x = evaluate.binarized_test_images(d, 30)
-    evaluate.write_bound_curves(root / "tiny-iwae-r", x, [1, 2, 5, 10], seed=0, source=d["source"])
+    evaluate.write_bound_curves(root / "tiny-iwae-r", x, [1, 2, 5, 10, 25], k_maxes=(10, 25), seed=0,
+                                source=d["source"])
     model, _ = checkpoint.load_model(root / "tiny-iwae-r")
     stored = evaluate.grouped_bounds(model, x, [1, 2, 5, 10], seed=0)  # what the page would compute itself
     at = open_app("5_Bound_vs_k.py", k="10", images="30", model="tiny-iwae,tiny-iwae-r")
     assert "Read from the curves stored beside tiny-iwae-r" in texts(at, "caption")
     means = curve_means(charts(at)[0])["tiny-iwae-r"][1]
     np.testing.assert_allclose(means, stored.mean(1).numpy(), rtol=1e-6)
+    at.select_slider(key="bound:k").set_value(25)  # the other stored largest k
+    assert "Read from the curves stored beside tiny-iwae-r" in texts(rerun(at), "caption")
+    at.select_slider(key="bound:k").set_value(10)
     # other settings than stored (seed, image count) are computed, not read
     at.number_input(key="bound:seed").set_value(1)
     assert "Read from the curves" not in texts(rerun(at), "caption")
