@@ -16,6 +16,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ TEST_IMAGES = 2000  # binarised test images kept in memory per dataset
 ACTIVITY_IMAGES = 500  # images for the active-unit count, as in Burda et al.
 TAU_MAX = 3.0
 SEED_MAX = 2**31 - 1
+CONFIRM_K = 1000  # from this k on, Bound vs k shows the estimated seconds and computes only on a click
 URL_K_MAX = 500  # the largest k a link may ask for: k = 5000 for three models costs tens of seconds of CPU
 CACHE_SECONDS = 3600  # cached results not asked for in an hour are dropped
 VARIANT_ORDER = ("iwae", "iwae-r", "iwae-rrec")
@@ -243,6 +245,17 @@ def reconstruction(model_ref: ModelRef, dataset: str, root: str, index: int, tau
         return torch.stack([x, explore.reconstruction(model, x, tau, seed)]).numpy()
 
 
+# [draws <= 12, n <= 16, 784] floats: at most 0.6 MB each
+@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
+def reconstructions(model_ref: ModelRef, dataset: str, root: str, first: int, n: int, draws: int, tau: float,
+                    seed: int) -> np.ndarray:
+    """Test images first .. first + n - 1 reconstructed under `draws` weight draws: [draws, n, 784]."""
+    model = _load_model(*model_ref)
+    x = _test_set(dataset, root)["x"][first:first + n]
+    with TORCH_LOCK:
+        return explore.reconstructions(model, x, draws, tau, seed).numpy()
+
+
 # mu, sigma and |mu|/sigma of two 784 x hidden layers: about 8 MB for the shipped models
 @st.cache_data(max_entries=8, ttl=CACHE_SECONDS, show_spinner=False)
 def weight_maps(model_ref: ModelRef) -> dict:
@@ -268,6 +281,10 @@ class ResultCache:
     def __init__(self, size: int) -> None:
         self.size, self.data, self.lock = size, OrderedDict(), threading.Lock()
 
+    def contains(self, key) -> bool:
+        with self.lock:
+            return key in self.data
+
     def get(self, key, compute: Callable[[], object]):
         with self.lock:
             if key in self.data:
@@ -281,20 +298,106 @@ class ResultCache:
         return value
 
 
-_BOUNDS = ResultCache(2048)
+_BOUNDS = ResultCache(256)  # curves of [10 k, <= 2,000 images] floats: at most 80 kB each
 
 
-def bound_point(model_ref: ModelRef, dataset: str, root: str, k: int, tau: float, n_images: int, seed: int,
+_RATES: dict[ModelRef, float] = {}  # log-weight rows per second last measured per model (for cost estimates)
+
+
+def _stored_curves(model_ref: ModelRef) -> dict | str | None:
+    """The model folder's precomputed curves (evaluate.BOUND_CURVES) as numpy, None when there are none, or why
+    they cannot be used (one line naming the file); read again when the file changes."""
+    path = Path(model_ref[0]) / evaluate.BOUND_CURVES
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _read_stored_curves(model_ref, mtime)
+
+
+@st.cache_data(max_entries=32, ttl=CACHE_SECONDS, show_spinner=False)
+def _read_stored_curves(model_ref: ModelRef, mtime: int) -> dict | str:
+    path = Path(model_ref[0]) / evaluate.BOUND_CURVES
+    try:
+        curves = folders.read_bound_curves(path)
+    except folders.FileError as err:
+        return str(err)
+    if curves["meta"]["model_sha256"] != evaluate.model_sha256(Path(model_ref[0])):
+        return f"{path} was computed for other weights than model.safetensors holds, so it is not used"
+    return {name: (v.numpy() if torch.is_tensor(v) else v) for name, v in curves.items()}
+
+
+def stored_curves_problem(model_ref: ModelRef) -> str | None:
+    """Why a model's precomputed curves cannot be used, or None (none there, or fine)."""
+    stored = _stored_curves(model_ref)
+    return stored if isinstance(stored, str) else None
+
+
+def _from_store(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int,
+                seed: int) -> dict | None:
+    """The curve from the precomputed file when it was computed exactly as bound_curve would compute it (same
+    weights, k grid up to k_max, seed, tau and test images, as many of them: the draws of an image depend on how
+    many images share a call), else None."""
+    stored = _stored_curves(model_ref)
+    if not isinstance(stored, dict):
+        return None
+    meta, ks, name = stored["meta"], [k for k in explore.K_GRID if k <= k_max], f"k_max={k_max},tau={tau:g}"
+    test = _test_set(dataset, root)
+    if ([k for k in meta["ks"] if k <= k_max] != ks or meta["seed"] != seed or meta["test_seed"] != evaluate.TEST_SEED
+            or "error" in test or meta["source"] != test["source"] or n_images != meta["n_images"]
+            or name not in stored):
+        return None
+    return {"ks": ks, "per_image": stored[name], "precomputed": True}
+
+
+def bound_curve_cached(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int,
+                       seed: int) -> bool:
+    """Whether bound_curve has this setting already, computed or precomputed (then showing it costs nothing and
+    needs no click)."""
+    return _BOUNDS.contains((model_ref, dataset, root, k_max, float(tau), n_images, seed)) or \
+        _from_store(model_ref, dataset, root, k_max, tau, n_images, seed) is not None
+
+
+def bound_curve(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int, seed: int,
                 progress: Callable[[int, int], None] | None = None) -> dict:
-    """Mean L_k and its standard error over the first n_images test images, for one k; computed once per
-    setting (progress(done, total) hears about each chunk of images while it is computed)."""
+    """L_k per image of the first n_images test images for every k of the grid up to k_max, from one pass of
+    k_max draws per image (evaluate.grouped_bounds): {'ks': [..], 'per_image': [len(ks), n] numpy}. Computed
+    once per setting, or read from the model folder's precomputed curves when they hold exactly this setting;
+    a computed pass's speed is kept for estimate_seconds."""
     def compute() -> dict:
+        stored = _from_store(model_ref, dataset, root, k_max, tau, n_images, seed)
+        if stored is not None:
+            return stored
         model = _load_model(*model_ref)
         x = _test_set(dataset, root)["x"][:n_images]
+        ks = [k for k in explore.K_GRID if k <= k_max]
         with TORCH_LOCK:
-            return evaluate.bound_vs_k(model, x, [k], noise_scale=tau, seed=seed, progress=progress)[0]
+            start = time.perf_counter()
+            per_image = evaluate.grouped_bounds(model, x, ks, noise_scale=tau, seed=seed, progress=progress)
+            seconds = time.perf_counter() - start
+        if seconds > 0.05:  # too short a pass says little about the speed
+            _RATES[model_ref] = k_max * len(x) / seconds
+        return {"ks": ks, "per_image": per_image.numpy()}
 
-    return dict(_BOUNDS.get((model_ref, dataset, root, k, float(tau), n_images, seed), compute))
+    return _BOUNDS.get((model_ref, dataset, root, k_max, float(tau), n_images, seed), compute)
+
+
+def estimate_seconds(model_ref: ModelRef, rows: int) -> float:
+    """Seconds for `rows` log-weight rows of a model at the speed last measured on it (a 2,000-row probe
+    when none was)."""
+    if model_ref not in _RATES:
+        model = _load_model(*model_ref)
+        x = torch.zeros(1, model.config.x_dim)
+        with TORCH_LOCK, torch.no_grad(), torch.random.fork_rng():
+            start = time.perf_counter()
+            model.log_weights(x, 2000)
+            _RATES[model_ref] = 2000 / max(time.perf_counter() - start, 1e-6)
+    return rows / _RATES[model_ref]
+
+
+def curve_rows(ks: list[int], per_image: np.ndarray) -> list[dict]:
+    """Mean and standard error over images of per-image values [len(ks), n]: one row per k."""
+    return [{"k": k, **evaluate.summarize(torch.as_tensor(v))} for k, v in zip(ks, per_image, strict=True)]
 
 
 # k log weights and k posterior draws: about 1 MB at k = 5000
@@ -420,15 +523,25 @@ def pick_models(page: str, multi: bool = True, prefer: str | None = None) -> dic
     return {label: entries[label] for label in chosen}
 
 
-def tau_slider(page: str, default: float = 1.0) -> float:
-    """Weight-noise scale tau: sigma -> tau * sigma (0 = posterior-mean weights, 1 = learned posterior)."""
+def tau_slider(page: str, default: float = 1.0, models: dict[str, checkpoint.ZooEntry] | None = None) -> float:
+    """Weight-noise scale tau: sigma -> tau * sigma (0 = posterior-mean weights, 1 = learned posterior).
+
+    With `models`, says which of them tau does nothing for (deterministic networks: variant iwae), and is
+    disabled when that is all of them."""
     key = f"{page}:tau"
     _init(key, "tau", lambda raw: round(round(min(max(float(raw), 0.0), TAU_MAX) / 0.05) * 0.05, 2)
           if not math.isnan(float(raw)) else None, default, lambda v: isinstance(v, float) and 0 <= v <= TAU_MAX,
           f"τ from 0 to {TAU_MAX:g} in steps of 0.05")
-    tau = st.sidebar.slider("τ (weight-noise scale)", 0.0, TAU_MAX, step=0.05, key=key,
+    fixed = [label for label, e in (models or {}).items() if e.variant == "iwae"]
+    disabled = bool(models) and len(fixed) == len(models)
+    tau = st.sidebar.slider("τ (weight-noise scale)", 0.0, TAU_MAX, step=0.05, key=key, disabled=disabled,
                             help="σ is replaced by τσ: 0 = posterior-mean weights, 1 = the learned posterior, "
                                  ">1 exaggerated uncertainty.")
+    if disabled:
+        st.sidebar.caption(f"τ does nothing here: {', '.join(fixed)} {'has' if len(fixed) == 1 else 'have'} "
+                           "deterministic weights (variant IWAE).")
+    elif fixed:
+        st.sidebar.caption(f"τ does nothing for {', '.join(fixed)} (deterministic weights, variant IWAE).")
     _url_notice(key)
     return tau
 
@@ -470,6 +583,79 @@ def seed_input(page: str, default: int = 0) -> int:
     return seed
 
 
+def int_input(page: str, param: str, label: str, lo: int, hi: int, default: int, step: int = 1,
+              key: str | None = None, sidebar: bool = True, help: str | None = None) -> int:
+    """A whole number from lo to hi whose value lives in the URL as ?param=; a link's value outside that
+    range (or not a whole number) gets the default and a notice."""
+    key = key or f"{page}:{param}"
+    default = min(max(default, lo), hi)
+    _init(key, param, lambda raw: int(raw) if lo <= int(raw) <= hi else None, default,
+          lambda v: isinstance(v, int) and lo <= v <= hi, f"a whole number from {lo} to {hi}")
+    where = st.sidebar if sidebar else st
+    value = int(where.number_input(label, lo, hi, step=step, key=key, help=help or f"Shared in the URL as ?{param}="))
+    _url_notice(key)
+    return value
+
+
+def int_slider(page: str, param: str, label: str, lo: int, hi: int, default: int, step: int = 1,
+               key: str | None = None, help: str | None = None) -> int:
+    """A sidebar slider of whole numbers lo..hi (on the step grid from lo) whose value lives in the URL as ?param=;
+    a link's value off the range or the grid gets the default and a notice."""
+    key = key or f"{page}:{param}"
+    default = min(max(default, lo), hi)
+    valid = lambda v: isinstance(v, int) and lo <= v <= hi and (v - lo) % step == 0  # noqa: E731
+    _init(key, param, lambda raw: int(raw) if valid(int(raw)) else None, default, valid,
+          f"a whole number from {lo} to {hi}" + (f" in steps of {step}" if step > 1 else ""))
+    value = int(st.sidebar.slider(label, lo, hi, step=step, key=key, help=help or f"Shared in the URL as ?{param}="))
+    _url_notice(key)
+    return value
+
+
+def bool_input(page: str, param: str, label: str, default: bool, key: str | None = None,
+               help: str | None = None) -> bool:
+    """A sidebar checkbox whose value lives in the URL as ?param=1 or 0; any other value in a link gets the
+    default and a notice."""
+    key = key or f"{page}:{param}"
+    _init(key, param, lambda raw: {"1": True, "0": False}.get(raw), default, lambda v: isinstance(v, bool),
+          "1 (on) or 0 (off)")
+    value = st.sidebar.checkbox(label, key=key, help=help or f"Shared in the URL as ?{param}=1 or 0")
+    _url_notice(key)
+    return value
+
+
+def float_slider(page: str, param: str, label: str, lo: float, hi: float, default: float, step: float,
+                 key: str | None = None, help: str | None = None) -> float:
+    """A sidebar slider lo..hi on the step grid whose value lives in the URL as ?param=; a link's value off the
+    range or the grid gets the default and a notice."""
+    key = key or f"{page}:{param}"
+
+    def on_grid(v) -> bool:
+        return isinstance(v, float) and lo <= v <= hi and abs((v - lo) / step - round((v - lo) / step)) < 1e-9
+
+    _init(key, param, lambda raw: float(raw) if on_grid(float(raw)) else None, float(default), on_grid,
+          f"from {lo:g} to {hi:g} in steps of {step:g}")
+    value = float(st.sidebar.slider(label, lo, hi, step=step, key=key, help=help or f"Shared in the URL as ?{param}="))
+    _url_notice(key)
+    return value
+
+
+def choice_input(page: str, param: str, label: str, options: list, default=None, key: str | None = None,
+                 sidebar: bool = True, help: str | None = None, format_func: Callable | None = None,
+                 radio: bool = False):
+    """A selectbox (or radio) over `options` whose value lives in the URL as ?param= (the option's text); a link
+    naming no option gets the default (the first option when None) and a notice listing the options."""
+    key = key or f"{page}:{param}"
+    default = default if default in options else options[0]
+    by_text = {str(o): o for o in options}
+    shown = ", ".join(list(by_text)[:12]) + (", …" if len(by_text) > 12 else "")
+    _init(key, param, lambda raw: by_text.get(raw), default, lambda v: v in options, f"one of {shown}")
+    where = st.sidebar if sidebar else st
+    value = (where.radio if radio else where.selectbox)(label, options, key=key, format_func=format_func or str,
+                                                        help=help or f"Shared in the URL as ?{param}=")
+    _url_notice(key)
+    return value
+
+
 def sync_url(**params) -> None:
     """Write the page's current settings into the URL, so the address reproduces the view."""
     for name, value in params.items():
@@ -482,27 +668,62 @@ def sync_url(**params) -> None:
 
 # ---- export ------------------------------------------------------------------------------------------
 
-def export_buttons(fig, name: str) -> None:
-    """Download buttons for one figure (files made only when clicked); PNG/SVG/PDF need a Chromium."""
+def view_settings(models: dict[str, checkpoint.ZooEntry], **settings) -> dict:
+    """What an exported figure was made with: each model's variant, objective (bayes or mixture; '-' for the
+    deterministic IWAE), dataset and folder, the given settings (k, tau, seed, images, ...) and the page's link
+    parameters, which reopen the view."""
+    return {"models": [{"model": label, "variant": e.variant,
+                        "objective": e.run.train.objective if e.variant != "iwae" else "-",
+                        "dataset": e.dataset, "folder": Path(e.path).name} for label, e in models.items()],
+            **settings, "link": {name: st.query_params.get(name) for name in st.query_params}}
+
+
+def objectives_text(models: dict[str, checkpoint.ZooEntry]) -> str:
+    """'; objective bayes' (one for all random-weight models) or '; objectives a: bayes, b: mixture', for a title;
+    '' when every model is deterministic (IWAE has no such reading)."""
+    random = {label: e.run.train.objective for label, e in models.items() if e.variant != "iwae"}
+    if not random:
+        return ""
+    if len(set(random.values())) == 1:
+        return f"; objective {next(iter(random.values()))}"
+    return "; objectives " + ", ".join(f"{label}: {o}" for label, o in random.items())
+
+
+def final_link(settings: dict) -> dict:
+    """The settings with the page's link as it stands now (call after the last control): the same dict, so
+    export buttons made earlier on the page write the whole link too."""
+    settings["link"] = {name: st.query_params.get(name) for name in st.query_params}
+    return settings
+
+
+def export_buttons(fig, name: str, table: Callable[[], str] | None = None, settings: dict | None = None) -> None:
+    """Download buttons for one figure (files made only when clicked); PNG/SVG/PDF need a Chromium. `table`
+    makes the tidy CSV (else the figure's traces in long form); `settings` adds a JSON of them."""
     reason = figures.export_unavailable_reason()
     with st.popover(f"Export {name}", icon=":material/download:"):
         formats = figures.TEXT_FORMATS if reason else figures.FORMATS
-        cols = st.columns(len(formats))
-        for col, fmt in zip(cols, formats, strict=True):
-            col.download_button(fmt.upper(), data=lambda fmt=fmt: figures.figure_bytes(fig, fmt),
-                                file_name=f"{name}.{fmt}", mime=figures.MIME[fmt], key=f"export:{name}:{fmt}",
-                                on_click="ignore")
+        cols = st.columns(len(formats) + (settings is not None))
+        for col, fmt in zip(cols, formats, strict=False):
+            data = (lambda: table().encode()) if fmt == "csv" and table is not None else \
+                (lambda fmt=fmt: figures.figure_bytes(fig, fmt))
+            col.download_button(fmt.upper(), data=data, file_name=f"{name}.{fmt}", mime=figures.MIME[fmt],
+                                key=f"export:{name}:{fmt}", on_click="ignore")
+        if settings is not None:
+            cols[-1].download_button("JSON", data=lambda: figures.settings_json(fig, settings).encode(),
+                                     file_name=f"{name}.json", mime="application/json", key=f"export:{name}:json",
+                                     on_click="ignore", help="The figure's title and the settings that reproduce it")
         if reason:
             st.caption(reason)
 
 
-def zip_button(figs: dict, page: str) -> None:
-    """One button for the whole page: every figure in every available format, in a zip."""
+def zip_button(figs: dict, page: str, tables: dict | None = None, settings: dict | None = None) -> None:
+    """One button for the whole page: every figure in every available format, tidy CSVs where given and the
+    settings as a JSON sidecar per figure, in a zip."""
     reason = figures.export_unavailable_reason()
-    st.download_button("Download all figures (zip)", data=lambda: figures.page_zip(figs), file_name=f"{page}.zip",
-                       mime=figures.MIME["zip"], key=f"export:{page}:zip", on_click="ignore",
+    st.download_button("Download all figures (zip)", data=lambda: figures.page_zip(figs, tables, settings),
+                       file_name=f"{page}.zip", mime=figures.MIME["zip"], key=f"export:{page}:zip", on_click="ignore",
                        icon=":material/folder_zip:",
-                       help="PNG, SVG, PDF, HTML and CSV of every figure on this page"
+                       help="PNG, SVG, PDF, HTML and CSV of every figure on this page, and its settings as JSON"
                             + (" (no PNG/SVG/PDF here: see README.txt in the zip)" if reason else ""))
 
 

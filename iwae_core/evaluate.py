@@ -204,6 +204,72 @@ def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, no
 
 
 @torch.no_grad()
+def grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: float = 1.0, seed: int = 0,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Per-image estimates of L_k for every k of `ks` from ONE pass of k_max = max(ks) draws per image: [len(ks), n].
+
+    The k_max log weights of an image are split into floor(k_max / k) disjoint groups of k consecutive draws
+    (the remainder is unused); each group is an L_k estimate and they are averaged. Every group has the
+    distribution of the k draws plain L_k uses (same call, same granularities: a 'datapoint' decoder draw is
+    shared by all k_max draws of an image as it is by the k of plain L_k), so the expectation is L_k's, and
+    averaging groups lowers the variance. A new k_max or tau costs one pass, not one per k.
+    Draws are made with all k_max of an image in one call (so groups never straddle two weight draws), at most
+    ROWS_PER_CHUNK rows per call where that allows. progress(done, total) counts images.
+    """
+    ks = list(ks)
+    for k in ks:
+        check_k(k)
+    if not ks:
+        return torch.zeros(0, len(x))
+    k_max = max(ks)
+    model.eval()
+    b = max(1, ROWS_PER_CHUNK // k_max)
+    out = torch.empty(len(ks), len(x))
+    done = 0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for start in range(0, len(x), b):
+            xb = x[start:start + b]
+            lw = model.log_weights(xb, k_max, noise_scale=noise_scale)  # [k_max, b]
+            for i, k in enumerate(ks):
+                groups = k_max // k
+                per_group = lw[:groups * k].reshape(groups, k, len(xb))
+                out[i, start:start + len(xb)] = iwae_bound(per_group.transpose(0, 1)).mean(0)  # [groups, b]
+            done += len(xb)
+            if progress:
+                progress(done, len(x))
+    return out
+
+
+BOUND_CURVES = "bound_curves.safetensors"  # precomputed grouped_bounds beside a model, for an instant first view
+
+
+def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=(100, 5000), noise_scales=(0.0, 1.0),
+                       seed: int = 0, source: str = "", keep: dict | None = None) -> Path:
+    """grouped_bounds of the model in `directory` on the images x, for each largest k in k_maxes (the grid ks up
+    to it) and each tau, saved as BOUND_CURVES: one [len(ks <= k_max), n] tensor 'k_max=K,tau=T' each, with what
+    they were computed from: the model's sha256, ks, seed, the number of images, the test binarisation seed and
+    the data source. A reader uses one only when all of these match what it would compute (see
+    folders.read_bound_curves and the dashboard's ui.bound_curve). keep: tensors already computed so, kept as
+    they are."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    model, _ = ckpt.load_model(directory)
+    tensors = dict(keep or {})
+    for k_max in k_maxes:
+        for tau in noise_scales:
+            name = f"k_max={k_max},tau={tau:g}"
+            if name not in tensors:
+                tensors[name] = grouped_bounds(model, x, [k for k in ks if k <= k_max], noise_scale=tau,
+                                               seed=seed).contiguous()
+    meta = {"model_sha256": model_sha256(directory), "ks": ",".join(map(str, ks)), "seed": str(seed),
+            "n_images": str(len(x)), "test_seed": str(TEST_SEED), "source": source}
+    ckpt.atomic_write(directory / BOUND_CURVES, lambda p: save_file(tensors, str(p), metadata=meta))
+    return directory / BOUND_CURVES
+
+
+@torch.no_grad()
 def importance_weights(model: IWAE, x: torch.Tensor, k: int, noise_scale: float = 1.0,
                        seed: int = 0) -> dict:
     """For one image x [784]: its k log weights, normalised weights, ESS and posterior draws z."""

@@ -82,6 +82,19 @@ def reconstruction(model: IWAE, x: torch.Tensor, noise_scale: float, seed: int) 
 
 
 @torch.no_grad()
+def reconstructions(model: IWAE, x: torch.Tensor, weight_draws: int, noise_scale: float, seed: int) -> torch.Tensor:
+    """p(x|z) at z = E_q[z|x] for images x [n, 784] under `weight_draws` draws of both networks' weights (one
+    draw per row, shared by the row's images, so a row is one network): [draws, n, 784]. Draw d has its own
+    seed, so more draws keep the first ones."""
+    out = []
+    for d in range(weight_draws):
+        with torch.random.fork_rng():
+            torch.manual_seed(_seeded(seed, 6, d))
+            out.append(model.reconstruct(x, noise_scale))
+    return torch.stack(out) if out else torch.zeros(0, len(x), model.config.x_dim)
+
+
+@torch.no_grad()
 def weight_maps(model: IWAE) -> dict[str, dict[str, torch.Tensor | None]]:
     """|mu|, sigma and |mu|/sigma of the first encoder and the last decoder layer, one row of 784 per hidden unit.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import io
+import json
 import math
 import os
 import shutil
@@ -68,11 +69,27 @@ def _colorscale(scale) -> list:
 
 
 def _heatmap(z: np.ndarray, colorscale="gray", zmin=0.0, zmax=1.0, showscale=False, name="", colorbar=None,
-             value_label="value") -> go.Heatmap:
+             value_label="value", customdata=None, hovertemplate: str | None = None) -> go.Heatmap:
     z = np.round(z, 4)
     return go.Heatmap(z=z, colorscale=_colorscale(colorscale), zmin=zmin, zmax=zmax, showscale=showscale, name=name,
-                      colorbar=colorbar, zsmooth=False, hoverongaps=False,
-                      hovertemplate=f"{name}<br>row %{{y}}, col %{{x}}<br>{value_label} %{{z:.3g}}<extra></extra>")
+                      colorbar=colorbar, zsmooth=False, hoverongaps=False, customdata=customdata,
+                      hovertemplate=hovertemplate
+                      or f"{name}<br>row %{{y}}, col %{{x}}<br>{value_label} %{{z:.3g}}<extra></extra>")
+
+
+def tile_index(n: int, ncol: int, first: int = 0, pad: int = 1) -> np.ndarray:
+    """For the layout of `tile`: [rows, cols, 3] of (image number + first, pixel row, pixel column) per cell,
+    -1 in the gaps; the heatmap's customdata, so hover names the image (unit) and pixel, not the grid cell."""
+    ncol = max(1, min(ncol, n)) if n else 1
+    nrow = max(1, math.ceil(n / ncol))
+    step = SIDE + pad
+    out = np.full((nrow * step - pad, ncol * step - pad, 3), -1, dtype=np.int64)
+    rows, cols = np.meshgrid(np.arange(SIDE), np.arange(SIDE), indexing="ij")
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        out[r * step:r * step + SIDE, c * step:c * step + SIDE] = np.stack([np.full_like(rows, i + first), rows,
+                                                                            cols], -1)
+    return out
 
 
 def _image_axes(fig: go.Figure, n_panels: int) -> None:
@@ -103,26 +120,39 @@ def image_grid(images, nrow: int = 8, title: str | None = None) -> go.Figure:
     return fig
 
 
+TILE_PX = 96  # the largest on-screen width of one 28x28 image in the stacked grids
+
+
+def _stacked(names: list[str], rows: list[int], cols: int, width: int = 1100) -> tuple[go.Figure, int]:
+    """One panel per model, stacked top to bottom (each as wide as the figure, so tiles are big), panel i
+    `rows[i]` tiles high and `cols` wide: the figure and its height."""
+    tile_px = min(TILE_PX, (width - 20) / max(cols, 1))
+    heights = [max(r, 1) * tile_px + 40 for r in rows] or [tile_px]
+    fig = make_subplots(rows=max(1, len(names)), cols=1, subplot_titles=names or None,
+                        row_heights=[h / sum(heights) for h in heights], vertical_spacing=min(0.3 / max(len(names), 1),
+                                                                                             0.06))
+    return fig, int(sum(heights) + 80)
+
+
 def sample_grids(samples: Mapping[str, object], title: str | None = None) -> go.Figure:
-    """Models side by side, each a block of samples [draws, n, 784]: row d = decoder weight draw d,
-    column i = latent draw z_i (the same z in every model)."""
+    """Models stacked top to bottom, each a block of images [draws, n, 784]: row d = weight draw d,
+    column i = latent draw z_i (or test image i)."""
     names = list(samples)
     arrays = [to_numpy(samples[m]) for m in names]
-    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
+    n = max((a.shape[1] for a in arrays), default=1)
+    fig, height = _stacked(names, [a.shape[0] for a in arrays], n)
     for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1):
-        draws, n = a.shape[0], a.shape[1]
-        z = tile(a.reshape(draws * n, -1), n)
-        fig.add_trace(_heatmap(z, name=name, value_label="p(pixel on)"), row=1, col=i)
+        draws, n_i = a.shape[0], a.shape[1]
+        z = tile(a.reshape(draws * n_i, -1), n_i)
+        fig.add_trace(_heatmap(z, name=name, value_label="p(pixel on)"), row=i, col=1)
     _image_axes(fig, len(names))
-    rows = max((a.shape[0] for a in arrays), default=1)
-    cols = sum(a.shape[1] for a in arrays) or 1
     fig.update_layout(title=title or "Samples: rows are weight draws θ ~ q(θ), columns the same latent draws z",
-                      height=_panel_height(rows, cols), width=1100, margin=dict(l=10, r=10, t=70, b=10))
+                      height=height, width=1100, margin=dict(l=10, r=10, t=70, b=10))
     return fig
 
 
 def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Figure:
-    """Per-pixel standard deviation across weight draws for each latent draw, models side by side,
+    """Per-pixel standard deviation across weight draws for each latent draw, models stacked,
     one colour scale for all (0 everywhere for a deterministic decoder)."""
     names = list(samples)
     spreads = []
@@ -132,7 +162,7 @@ def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Fi
         spreads.append(np.zeros_like(a[0]) if same else a.std(0, ddof=1))
     top = max((float(s.max()) for s in spreads), default=0.0)
     top = top if top > 0 else 1e-3
-    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
+    fig, height = _stacked(names, [1] * len(names), max((len(s) for s in spreads), default=1))
     bar_panel = next((i for i, s in enumerate(spreads, start=1) if s.max() > 0), None)
     for i, (name, s) in enumerate(zip(names, spreads, strict=True), start=1):
         flat = not s.max() > 0
@@ -140,15 +170,14 @@ def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Fi
         scale = [[0, MAGMA_ZERO], [1, MAGMA_ZERO]] if flat else "magma"
         fig.add_trace(_heatmap(tile(s, len(s)), colorscale=scale, zmin=0.0, zmax=top, showscale=(i == bar_panel),
                                name=name, value_label="std", colorbar=dict(title="std", thickness=12)),
-                      row=1, col=i)
+                      row=i, col=1)
         if flat:
             fig.add_annotation(text="no spread: every weight draw gives the same image", showarrow=False,
                                xref=f"x{i if i > 1 else ''} domain", yref=f"y{i if i > 1 else ''} domain",
-                               x=0.5, y=-0.15, yanchor="top", font=dict(size=11, color="#555"))
+                               x=1.0, y=1.02, xanchor="right", yanchor="bottom", font=dict(size=11, color="#555"))
     _image_axes(fig, len(names))
-    cols = sum(len(s) for s in spreads) or 1
     fig.update_layout(title=title or "Per-pixel spread of p(x|z) across weight draws",
-                      height=_panel_height(1, cols, min_h=200), width=1100, margin=dict(l=10, r=10, t=70, b=10))
+                      height=height, width=1100, margin=dict(l=10, r=10, t=70, b=10))
     return fig
 
 
@@ -184,30 +213,41 @@ def activity_bar(activity: Sequence[float], threshold: float = 0.01, title: str 
 
 
 def weight_tiles(maps: Mapping[str, object], ncol: int = 8, log10: bool = True, colorscale: str = "viridis",
-                 value_label: str = "σ", shared_scale: bool = False, title: str | None = None) -> go.Figure:
+                 value_label: str = "σ", shared_scale: bool = False, title: str | None = None,
+                 zrange: tuple[float, float] | None = None, range_text: str | None = None,
+                 first_unit: int = 0) -> go.Figure:
     """Panels side by side, each a set of units' 784 weights [units, 784] as 28x28 tiles, coloured by
-    log10 of the values when log10=True; each panel has its own colour scale unless shared_scale."""
+    log10 of the values when log10=True; each panel has its own colour scale unless shared_scale, or all use
+    the fixed `zrange` (in the coloured values' units; values outside take the end colours), whose meaning
+    `range_text` writes on the colour bar. Hover names the unit (first_unit + tile number) and the pixel."""
     names = list(maps)
     arrays = [to_numpy(maps[m]) for m in names]
     if log10:
         arrays = [np.log10(np.maximum(a, 1e-12)) for a in arrays]
 
     def limits(values: list[np.ndarray]) -> tuple[float, float]:
+        if zrange is not None:
+            return zrange
         finite = np.concatenate([a[np.isfinite(a)].ravel() for a in values]) if values else np.zeros(1)
         finite = finite if finite.size else np.zeros(1)
         lo, hi = float(np.percentile(finite, 0.5)), float(np.percentile(finite, 99.5))
         return lo, hi if hi > lo else lo + 1e-6
 
     label = f"log10 {value_label}" if log10 else value_label
-    gap = 0.12 if not shared_scale else 0.04
+    shared = shared_scale or zrange is not None
+    bar_title = f"{label}<br>{range_text}" if range_text else label
+    gap = 0.12 if not shared else 0.04
     fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=gap)
     for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1):
-        lo, hi = limits(arrays) if shared_scale else limits([a])
+        lo, hi = limits(arrays) if shared else limits([a])
         domain = fig.layout[f"xaxis{i if i > 1 else ''}"].domain
         fig.add_trace(_heatmap(tile(a, ncol), colorscale=colorscale, zmin=lo, zmax=hi,
-                               showscale=(i == 1) or not shared_scale, name=name, value_label=label,
-                               colorbar=dict(title=label, thickness=12, len=0.9,
-                                             x=1.02 if shared_scale else domain[1] + 0.01)),
+                               showscale=(i == 1) or not shared, name=name, value_label=label,
+                               colorbar=dict(title=bar_title, thickness=12, len=0.9,
+                                             x=1.02 if shared else domain[1] + 0.01),
+                               customdata=tile_index(len(a), ncol, first_unit),
+                               hovertemplate=f"{name}<br>unit %{{customdata[0]}}, pixel (%{{customdata[1]}}, "
+                                             f"%{{customdata[2]}})<br>{label} %{{z:.4g}}<extra></extra>"),
                       row=1, col=i)
     _image_axes(fig, len(names))
     rows = max((math.ceil(len(a) / ncol) for a in arrays), default=1)
@@ -249,17 +289,22 @@ def sigma_histograms(sigmas: Mapping[str, object], prior_std: float = 1.0, bins:
     return fig
 
 
-def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str, float] | None = None,
-               band: float = 1.0, k_max: int | None = None, title: str | None = None) -> go.Figure:
+def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str, float | tuple] | None = None,
+               band: float = 1.0, k_max: int | None = None, title: str | None = None,
+               y_title: str = "mean L_k (nats)", zero_line: bool = False,
+               colors: Mapping[str, str] | None = None) -> go.Figure:
     """Mean L_k against k (log x axis) per model, with a band of ± `band` standard errors over images;
-    optional dotted lines (references: label -> value), e.g. the paper's test log-likelihood.
-    k_max fixes the x axis to [1, k_max]."""
+    optional dotted lines (references: label -> value, or label -> (value, curve name, k)), e.g. the paper's
+    test log-likelihood: with a curve name it is drawn in that curve's colour, with k a marker sits at that k.
+    k_max fixes the x axis to [1, k_max]; colors (curve name -> colour) keeps a model's colour across figures;
+    y_title and zero_line serve the paired view (differences to a reference model)."""
     fig = go.Figure()
-    for i, (name, rows) in enumerate(curves.items()):
+    color_of = {name: (colors or {}).get(name, PALETTE[i % len(PALETTE)]) for i, name in enumerate(curves)}
+    for name, rows in curves.items():
         rows = sorted(rows, key=lambda r: r["k"])
         if not rows:
             continue
-        color = PALETTE[i % len(PALETTE)]
+        color = color_of[name]
         k = [r["k"] for r in rows]
         mean = np.array([r["mean"] for r in rows])
         se = np.array([r.get("stderr") or 0.0 for r in rows])
@@ -268,19 +313,27 @@ def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str,
                                  name=f"{name} ± {band:g} s.e.", showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=k, y=mean, mode="lines+markers", name=name, line=dict(color=color),
                                  error_y=None, customdata=se,
-                                 hovertemplate=f"{name}<br>k=%{{x}}<br>L_k=%{{y:.3f}} ± %{{customdata:.3f}}"
+                                 hovertemplate=f"{name}<br>k=%{{x}}<br>%{{y:.3f}} ± %{{customdata:.3f}}"
                                                "<extra></extra>"))
     ks = sorted({r["k"] for rows in curves.values() for r in rows})
     lo, hi = (ks[0], ks[-1]) if ks else (1, k_max or 10)
     hi = k_max or hi
-    for j, (label, value) in enumerate((references or {}).items()):
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[value, value], mode="lines", name=label, opacity=0.8,
-                                 line=dict(dash="dot", color=PALETTE[(len(curves) + j) % len(PALETTE)]),
+    for j, (label, ref) in enumerate((references or {}).items()):
+        value, owner, at_k = (tuple(ref) + (None, None))[:3] if isinstance(ref, (tuple, list)) else (ref, None, None)
+        color = color_of.get(owner, PALETTE[(len(curves) + j) % len(PALETTE)])
+        fig.add_trace(go.Scatter(x=[lo, max(hi, at_k or hi)], y=[value, value], mode="lines", name=label,
+                                 opacity=0.8, line=dict(dash="dot", color=color),
                                  hovertemplate=f"{label}: {value:.3f}<extra></extra>"))
+        if at_k:
+            fig.add_trace(go.Scatter(x=[at_k], y=[value], mode="markers", name=f"{label} (marker)",
+                                     showlegend=False, marker=dict(symbol="star", size=11, color=color),
+                                     hovertemplate=f"{label}: {value:.3f}<extra></extra>"))
+    if zero_line:
+        fig.add_hline(y=0, line_color="black", line_width=1)
     fig.update_xaxes(type="log", title="k (importance samples)", tickvals=ks or None)
     if k_max:
         fig.update_xaxes(range=[math.log10(lo) - 0.1, math.log10(max(k_max, 1)) + 0.1])
-    fig.update_yaxes(title="mean L_k (nats)")
+    fig.update_yaxes(title=y_title)
     fig.update_layout(title=title or f"L_k against k (band: ± {band:g} standard error over images)",
                       height=450, width=900, margin=dict(l=60, r=10, t=50, b=50))
     return fig
@@ -571,27 +624,82 @@ def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def page_zip(figures: Mapping[str, go.Figure]) -> bytes:
-    """A zip with every figure in every available format and a README.txt saying what was skipped and why."""
+def images_csv(grids: Mapping[str, object], axes: Sequence[str] = ("draw", "z index"),
+               labels: Mapping[str, Sequence] | None = None, value_name: str = "value", group: str = "model") -> str:
+    """Tidy CSV of image blocks {name: [*lead, 784]} with len(lead) == len(axes): one row per pixel with the
+    columns `group` (the block's name), each axis (its index, or labels[axis][index]), pixel row, column and
+    `value_name`."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow([group, *axes, "pixel row", "column", value_name])
+    rows, cols = np.divmod(np.arange(SIDE * SIDE), SIDE)
+    labels = labels or {}
+    for name, block in grids.items():
+        a = to_numpy(block)
+        lead = a.shape[:-1]
+        if len(lead) != len(axes):
+            raise ValueError(f"{name}: image block of shape {a.shape} does not have the axes {', '.join(axes)}")
+        for index in np.ndindex(*lead):
+            keys = [labels[ax][i] if ax in labels else i for ax, i in zip(axes, index, strict=True)]
+            values = [f"{v:.6g}" for v in a[index]]
+            w.writerows([name, *keys, r, c, v] for r, c, v in zip(rows, cols, values, strict=True))
+    return out.getvalue()
+
+
+def table_csv(rows: Sequence[Mapping]) -> str:
+    """Tidy CSV of records (list of dicts with the same keys in the same order, e.g. model, k, tau, seed, mean,
+    stderr): one column per key; None is an empty cell."""
+    out = io.StringIO()
+    columns = list(rows[0]) if rows else []
+    w = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows([{c: ("" if r.get(c) is None else r.get(c)) for c in columns} for r in rows])
+    return out.getvalue()
+
+
+def settings_json(fig: go.Figure, settings: Mapping | None) -> str:
+    """The JSON sidecar of an exported figure: its title and the settings that reproduce it."""
+    title = fig.layout.title.text if fig.layout.title and fig.layout.title.text else None
+    return json.dumps({"title": title, **(settings or {})}, indent=2, default=str) + "\n"
+
+
+def page_zip(figures: Mapping[str, go.Figure], tables: Mapping[str, object] | None = None,
+             settings: Mapping | None = None) -> bytes:
+    """A zip with every figure in every available format and a README.txt saying what was skipped and why.
+
+    tables: figure name -> its tidy CSV text, or a function making it (replaces the trace dump of figure_csv);
+    settings: the view's settings (model, objective, k, tau, seed, images, link...), written beside each figure
+    as NAME.json with its title."""
     buf = io.BytesIO()
     skipped: list[str] = []
     reason = export_unavailable_reason()
+    tables = tables or {}
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, fig in figures.items():
             for fmt in FORMATS:
                 if fmt in IMAGE_FORMATS and reason:
                     continue
                 try:
-                    zf.writestr(f"{name}.{fmt}", figure_bytes(fig, fmt))
+                    if fmt == "csv" and name in tables:
+                        table = tables[name]
+                        zf.writestr(f"{name}.csv", table() if callable(table) else table)
+                    else:
+                        zf.writestr(f"{name}.{fmt}", figure_bytes(fig, fmt))
                 except ExportUnavailable as err:
                     skipped.append(f"{name}.{fmt}: {err}")
+            if settings is not None:
+                zf.writestr(f"{name}.json", settings_json(fig, settings))
         lines = [f"Figures: {', '.join(figures) or 'none'}.", f"Formats tried: {', '.join(FORMATS)}.", ""]
         if reason:
             lines.append(f"Skipped PNG, SVG and PDF for every figure: {reason}")
         lines += [f"Skipped {s}" for s in skipped]
         if not reason and not skipped:
             lines.append("Nothing was skipped.")
-        lines += ["", "CSV files hold each figure's data in long form (trace, x, y, value); "
+        tidy = [n for n in figures if n in tables]
+        lines += ["", (f"CSV files of {', '.join(tidy)} are tidy tables with named columns; " if tidy else "")
+                  + "other CSV files hold a figure's data in long form (trace, x, y, value); "
                   "HTML files open offline in any browser."]
+        if settings is not None:
+            lines.append("NAME.json beside each figure holds its title and the settings that reproduce it.")
         zf.writestr("README.txt", "\n".join(lines) + "\n")
     return buf.getvalue()

@@ -383,3 +383,44 @@ def read_png(path: Path, limit: int = 20 << 20) -> bytes:
     except Exception as err:  # PIL raises many kinds (UnidentifiedImageError, OSError, SyntaxError, ...)
         raise FileError(f"{path} is not a readable PNG image: {err}") from err
     return raw
+
+
+MAX_CURVE_BYTES = 16 << 20  # bound_curves.safetensors: [10 k, <= 2,000 images] floats per tau, a few hundred kB
+
+
+def read_bound_curves(path: Path) -> dict:
+    """A model folder's precomputed L_k curves (evaluate.write_bound_curves) checked before use:
+    {'meta': {model_sha256, ks: [..], seed, n_images, test_seed, source},
+     'k_max=K,tau=T': [len(ks <= K), n_images] tensor, ...}.
+    A FileError names the file and what is wrong: not a safetensors file, too big, a missing or unreadable
+    metadata key, a tensor of another shape or with values that are not finite."""
+    path = Path(path)
+    if path.stat().st_size > MAX_CURVE_BYTES:
+        raise FileError(f"{path} is {path.stat().st_size:,} bytes, more than precomputed curves can be")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError, OverflowError) as err:
+        raise FileError(f"{path} is not a readable safetensors file: {err}") from err
+    try:
+        checked = {"model_sha256": meta["model_sha256"], "ks": [int(k) for k in meta["ks"].split(",")],
+                   "seed": int(meta["seed"]), "n_images": int(meta["n_images"]), "test_seed": int(meta["test_seed"]),
+                   "source": meta["source"]}
+    except (KeyError, ValueError) as err:
+        raise FileError(f"{path}: its metadata lacks a readable {err} (needs model_sha256, ks, seed, n_images, "
+                        "test_seed, source)") from err
+    out = {"meta": checked}
+    for name, t in tensors.items():
+        try:
+            k_max = int(name.split(",")[0].removeprefix("k_max="))
+        except ValueError:
+            k_max = None
+        rows = len([k for k in checked["ks"] if k <= (k_max or 0)])
+        if k_max is None or not name.startswith("k_max=") or ",tau=" not in name \
+                or tuple(t.shape) != (rows, checked["n_images"]) or not t.is_floating_point() \
+                or not torch.isfinite(t).all():
+            raise FileError(f"{path}: tensor {name} of shape {tuple(t.shape)} is not 'k_max=K,tau=T' holding "
+                            f"[k <= K of the {len(checked['ks'])} k, {checked['n_images']} images] finite L_k values")
+        out[name] = t.float()
+    return out

@@ -3,11 +3,12 @@
 Runs live on disk (iwae_core.runs), not in the session, so a reload or a second tab finds them again.
 """
 
+import pandas as pd
 import streamlit as st
 
 import ui
 from iwae_core import figures, folders, runs
-from iwae_core.config import DATASETS, VARIANTS, ModelConfig, RunConfig, TrainConfig
+from iwae_core.config import DATASETS, VARIANTS, ModelConfig, RunConfig, TrainConfig, to_dict
 
 REFRESH_SECONDS = 1.5
 VARIANT_LABELS = {"iwae": "IWAE (deterministic weights)", "iwae-r": "IWAE-R (random encoder and decoder)",
@@ -104,10 +105,20 @@ with run_col:
         st.markdown(f"**{info.name}** · status **{info.status}** · {info.message}")
         total = p.get("total_steps")
         epochs = p.get("epochs") or info.run.train.epochs
-        rate = f" · {p['steps_per_second']:.0f} steps/s" if p.get("steps_per_second") else ""
+        # the speed and what is left only while the worker trains: after a stop they would be stale
+        speed = p.get("steps_per_second") if info.status == "running" else None
+        rate = f" · {speed:.0f} steps/s" if speed else ""
+        if speed and total:
+            left = max(0, total - (p.get("step") or 0)) / speed
+            rate += f" · about {left / 60:.0f} min left" if left >= 90 else f" · about {left:.0f} s left"
         st.progress(info.fraction, text=(f"step {p.get('step') or 0:,} of {total:,} · epoch "
                                          f"{min((p.get('epoch') or 0) + 1, epochs)} of {epochs}{rate}"
                                          if total else "waiting to start"))
+        with st.expander("Settings of this run"):
+            settings = {"model": to_dict(info.run.model), "train": to_dict(info.run.train),
+                        "training images": info.options.get("train_images") or "all",
+                        "created": info.options.get("created")}
+            st.json(settings, expanded=2)
         curves, grid = st.columns([3, 2])
         with curves:
             if p.get("points"):
@@ -139,14 +150,33 @@ with run_col:
             else:
                 st.rerun()
         if delete_col.button("Delete", key="tl_delete", disabled=info.active or info.status == "queued"):
-            runs.delete_run(path)
-            st.rerun()
+            st.session_state["tl_confirm_delete"] = info.name
+        if st.session_state.get("tl_confirm_delete") == info.name and not (info.active or info.status == "queued"):
+            st.warning(ui.escape_markdown(f"Delete {info.name} and everything in its folder (weights, history, "
+                                          "checkpoint)? This cannot be undone."), icon=":material/delete:")
+            yes, no = st.columns(2)
+            if yes.button(f"Yes, delete {info.name}", key="tl_delete_yes", type="primary"):
+                del st.session_state["tl_confirm_delete"]
+                runs.delete_run(path)
+                st.rerun()
+            if no.button("Cancel", key="tl_delete_no"):
+                del st.session_state["tl_confirm_delete"]
+                st.rerun()
         if info.status == "finished":
             st.success(f"Finished: {info.name} is in the model zoo; pick it on the other pages.")
         elif info.status == "failed":
             st.error(info.message)
         st.caption("All runs")
-        st.dataframe([r.summary() for r in now], hide_index=True, height=min(38 + 35 * len(now), 250),
+        rows = []
+        for r in now:
+            row = r.summary()
+            step, total = row.pop("step"), row.pop("of")
+            # the total is unknown until a worker has started: say so instead of "of: None"
+            steps = f"{step or 0:,} of {total:,}" if total else "not started"
+            rows.append({**{key: row.pop(key) for key in ("run", "status", "dataset", "variant", "k")},
+                         "steps": steps, **row})
+        table = pd.DataFrame(rows)
+        st.dataframe(table, hide_index=True, height=min(38 + 35 * len(now), 250),
                      column_config={"progress": st.column_config.ProgressColumn(
                          "progress", min_value=0, max_value=100, format="%.0f%%")})
 

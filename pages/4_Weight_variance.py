@@ -1,5 +1,8 @@
 """Weight variance: where the random networks are unsure, as 28x28 maps of sigma and |mu|/sigma per unit."""
 
+import math
+
+import numpy as np
 import streamlit as st
 
 import ui
@@ -17,10 +20,10 @@ model = ui.load_model(model_ref)
 maps = ui.weight_maps(model_ref)
 hidden = {net: len(maps[net]["abs_mu"]) for net in maps}
 n_max = min(hidden.values())
-count = st.sidebar.slider("Units shown", 1, min(n_max, 144), min(64, n_max), key="weights:count")
-start = st.sidebar.slider("First unit", 0, max(0, n_max - count), 0, key="weights:start") if n_max > count else 0
-ncol = st.sidebar.slider("Tiles per row", 2, 16, 8, key="weights:ncol")
-ui.sync_url(model=label)
+count = ui.int_slider("weights", "units", "Units shown", 1, min(n_max, 144), min(64, n_max)) if n_max > 1 else 1
+start = ui.int_slider("weights", "first", "First unit", 0, n_max - count, 0) if n_max > count else 0
+ncol = ui.int_slider("weights", "cols", "Tiles per row", 2, 16, 8)
+ui.sync_url(model=label, units=count, first=start, cols=ncol)
 units = slice(start, start + count)
 titles = {"encoder": f"first encoder layer (units {start}–{start + count - 1})",
           "decoder": f"last decoder layer (units {start}–{start + count - 1})"}
@@ -28,18 +31,48 @@ st.markdown(f"**{label}**: {ui.variant_label(entry.variant)} on {entry.dataset},
             f"{model.config.prior_std:g}; encoder {'random' if model.config.random_encoder else 'deterministic'}, "
             f"decoder {'random' if model.config.random_decoder else 'deterministic'}.")
 
-figs = {}
+figs, tables = {}, {}
+objective = ui.objectives_text({label: entry})
+settings = ui.view_settings({label: entry}, units=[start, start + count - 1], tiles_per_row=ncol)
+
+
+def weights_table(maps_shown: dict, value_name: str):
+    return lambda: figures.images_csv(maps_shown, axes=("unit",), labels={"unit": list(range(start, start + count))},
+                                      value_name=value_name, group="layer")
+
+
 sigma = {titles[net]: maps[net]["sigma"][units] for net in maps if maps[net]["sigma"] is not None}
 if sigma:
+    # one colour scale for every model and unit: log10 sigma from the smallest initial sigma of the zoo's random
+    # networks to the prior std, so a map whose sigma barely moved looks flat instead of like structure
+    inits = [e.run.model.init_sigma for e in ui.zoo().values() if e.variant != "iwae"] or [model.config.init_sigma]
+    lo, hi = math.log10(min(inits)), math.log10(model.config.prior_std)
+    zrange = (lo, hi) if hi > lo else None
+    range_text = (f"from {lo:.2f} (smallest initial σ, {min(inits):g})<br>to {hi:.2f} (prior std)"
+                  if zrange else None)
+    for net in maps:
+        s = maps[net]["sigma"]
+        if s is None:
+            continue
+        moved = np.abs(np.log10(np.maximum(np.asarray(s), 1e-30) / model.config.init_sigma))
+        if np.quantile(moved, 0.99) < 0.05:
+            st.warning(f"The {net}'s σ has not moved from its initial value {model.config.init_sigma:g}: 99% of its "
+                       f"weights are within {100 * (10 ** float(np.quantile(moved, 0.99)) - 1):.1f}% of it (what "
+                       "little pattern there is, is not learned uncertainty).", icon=":material/info:")
     snr = {titles[net]: maps[net]["snr"][units] for net in maps if maps[net]["snr"] is not None}
     figs["sigma_maps"] = figures.weight_tiles(sigma, ncol=ncol, value_label="σ", colorscale="viridis",
-                                              title="Posterior weight σ")
+                                              title=f"Posterior weight σ of {label}{objective}", zrange=zrange,
+                                              range_text=range_text, first_unit=start)
     figs["snr_maps"] = figures.weight_tiles(snr, ncol=ncol, value_label="|μ|/σ", colorscale="cividis",
-                                            title="Signal-to-noise |μ|/σ")
+                                            title=f"Signal-to-noise |μ|/σ of {label}{objective}", shared_scale=True,
+                                            first_unit=start)
+    if zrange:
+        settings["sigma_colour_scale_log10"] = list(zrange)
+    tables["sigma_maps"], tables["snr_maps"] = weights_table(sigma, "sigma"), weights_table(snr, "|mu|/sigma")
     st.plotly_chart(figs["sigma_maps"], key="weights-sigma")
-    ui.export_buttons(figs["sigma_maps"], "sigma_maps")
+    ui.export_buttons(figs["sigma_maps"], "sigma_maps", tables["sigma_maps"], settings)
     st.plotly_chart(figs["snr_maps"], key="weights-snr")
-    ui.export_buttons(figs["snr_maps"], "snr_maps")
+    ui.export_buttons(figs["snr_maps"], "snr_maps", tables["snr_maps"], settings)
 deterministic = [net for net in maps if maps[net]["sigma"] is None]
 if deterministic:
     nets = " and ".join(deterministic)
@@ -47,16 +80,17 @@ if deterministic:
             f"no σ map, |μ| is shown instead.")
     mu = {titles[net]: maps[net]["abs_mu"][units] for net in deterministic}
     figs["mu_maps"] = figures.weight_tiles(mu, ncol=ncol, value_label="|μ|", colorscale="viridis",
-                                           title="Deterministic weights |μ|")
+                                           title=f"Deterministic weights |μ| of {label}", first_unit=start)
+    tables["mu_maps"] = weights_table(mu, "|mu|")
     st.plotly_chart(figs["mu_maps"], key="weights-mu")
-    ui.export_buttons(figs["mu_maps"], "mu_maps")
+    ui.export_buttons(figs["mu_maps"], "mu_maps", tables["mu_maps"], settings)
 
 sigmas = ui.layer_sigmas(model_ref)
 if sigmas:
     st.subheader("σ per layer against the prior")
     figs["sigma_histograms"] = figures.sigma_histograms(sigmas, prior_std=model.config.prior_std)
     st.plotly_chart(figs["sigma_histograms"], key="weights-hist")
-    ui.export_buttons(figs["sigma_histograms"], "sigma_histograms")
+    ui.export_buttons(figs["sigma_histograms"], "sigma_histograms", settings=settings)
 st.subheader("Per-layer summary")
 st.dataframe(ui.weight_table(model_ref), hide_index=True, key="weights-table")
-ui.zip_button(figs, "weight_variance")
+ui.zip_button(figs, "weight_variance", tables, ui.final_link(settings))

@@ -52,7 +52,11 @@ title = (f"{dataset}, τ = {tau:g}: test LL across budgets ({len(seeds)} seeds, 
          f"{'/'.join(map(str, images))} test images, S = {'/'.join(map(str, S))})")
 figs = {"study": figures.study_curves(summary, chosen, PAPER_TABLE.get(dataset), title=title)}
 st.plotly_chart(figs["study"], key="repro-study")
-ui.export_buttons(figs["study"], "study")
+settings = {"study": str(path.name), "dataset": dataset, "tau": tau, "seeds": seeds, "images": images, "S": S,
+            "link": {"dataset": dataset, "tau": f"{tau:g}"}}
+tables = {"study": lambda: figures.table_csv([  # the rows behind the figure, in study.csv's own columns
+    {key: r.get(key) for key in study.CSV_FIELDS} for r in chosen])}
+ui.export_buttons(figs["study"], "study", tables["study"], settings)
 st.subheader("Per budget: mean across seeds ± seed sd, and whether the difference to IWAE holds")
 table = pd.DataFrame([{"epochs": s["epochs"], "arm": figures.STUDY_ARMS.get(s["arm"], s["arm"]), "seeds": s["seeds"],
                        "test LL": s["test_ll"], "sd": s["test_ll_sd"], "− IWAE": s["diff"], "seed sd": s["diff_sd"],
@@ -63,4 +67,4 @@ st.dataframe(table, hide_index=True, key="repro-table",
 st.caption("A difference holds when its mean across seeds is more than twice both its standard error across "
            "seeds and the paired s.e. over √seeds. Early budgets are points on one schedule, not models "
            "trained to convergence at that budget.")
-ui.zip_button(figs, "reproduction")
+ui.zip_button(figs, "reproduction", tables, settings)

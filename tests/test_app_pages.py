@@ -4,12 +4,15 @@ its widgets change what is shown (asserted on the figures' data and the tables' 
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from iwae_core.checkpoint import write_json
@@ -135,7 +138,7 @@ def test_home_and_pages_say_clearly_when_there_is_no_model_or_no_data(tmp_path, 
 # ---- samples -------------------------------------------------------------------------------------------
 
 def test_samples_tau_changes_only_the_random_decoder_and_draws_add_rows(zoo, no_data):
-    at = open_app("2_Samples.py")
+    at = open_app("2_Samples.py", view="prior")
     assert at.multiselect(key="samples:model").value == ["tiny-iwae", "tiny-iwae-r", "tiny-iwae-rrec"]
     before = panels(charts(at)[0])
     assert list(before) == ["tiny-iwae (IWAE)", "tiny-iwae-r (IWAE-R)", "tiny-iwae-rrec (IWAE-Rrec)"]
@@ -155,7 +158,7 @@ def test_samples_tau_changes_only_the_random_decoder_and_draws_add_rows(zoo, no_
 
 
 def test_samples_spread_is_zero_for_deterministic_decoders_and_at_tau_zero(zoo, no_data):
-    at = open_app("2_Samples.py")
+    at = open_app("2_Samples.py", view="prior")
     spread = charts(at)[1]
     notes = [a["text"] for a in spread["layout"].get("annotations", []) if "no spread" in a["text"]]
     assert len(notes) == 2  # IWAE and IWAE-Rrec: deterministic decoders
@@ -167,11 +170,11 @@ def test_samples_spread_is_zero_for_deterministic_decoders_and_at_tau_zero(zoo, 
 
 
 def test_samples_url_sets_the_widgets(zoo, no_data):
-    at = open_app("2_Samples.py", model="tiny-iwae-r,not-a-model", tau="0.5", seed="3")
+    at = open_app("2_Samples.py", model="tiny-iwae-r,not-a-model", tau="0.5", seed="3", view="prior")
     assert at.multiselect(key="samples:model").value == ["tiny-iwae-r"]
     assert at.slider(key="samples:tau").value == 0.5
     assert at.number_input(key="samples:seed").value == 3
-    other = open_app("2_Samples.py", model="tiny-iwae-r", tau="0.5", seed="4")
+    other = open_app("2_Samples.py", model="tiny-iwae-r", tau="0.5", seed="4", view="prior")
     assert not np.array_equal(panels(charts(at)[0])["tiny-iwae-r (IWAE-R)"],
                               panels(charts(other)[0])["tiny-iwae-r (IWAE-R)"])
     bad = open_app("2_Samples.py", tau="lots", seed="-5")
@@ -180,9 +183,49 @@ def test_samples_url_sets_the_widgets(zoo, no_data):
 
 def test_export_widgets_explain_a_missing_chromium(zoo, no_data, monkeypatch, tmp_path):
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium"))
-    at = open_app("2_Samples.py")
+    at = open_app("2_Samples.py", view="prior")
     captions = texts(at, "caption")
     assert "BROWSER_PATH" in captions and "no-chromium" in captions and "HTML and CSV export still work" in captions
+
+
+def test_samples_reconstructions_of_the_same_test_images_by_each_model(zoo, mnist):
+    at = open_app("2_Samples.py", image="5", n="4", draws="2")
+    assert at.selectbox(key="samples:view").value == "reconstructions"  # the comparison that means something
+    spec = charts(at)[0]
+    grids = panels(spec)
+    assert list(grids) == ["test images 5–8", "tiny-iwae (IWAE)", "tiny-iwae-r (IWAE-R)", "tiny-iwae-rrec (IWAE-Rrec)"]
+    assert grids["test images 5–8"].shape == (28, 4 * 29 - 1) and grids["tiny-iwae-r (IWAE-R)"].shape == (57, 115)
+    assert set(np.unique(grids["test images 5–8"][~np.isnan(grids["test images 5–8"])])) <= {0.0, 1.0}
+    np.testing.assert_array_equal(grids["tiny-iwae (IWAE)"][:28], grids["tiny-iwae (IWAE)"][29:])  # deterministic
+    assert "τ = 1, seed 0, 2 weight draws" in spec["layout"]["title"]["text"]
+    assert spec["layout"]["height"] >= 4 * 96  # big tiles: models stacked, each as wide as the figure
+    at.number_input(key="samples:image").set_value(6)
+    moved = panels(charts(rerun(at))[0])
+    np.testing.assert_array_equal(moved["test images 6–9"][:, :28], grids["test images 5–8"][:, 29:57])
+    assert at.query_params["image"] in ("6", ["6"])
+
+
+def test_samples_ab_compares_one_model_at_tau_zero_and_the_chosen_tau(zoo, no_data):
+    at = open_app("2_Samples.py", view="ab", tau="2")
+    assert at.selectbox(key="samples:ab").value == "tiny-iwae-r"  # a random model by default
+    grids = panels(charts(at)[0])
+    a, b = grids["A: tiny-iwae-r (IWAE-R), τ = 0"], grids["B: tiny-iwae-r (IWAE-R), τ = 2"]
+    np.testing.assert_array_equal(a[:28], a[29:57])  # tau = 0: every weight draw is the posterior mean
+    assert np.nanmax(np.abs(b[:28] - b[29:57])) > 1e-3
+    at.selectbox(key="samples:ab").set_value("tiny-iwae")
+    rerun(at)
+    assert "A and B are the same images" in texts(at, "info")
+    assert at.query_params["ab"] in ("tiny-iwae", ["tiny-iwae"])
+
+
+def test_samples_prior_grid_says_it_is_not_aligned_and_bad_views_get_a_notice(zoo, no_data):
+    at = open_app("2_Samples.py", view="prior")
+    assert "not aligned across models" in charts(at)[0]["layout"]["title"]["text"]
+    assert "NOT the same content" in texts(at, "caption")
+    bad = open_app("2_Samples.py", view="sideways", draws="40")
+    notices = texts(bad, "warning")
+    assert "view = sideways" in notices and "view = prior" in notices  # no test images here: the prior grid
+    assert "draws = 40" in notices and "draws = 4" in notices
 
 
 # ---- latent traversals ---------------------------------------------------------------------------------
@@ -215,7 +258,7 @@ def test_traversals_unit_count_and_prior_start(zoo, mnist):
     grid = charts(rerun(at))[1]
     assert len(grid["layout"]["yaxis"]["ticktext"]) == 2
     assert panels(grid)["traversal"].shape[0] == 2 * 29 - 1
-    at.radio(key="traversals:source").set_value("Prior draw")
+    at.radio(key="traversals:source").set_value("prior")
     start = charts(rerun(at))[0]
     assert "prior draw (seed 0)" in start["layout"]["title"]["text"]
     at.number_input(key="traversals:seed").set_value(9)
@@ -238,16 +281,26 @@ def test_weight_variance_maps_histograms_and_unit_slider(zoo, no_data):
     assert at.selectbox(key="weights:model").value == "tiny-iwae-r"  # a random model by default
     specs = charts(at)
     assert [s["layout"]["title"]["text"] for s in specs] == [
-        "Posterior weight σ", "Signal-to-noise |μ|/σ", "Posterior weight σ per layer against the prior"]
+        "Posterior weight σ of tiny-iwae-r; objective bayes", "Signal-to-noise |μ|/σ of tiny-iwae-r; objective bayes",
+        "Posterior weight σ per layer against the prior"]
+    # one fixed colour scale: log10 sigma from the smallest initial sigma (0.05) to the prior std (1), written on
+    # the bar; hover names the unit and the pixel
+    heat = [t for t in specs[0]["data"] if t.get("type") == "heatmap"]
+    assert [(t["zmin"], t["zmax"]) for t in heat] == [(pytest.approx(np.log10(0.05)), 0.0)] * 2
+    assert "smallest initial σ" in heat[0]["colorbar"]["title"]["text"]
+    assert "unit %{customdata[0]}, pixel (%{customdata[1]}, %{customdata[2]})" in heat[0]["hovertemplate"]
+    cells = array(heat[0]["customdata"]).reshape(4 * 29 - 1, 8 * 29 - 1, 3)
+    assert list(cells[29 + 3, 2 * 29 + 5]) == [8 + 2, 3, 5]  # second row of tiles, third tile: unit 10
     sigma = panels(specs[0])
     assert list(sigma) == ["first encoder layer (units 0–31)", "last decoder layer (units 0–31)"]
     assert sigma["first encoder layer (units 0–31)"].shape == (4 * 29 - 1, 8 * 29 - 1)  # 32 units, 8 per row
     # the tiles are log10 sigma: init sigma 0.05 moved a little by training
     assert -1.6 < np.nanmedian(sigma["first encoder layer (units 0–31)"]) < -1.0
-    at.slider(key="weights:count").set_value(8)
-    at.slider(key="weights:ncol").set_value(4)
+    at.slider(key="weights:units").set_value(8)
+    at.slider(key="weights:cols").set_value(4)
     smaller = panels(charts(rerun(at))[0])
     assert smaller["first encoder layer (units 0–7)"].shape == (2 * 29 - 1, 4 * 29 - 1)
+    assert at.query_params["units"] in ("8", ["8"]) and at.query_params["cols"] in ("4", ["4"])
     stats = at.dataframe[0].value
     assert list(stats["layer"]) == ["encoder.0", "encoder.1", "decoder.0", "decoder.1"]
 
@@ -256,9 +309,31 @@ def test_weight_variance_of_a_deterministic_model_shows_mu(zoo, no_data):
     at = open_app("4_Weight_variance.py")
     at.selectbox(key="weights:model").set_value("tiny-iwae")
     specs = charts(rerun(at))
-    assert [s["layout"]["title"]["text"] for s in specs] == ["Deterministic weights |μ|"]
+    assert [s["layout"]["title"]["text"] for s in specs] == ["Deterministic weights |μ| of tiny-iwae"]
     assert "point-estimate weights" in texts(at, "info")
     assert at.query_params["model"] in ("tiny-iwae", ["tiny-iwae"])
+
+
+def test_weight_variance_says_when_sigma_has_not_moved(zoo, tmp_path, monkeypatch, no_data):
+    from safetensors.torch import load_file, save_file
+
+    from iwae_core.layers import inverse_softplus
+
+    at = open_app("4_Weight_variance.py", model="tiny-iwae-r")
+    warning = texts(at, "warning")  # 30 training steps barely move sigma from its initial 0.05
+    assert "The encoder's σ has not moved from its initial value 0.05" in warning
+    assert "The decoder's σ has not moved" in warning
+    moved = tmp_path / "zoo" / "moved-iwae-r"
+    shutil.copytree(zoo / "tiny-iwae-r", moved)
+    state = load_file(moved / "model.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    for name in [n for n in state if n.startswith("encoder") and n.endswith("rho")]:
+        sigma = 0.05 * torch.exp(torch.randn(state[name].shape, generator=gen))
+        state[name] = sigma.apply_(inverse_softplus)
+    save_file(state, str(moved / "model.safetensors"))
+    monkeypatch.setenv("IWAE_ZOO_DIRS", str(tmp_path / "zoo"))
+    warning = texts(open_app("4_Weight_variance.py", model="moved-iwae-r"), "warning")
+    assert "encoder's σ has not moved" not in warning and "The decoder's σ has not moved" in warning
 
 
 # ---- bound vs k ----------------------------------------------------------------------------------------
@@ -266,6 +341,10 @@ def test_weight_variance_of_a_deterministic_model_shows_mu(zoo, no_data):
 def curve_means(spec: dict) -> dict[str, list]:
     return {t["name"]: (list(array(t["x"])), list(array(t["y"]))) for t in spec["data"]
             if t.get("mode") == "lines+markers" and not t["name"].startswith("paper")}
+
+
+def means_se(spec: dict, name: str) -> list:
+    return list(array(next(t for t in spec["data"] if t.get("name") == name)["customdata"]))
 
 
 def test_bound_vs_k_k_slider_sets_the_range_and_tau_moves_random_models(zoo, mnist):
@@ -282,12 +361,17 @@ def test_bound_vs_k_k_slider_sets_the_range_and_tau_moves_random_models(zoo, mni
     spec = charts(rerun(at))[0]
     assert curve_means(spec)["tiny-iwae"][0] == [1, 2, 5, 10]
     assert spec["layout"]["xaxis"]["range"][1] == pytest.approx(1.1)
-    assert curve_means(spec)["tiny-iwae"][1] == ys[:4]  # cached per k: same numbers
+    small = curve_means(spec)["tiny-iwae"][1]
+    assert small != ys[:4]  # one pass of 10 draws per image, not of 100: other groups, same expectation
+    assert abs(small[0] - ys[0]) < 3 * means_se(spec, "tiny-iwae")[0]
     at.slider(key="bound:tau").set_value(2.0)
     moved = curve_means(charts(rerun(at))[0])
-    assert moved["tiny-iwae"][1] == ys[:4]  # deterministic weights: tau changes nothing
+    assert moved["tiny-iwae"][1] == small  # deterministic weights: tau changes nothing
     assert moved["tiny-iwae-r"][1] != curve_means(spec)["tiny-iwae-r"][1]
     assert at.query_params["k"] in ("10", ["10"])
+    at.slider(key="bound:tau").set_value(1.0)
+    at.select_slider(key="bound:k").set_value(100)
+    assert curve_means(charts(rerun(at))[0])["tiny-iwae"][1] == ys  # computed once per setting, then reused
 
 
 def test_bound_vs_k_url_and_the_chosen_image(zoo, mnist):
@@ -314,3 +398,178 @@ def test_bound_vs_k_without_data_names_the_folder(zoo, no_data):
     errors = texts(at, "error")
     assert "no-data-here" in errors and "MNIST" in errors
     assert not at.get("plotly_chart")
+
+
+def test_bound_vs_k_large_k_waits_for_a_click_with_an_estimate(zoo, mnist):
+    at = open_app("5_Bound_vs_k.py", images="20", model="tiny-iwae,tiny-iwae-r")
+    assert at.number_input(key="bound:images").value == 20
+    at.select_slider(key="bound:k").set_value(1000)
+    rerun(at)
+    info = texts(at, "info")
+    assert "k = 1,000 on 20 images" in info and " s**" in info
+    assert not any(s["layout"]["title"]["text"].startswith("L_k against k") for s in charts(at))
+    next(b for b in at.button if b.label.startswith("Compute up to k = 1,000")).click()
+    rerun(at)
+    curve = next(s for s in charts(at) if s["layout"]["title"]["text"].startswith("L_k against k"))
+    assert curve_means(curve)["tiny-iwae"][0][-1] == 1000
+    at.number_input(key="bound:index").set_value(1)
+    rerun(at)  # computed: another control keeps the curve without a new click
+    assert any(s["layout"]["title"]["text"].startswith("L_k against k") for s in charts(at))
+    assert "k = 1,000 on 20 images" not in texts(at, "info")
+
+
+def test_bound_vs_k_paired_view_against_a_reference_from_the_url(zoo, mnist):
+    at = open_app("5_Bound_vs_k.py", images="30", k="10", ref="tiny-iwae-r")
+    assert at.selectbox(key="bound:ref").value == "tiny-iwae-r"
+    specs = charts(at)
+    curve = next(s for s in specs if s["layout"]["title"]["text"].startswith("L_k against k"))
+    paired = next(s for s in specs if s["layout"]["title"]["text"].startswith("L_k minus tiny-iwae-r"))
+    diffs = curve_means(paired)
+    assert set(diffs) == {"tiny-iwae − tiny-iwae-r", "tiny-iwae-rrec − tiny-iwae-r"}
+    plain = curve_means(curve)
+    np.testing.assert_allclose(diffs["tiny-iwae − tiny-iwae-r"][1],
+                               np.array(plain["tiny-iwae"][1]) - np.array(plain["tiny-iwae-r"][1]), atol=1e-4)
+    # the paired s.e. is the spread of the per-image differences, below the unpaired bands here
+    assert max(means_se(paired, "tiny-iwae − tiny-iwae-r")) < max(means_se(curve, "tiny-iwae"))
+    # the paper's numbers: in their model's colour, said to be whole-test-set numbers at k = 5000
+    line = {t["name"]: t["line"]["color"] for t in curve["data"] if t.get("mode") == "lines+markers"}
+    paper = next(t for t in curve["data"] if t["name"].startswith("paper IWAE-R"))
+    assert "whole test set, k = 5000" in paper["name"] and paper["line"]["color"] == line["tiny-iwae-r"]
+    at.selectbox(key="bound:ref").set_value("tiny-iwae")
+    rerun(at)
+    assert at.query_params["ref"] in ("tiny-iwae", ["tiny-iwae"])
+    assert "tiny-iwae-r − tiny-iwae" in curve_means(next(s for s in charts(at)
+                                                         if s["layout"]["title"]["text"].startswith("L_k minus")))
+
+
+def test_bound_vs_k_link_values_of_the_new_controls_get_notices(zoo, mnist):
+    at = open_app("5_Bound_vs_k.py", images="0", ref="nobody", image="99999", k="10")
+    notices = texts(at, "warning")
+    assert "images = 0" in notices and "images = 100" in notices
+    assert "ref = nobody" in notices and "image = 99999" in notices
+    assert at.number_input(key="bound:index").value == 0
+
+
+def test_tau_slider_says_when_it_does_nothing_and_is_disabled_for_deterministic_networks(zoo, no_data):
+    at = open_app("2_Samples.py", model="tiny-iwae")
+    assert at.slider(key="samples:tau").disabled
+    assert "τ does nothing here: tiny-iwae has deterministic weights" in texts(at, "caption")
+    at = open_app("2_Samples.py", model="tiny-iwae,tiny-iwae-r")
+    assert not at.slider(key="samples:tau").disabled
+    assert "τ does nothing for tiny-iwae (deterministic" in texts(at, "caption")
+    at = open_app("2_Samples.py", model="tiny-iwae-r")
+    assert not at.slider(key="samples:tau").disabled and "τ does nothing" not in texts(at, "caption")
+
+
+# ---- the whole view in the link ------------------------------------------------------------------------
+
+ROUND_TRIPS = {  # page -> the controls moved away from their defaults before the link is copied
+    "2_Samples.py": [("selectbox", "samples:view", "ab"), ("selectbox", "samples:ab", "tiny-iwae-rrec"),
+                     ("slider", "samples:draws", 3), ("slider", "samples:n", 5), ("slider", "samples:tau", 0.5),
+                     ("number_input", "samples:seed", 7)],
+    "3_Latent_traversals.py": [("selectbox", "traversals:model", "tiny-iwae-r"),
+                               ("number_input", "traversals:index", 4), ("slider", "traversals:span", 2.0),
+                               ("slider", "traversals:steps", 7), ("checkbox", "traversals:only_active", False),
+                               ("slider", "traversals:units", 3), ("slider", "traversals:tau", 0.5)],
+    "4_Weight_variance.py": [("selectbox", "weights:model", "tiny-iwae-rrec"), ("slider", "weights:units", 10),
+                             ("slider", "weights:first", 3), ("slider", "weights:cols", 5)],
+    "5_Bound_vs_k.py": [("number_input", "bound:images", 20), ("select_slider", "bound:k", 25),
+                        ("selectbox", "bound:ref", "tiny-iwae-rrec"), ("number_input", "bound:index", 2),
+                        ("selectbox", "bound:dim_a", 3), ("checkbox", "bound:paper", False)],
+}
+
+
+@pytest.mark.parametrize("page", list(ROUND_TRIPS))
+def test_a_copied_link_reproduces_the_view(zoo, mnist, page):
+    at = open_app(page)
+    for kind, key, value in ROUND_TRIPS[page]:
+        getattr(at, kind)(key=key).set_value(value)
+        rerun(at)
+    link = {name: at.query_params[name] for name in at.query_params}
+    link = {name: v[0] if isinstance(v, list) else v for name, v in link.items()}
+    fresh = open_app(page, **link)
+    for kind, key, value in ROUND_TRIPS[page]:
+        assert getattr(fresh, kind)(key=key).value == value, (key, link)
+    assert not texts(fresh, "warning").count("The link asked for")
+    assert [c.proto.spec for c in fresh.get("plotly_chart")] == [c.proto.spec for c in at.get("plotly_chart")]
+
+
+# ---- exports: settings in the title and a JSON sidecar, tidy CSV ---------------------------------------
+
+@pytest.fixture
+def zipped(monkeypatch) -> list:
+    """What each page hands to its zip button: (figures, page, tables, settings)."""
+    import ui
+
+    seen = []
+    monkeypatch.setattr(ui, "zip_button", lambda figs, page, tables=None, settings=None:
+                        seen.append((figs, page, tables, settings)))
+    return seen
+
+
+def test_bound_vs_k_exports_tidy_tables_and_its_settings(zoo, mnist, zipped):
+    at = open_app("5_Bound_vs_k.py", k="10", images="20", seed="3", model="tiny-iwae,tiny-iwae-r")
+    figs, page, tables, settings = zipped[-1]
+    assert page == "bound_vs_k" and set(tables) == {"bound_vs_k", "bound_vs_k_paired", "test_image",
+                                                    "importance_weights", "posterior_draws"}
+    assert {m["model"]: m["objective"] for m in settings["models"]} == {"tiny-iwae": "-", "tiny-iwae-r": "bayes"}
+    assert (settings["k_max"], settings["tau"], settings["seed"], settings["images"]) == (10, 1.0, 3, 20)
+    assert settings["link"]["k"] == "10" and settings["link"]["ref"] == "tiny-iwae" and "image" in settings["link"]
+    title = figs["bound_vs_k"].layout.title.text
+    assert "τ = 1" in title and "seed 3" in title and "20 test images" in title and "objective bayes" in title
+    curve = list(csv.DictReader(io.StringIO(tables["bound_vs_k"]())))
+    assert list(curve[0]) == ["model", "k", "tau", "seed", "images", "mean", "stderr"]
+    assert len(curve) == 2 * 4 and {r["model"] for r in curve} == {"tiny-iwae", "tiny-iwae-r"}
+    shown = curve_means(charts(at)[0])
+    assert [float(r["mean"]) for r in curve if r["model"] == "tiny-iwae"] == pytest.approx(shown["tiny-iwae"][1])
+    paired = list(csv.DictReader(io.StringIO(tables["bound_vs_k_paired"]())))
+    assert {r["reference"] for r in paired} == {"tiny-iwae"} and {r["model"] for r in paired} == {"tiny-iwae-r"}
+    weights = list(csv.DictReader(io.StringIO(tables["importance_weights"]())))
+    assert len(weights) == 2 * 10 and "normalised weight" in weights[0]
+
+
+def test_samples_exports_images_as_tidy_pixels(zoo, no_data, zipped):
+    open_app("2_Samples.py", view="prior", draws="2", n="3", model="tiny-iwae-r")
+    figs, page, tables, settings = zipped[-1]
+    rows = list(csv.DictReader(io.StringIO(tables["samples"]())))
+    assert list(rows[0]) == ["model", "draw", "z index", "pixel row", "column", "value"]
+    assert len(rows) == 2 * 3 * 784
+    spread = list(csv.DictReader(io.StringIO(tables["spread"]())))
+    assert list(spread[0]) == ["model", "z index", "pixel row", "column", "std across weight draws"]
+    assert settings["weight_draws"] == 2 and settings["latent_draws"] == 3 and settings["view"] == "prior"
+    assert "not aligned across models" in figs["samples"].layout.title.text
+
+
+def test_bound_vs_k_reads_curves_stored_beside_a_model_only_when_they_match(zoo, mnist, tmp_path, monkeypatch):
+    from iwae_core import checkpoint, data, evaluate
+
+    root = tmp_path / "zoo"
+    for name in ("tiny-iwae", "tiny-iwae-r"):
+        shutil.copytree(zoo / name, root / name)
+    monkeypatch.setenv("IWAE_ZOO_DIRS", str(root))
+    d = data.load_dataset("mnist", str(mnist), download=False)
+    x = evaluate.binarized_test_images(d, 30)
+    evaluate.write_bound_curves(root / "tiny-iwae-r", x, [1, 2, 5, 10, 25], k_maxes=(10, 25), seed=0,
+                                source=d["source"])
+    model, _ = checkpoint.load_model(root / "tiny-iwae-r")
+    stored = evaluate.grouped_bounds(model, x, [1, 2, 5, 10], seed=0)  # what the page would compute itself
+    at = open_app("5_Bound_vs_k.py", k="10", images="30", model="tiny-iwae,tiny-iwae-r")
+    assert "Read from the curves stored beside tiny-iwae-r" in texts(at, "caption")
+    means = curve_means(charts(at)[0])["tiny-iwae-r"][1]
+    np.testing.assert_allclose(means, stored.mean(1).numpy(), rtol=1e-6)
+    at.select_slider(key="bound:k").set_value(25)  # the other stored largest k
+    assert "Read from the curves stored beside tiny-iwae-r" in texts(rerun(at), "caption")
+    at.select_slider(key="bound:k").set_value(10)
+    # other settings than stored (seed, image count) are computed, not read
+    at.number_input(key="bound:seed").set_value(1)
+    assert "Read from the curves" not in texts(rerun(at), "caption")
+    at.number_input(key="bound:seed").set_value(0)
+    at.number_input(key="bound:images").set_value(20)
+    assert "Read from the curves" not in texts(rerun(at), "caption")
+    # curves of other weights, or a broken file, are not used, and the page says why
+    path = root / "tiny-iwae-r" / evaluate.BOUND_CURVES
+    path.write_bytes(b"not a safetensors file")
+    at = open_app("5_Bound_vs_k.py", k="10", images="30", model="tiny-iwae-r", seed="2")  # seed: not cached yet
+    warning = texts(at, "warning")
+    assert "precomputed curves are not used" in warning and "not a readable safetensors file" in warning
+    assert "Read from the curves" not in texts(at, "caption") and charts(at)

@@ -113,6 +113,11 @@ def test_every_page_renders_without_exception(page, server):
 def test_tau_slider_changes_the_samples_and_png_export_downloads(page, server):
     open_page(page, server, "Samples")
     page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
+    page.get_by_label("View", exact=True).click()  # the prior grid: reconstructions are the default with data
+    page.get_by_role("option", name="Prior samples (not aligned across models)").click()
+    wait_idle(page)
+    page.wait_for_url(re.compile(r"view=prior"))
+    wait_idle(page)
     before = chart_data(page)
     assert "tau=1" in page.url
     move_slider(page, "τ", presses=4, key="ArrowLeft")
@@ -141,13 +146,15 @@ def test_bound_vs_k_slider_extends_the_curve(page, server):
     open_page(page, server, "Bound vs k")
     page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
     xs = page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").first.evaluate(
-        "el => Math.max(...el.data.flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
+        "el => Math.max(...el.data.filter(t => t.mode === 'lines+markers')"
+        ".flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
     move_slider(page, "largest k", presses=1, key="ArrowRight")
     wait_idle(page)
     page.wait_for_url(re.compile(r"k=500"))
     wait_idle(page)
     xs_after = page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").first.evaluate(
-        "el => Math.max(...el.data.flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
+        "el => Math.max(...el.data.filter(t => t.mode === 'lines+markers')"
+        ".flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
     assert_no_exception(page, "Bound vs k after the k slider")
     assert xs == 100 and xs_after == 500
 

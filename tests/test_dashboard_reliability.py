@@ -407,3 +407,34 @@ def test_server_listens_on_localhost_without_usage_statistics_or_file_watcher(mo
     finally:
         monkeypatch.undo()
         config.get_config_options(force_reparse=True)
+
+
+def test_train_live_shows_a_runs_settings_asks_before_deleting_and_no_stale_speed(hostile, hostile_runs, tmp_path,
+                                                                                  monkeypatch):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(hostile_runs, root)
+    stopped = root / "run-stopped-bad-png"
+    progress = json.loads((stopped / "progress.json").read_text())
+    (stopped / "progress.json").write_text(json.dumps({**progress, "steps_per_second": 42.0, "step": 10}))
+    unstarted = run_folder(root, "run-unstarted", "stopped", step=0, total_steps=None)
+    monkeypatch.setenv("IWAE_RUNS_DIR", str(root))
+    at = open_app("1_Train_live.py", run="run-stopped-bad-png")
+    assert at.selectbox(key="tl_run").value == "run-stopped-bad-png"
+    bar = at.get("progress")[0].proto.text
+    assert "step 10 of 30" in bar and "steps/s" not in bar and "left" not in bar  # stopped: no stale speed
+    settings = json.loads(at.get("json")[0].proto.body)
+    assert settings["model"]["hidden"] == [8] and settings["train"]["k"] == RunConfig().train.k
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc["run-unstarted", "steps"] == "not started" and table.loc["run-good", "steps"] == "30 of 30"
+    at.selectbox(key="tl_run").set_value("run-good").run()
+    at.button(key="tl_delete").click().run()
+    assert "Delete run-good and everything in its folder" in texts(at, "warning")
+    assert (root / "run-good").exists()  # asked, not done
+    at.button(key="tl_delete_no").click().run()
+    assert "Delete run-good" not in texts(at, "warning") and (root / "run-good").exists()
+    at.button(key="tl_delete").click().run()
+    at.button(key="tl_delete_yes").click().run()
+    assert not at.exception and not (root / "run-good").exists()
+    assert unstarted.exists()

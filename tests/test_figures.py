@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import zipfile
 
@@ -221,3 +222,31 @@ def test_training_curves_fall_back_to_the_step_for_live_runs():
     by_name = {t.name: t for t in fig.data}
     assert list(by_name["train L_k"].x) == [1.0, 2.0] and list(by_name["valid L_k"].y) == [-185.0]
     assert fig.layout.xaxis.title.text == "step"
+
+
+def test_image_csv_is_tidy_with_named_columns():
+    grids = {"m": rng(1).random((2, 3, 784)), "n": rng(2).random((2, 3, 784))}
+    rows = list(csv.DictReader(io.StringIO(figures.images_csv(grids, labels={"z index": [5, 6, 7]}))))
+    assert list(rows[0]) == ["model", "draw", "z index", "pixel row", "column", "value"]
+    assert len(rows) == 2 * 2 * 3 * 784
+    pick = next(r for r in rows if (r["model"], r["draw"], r["z index"], r["pixel row"], r["column"])
+                == ("n", "1", "7", "3", "27"))
+    assert float(pick["value"]) == pytest.approx(grids["n"][1, 2, 3 * 28 + 27], rel=1e-5)
+    with pytest.raises(ValueError, match="does not have the axes draw, z index"):
+        figures.images_csv({"flat": rng(1).random((3, 784))})
+
+
+def test_page_zip_holds_tidy_tables_and_a_settings_sidecar_per_figure():
+    figs = small_figures()
+    table = figures.table_csv([{"model": "A", "k": 1, "tau": 1.0, "seed": 0, "mean": -100.0, "stderr": None}])
+    settings = {"models": [{"model": "A", "objective": "bayes"}], "k_max": 5, "tau": 1.0, "seed": 0, "images": 10}
+    with zipfile.ZipFile(io.BytesIO(figures.page_zip(figs, {"curve": lambda: table}, settings))) as zf:
+        curve = list(csv.DictReader(io.StringIO(zf.read("curve.csv").decode())))
+        sidecar = json.loads(zf.read("curve.json"))
+        grid_csv = zf.read("grid.csv").decode()
+        readme = zf.read("README.txt").decode()
+    assert curve == [{"model": "A", "k": "1", "tau": "1.0", "seed": "0", "mean": "-100.0", "stderr": ""}]
+    assert sidecar["models"][0]["objective"] == "bayes" and sidecar["k_max"] == 5
+    assert sidecar["title"] == figs["curve"].layout.title.text
+    assert grid_csv.startswith("trace,x,y,value")  # no tidy table given: the trace data in long form
+    assert "curve are tidy tables" in readme and "NAME.json" in readme

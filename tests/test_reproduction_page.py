@@ -88,3 +88,19 @@ def test_a_link_with_a_tau_the_study_lacks_says_so(tmp_path):
     assert at.radio(key="repro:tau").value == 1.0
     notices = [w.value for w in at.warning] + [i.value for i in at.info]
     assert any("tau = 0.5" in n for n in notices), notices
+
+
+def test_the_export_holds_the_rows_behind_the_figure_and_its_settings(tmp_path, monkeypatch):
+    import io
+
+    import ui
+
+    seen = []
+    monkeypatch.setattr(ui, "zip_button", lambda figs, page, tables=None, settings=None:
+                        seen.append((tables, settings)))
+    open_page(write_study(tmp_path / "study.csv"), tau="0")
+    tables, settings = seen[-1]
+    rows = list(csv.DictReader(io.StringIO(tables["study"]())))
+    assert list(rows[0]) == CSV_FIELDS
+    assert {(r["arm"], r["tau"]) for r in rows} == {("iwae", "1.0"), ("iwae-r", "0.0")}  # IWAE's tau = 1 beside
+    assert settings["dataset"] == "mnist" and settings["tau"] == 0.0 and settings["seeds"] == [0, 1, 2]
