@@ -16,9 +16,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from iwae_core.checkpoint import write_json
-from support import require_data
+from support import open_app, require_data
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
 pytestmark = pytest.mark.usefixtures("no_logged_tracebacks")  # a traceback Streamlit only logs fails a test too
 
 
@@ -43,17 +42,6 @@ def no_data(monkeypatch, tmp_path) -> Path:
     return empty
 
 
-def open_app(page: str | None = None, **params) -> AppTest:
-    """Run the app (home first, as a browser would), then switch to pages/<page>; URL params set before."""
-    at = AppTest.from_file(str(APP), default_timeout=180)
-    for name, value in params.items():
-        at.query_params[name] = value
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    if page:
-        at.switch_page(f"pages/{page}").run()
-        assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def rerun(at: AppTest) -> AppTest:

@@ -17,9 +17,9 @@ from streamlit.testing.v1 import AppTest
 
 from iwae_core import folders, runs
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig
+from support import open_app
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "app.py"
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in json.loads
 
 pytestmark = pytest.mark.usefixtures("no_logged_tracebacks")
@@ -171,16 +171,6 @@ def hostile_runs(tiny_zoo, tmp_path_factory) -> Path:
     return root
 
 
-def open_app(page: str | None = None, **params) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    for name, value in params.items():
-        at.query_params[name] = value
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    if page:
-        at.switch_page(f"pages/{page}").run()
-        assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def texts(at: AppTest, kind: str) -> str:
