@@ -10,6 +10,7 @@ unreadable metrics.json or history.csv: its numbers are missing, its weights are
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -304,22 +305,40 @@ def entry_or_broken(folder: Path) -> ZooEntry | Broken:
         return Broken(folder.name, folder, f"{folder}: {type(err).__name__}: {err}")
 
 
+SWEEP_MANIFEST = "sweep.json"  # marks a folder of `iwae sweep` trials (see sweep.py)
+
+
 def scan_models(*roots: str | os.PathLike) -> tuple[list[ZooEntry], list[Broken]]:
     """The model folders directly under the roots: (usable entries, broken folders), each in name order.
 
-    A folder counts as a model folder when it holds any of model.safetensors, config.json, metrics.json."""
+    A folder counts as a model folder when it holds any of model.safetensors, config.json, metrics.json.
+    The trials of a sweep (a root that is a sweep folder, or a sweep folder directly under a root) are
+    named SWEEP/TRIAL, so that they group together and apart from other models."""
     entries, broken = [], []
     for root in roots:
         root = Path(root)
         try:
-            candidates = sorted(p for p in root.iterdir() if p.is_dir() and any(
-                (p / f).exists() for f in MODEL_FILES)) if root.is_dir() else []
+            subfolders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         except OSError:
             continue
-        for folder in candidates:
+        sweeps = [root] if (root / SWEEP_MANIFEST).is_file() else []
+        sweeps += [p for p in subfolders if (p / SWEEP_MANIFEST).is_file()]
+        groups = [(folder, None) for folder in subfolders if root not in sweeps and _is_model_folder(folder)]
+        for sweep in sweeps:
+            try:
+                groups += [(p, sweep.name) for p in sorted(sweep.iterdir()) if p.is_dir() and _is_model_folder(p)]
+            except OSError:
+                continue
+        for folder, sweep in groups:
             found = entry_or_broken(folder)
+            if sweep is not None:
+                found = dataclasses.replace(found, name=f"{sweep}/{folder.name}")
             (broken if isinstance(found, Broken) else entries).append(found)
     return entries, broken
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return any((folder / f).exists() for f in MODEL_FILES)
 
 
 # ---- run folders ---------------------------------------------------------------------------------------

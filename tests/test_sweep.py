@@ -366,3 +366,27 @@ def test_sharded_evaluation_equals_single_process_image_by_image(tiny_zoo, tmp_p
                 torch.set_num_threads(threads)
     finally:
         ray.shutdown()
+
+
+def test_sweep_trials_are_listed_in_the_zoo_grouped_by_sweep(tiny_zoo, tmp_path, monkeypatch):
+    """A sweep folder under a zoo root (or the root itself) lists its trials as SWEEP/TRIAL, apart from the
+    other models, on the home page too."""
+    import shutil
+
+    from iwae_core import folders
+    from support import open_app
+
+    root = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo / "tiny-iwae", root / "alone")
+    for trial in ("variant=iwae,seed=0", "variant=iwae-r,seed=0"):
+        shutil.copytree(tiny_zoo / "tiny-iwae", root / "grid" / trial)
+    (root / "grid" / "sweep.json").write_text("{}")
+    entries, broken = folders.scan_models(root)
+    assert [e.name for e in entries] == ["alone", "grid/variant=iwae,seed=0", "grid/variant=iwae-r,seed=0"]
+    assert not broken
+    assert [e.name for e in folders.scan_models(root / "grid")[0]] == [
+        "grid/variant=iwae,seed=0", "grid/variant=iwae-r,seed=0"]
+    monkeypatch.setenv("IWAE_ZOO_DIRS", str(root))
+    at = open_app()
+    models = list(at.dataframe[0].value["model"])
+    assert {"alone", "grid/variant=iwae,seed=0", "grid/variant=iwae-r,seed=0"} <= set(models)
