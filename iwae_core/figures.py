@@ -353,8 +353,10 @@ def study_curves(summary: Sequence[Mapping], rows: Sequence[Mapping], paper: Map
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=("test log-likelihood (mean across seeds ± sd)",
                                         "paired difference to IWAE (± seed sd; bars ± paired s.e.)"))
-    colours = {arm: PALETTE[i] for i, arm in enumerate(STUDY_ARMS)}
-    for arm, name in STUDY_ARMS.items():
+    arms = list(STUDY_ARMS) + sorted({s["arm"] for s in summary} - set(STUDY_ARMS))  # a sweep's arms by name
+    colours = {arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(arms)}
+    for arm in arms:
+        name = STUDY_ARMS.get(arm, arm)
         points = sorted((s for s in summary if s["arm"] == arm), key=lambda s: s["epochs"])
         if not points:
             continue

@@ -170,11 +170,17 @@ def run_study(cfg: StudyConfig) -> None:
 
 # ---- results ------------------------------------------------------------------------------------
 def collect(root: Path) -> list[dict]:
-    """One row per evaluated (trial, budget, tau), with the paired difference to the same seed's IWAE."""
+    """One row per evaluated (trial, budget, tau), with the paired difference to the same seed's IWAE.
+
+    root is a study's folder (trials with epochs-NNN/ snapshots) or a sweep's (`iwae sweep`, trials named
+    key=value,...: a trial's arm is its name without the seed, and its IWAE is the trial of variant iwae
+    whose name differs only in variant and seed)."""
     from safetensors.torch import load_file
 
+    root = Path(root)
+    sweep = (root / "sweep.json").is_file()
     found = []
-    for metrics_path in sorted(Path(root).glob("*/epochs-*/metrics.json")):
+    for metrics_path in sorted(root.glob("*/metrics.json" if sweep else "*/epochs-*/metrics.json")):
         snap = metrics_path.parent
         metrics = ckpt.read_json(metrics_path)
         test, training = metrics.get("test"), metrics.get("training", {})
@@ -182,14 +188,18 @@ def collect(root: Path) -> list[dict]:
             continue
         run = ckpt.load_run_config(snap)
         per_image = load_file(str(snap / "test_ll.safetensors"))
+        if sweep:
+            arm, group = _without(snap.name, "seed"), _without(snap.name, "seed", "variant")
+        else:
+            arm, group = training.get("study", {}).get("arm") or _arm_of(run), ""
         found.append({"snap": snap, "run": run, "test": test, "training": training, "per_image": per_image,
-                      "arm": training.get("study", {}).get("arm") or _arm_of(run)})
-    iwae = {(f["run"].train.dataset, f["run"].train.seed, f["training"]["epochs"]): f
-            for f in found if f["arm"] == "iwae"}
+                      "arm": arm, "group": group})
+    iwae = {(f["group"], f["run"].train.dataset, f["run"].train.seed, f["training"]["epochs"]): f
+            for f in found if f["run"].model.variant == "iwae"}
     rows = []
     for f in found:
         run, test = f["run"], f["test"]
-        key = (run.train.dataset, run.train.seed, f["training"]["epochs"])
+        key = (f["group"], run.train.dataset, run.train.seed, f["training"]["epochs"])
         for tau, entry in sorted(test["by_tau"].items(), key=lambda t: -float(t[0])):
             ll = f["per_image"][f"tau={tau}"]
             ref = iwae.get(key)
@@ -204,6 +214,16 @@ def collect(root: Path) -> list[dict]:
                          "diff_to_iwae": diff, "diff_stderr": diff_se,
                          "train_seconds": f["training"].get("train_seconds"), "commit": test.get("commit")})
     return rows
+
+
+def _without(trial: str, *keys: str) -> str:
+    """A sweep trial's name (key=value,...) without the given keys."""
+    return ",".join(part for part in trial.split(",") if part.split("=", 1)[0] not in keys)
+
+
+def arm_order(arm: str) -> tuple:
+    """The study's arms in their order, then any other (a sweep's) by name."""
+    return (list(ARMS).index(arm), "") if arm in ARMS else (len(ARMS), arm)
 
 
 def _arm_of(run: RunConfig) -> str:
@@ -228,14 +248,14 @@ def summarize(rows: list[dict]) -> list[dict]:
     for r in rows:
         groups.setdefault((r["dataset"], r["epochs"], r["tau"], r["arm"]), []).append(r)
     out = []
-    for (dataset, epochs, tau, arm), rs in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], -g[0][2],
-                                                                                  list(ARMS).index(g[0][3]))):
+    for (dataset, epochs, tau, arm), rs in sorted(groups.items(),
+                                                  key=lambda g: (g[0][0], g[0][1], -g[0][2], arm_order(g[0][3]))):
         ll = torch.tensor([r["test_ll"] for r in rs], dtype=torch.float64)
         diffs = [r for r in rs if r["diff_to_iwae"] is not None]
         row = {"dataset": dataset, "epochs": epochs, "tau": tau, "arm": arm, "seeds": len(rs),
                "test_ll": ll.mean().item(), "test_ll_sd": ll.std().item() if len(rs) > 1 else None,
                "diff": None, "diff_sd": None, "paired_se": None, "verdict": ""}
-        if diffs and arm != "iwae":
+        if diffs and not all(r["diff_stderr"] == 0 for r in diffs):  # not the reference (IWAE) itself
             d = torch.tensor([r["diff_to_iwae"] for r in diffs], dtype=torch.float64)
             se = sum(r["diff_stderr"] for r in diffs) / len(diffs)
             row.update(diff=d.mean().item(), paired_se=se, diff_sd=d.std().item() if len(d) > 1 else None)

@@ -18,16 +18,18 @@ st.caption("Does a random-weight IWAE beat IWAE, and at which training budget? E
            "S = 5000, in the colour of their variant.")
 
 DEFAULT = Path(__file__).resolve().parent.parent / "results" / "study.csv"
-path = Path(st.sidebar.text_input("Study results (CSV)", str(DEFAULT), key="repro:path",
-                                  help="results/study.csv as `python -m iwae_core.study` writes it"))
-if not path.is_file():
+path = Path(st.sidebar.text_input("Study results", str(DEFAULT), key="repro:path",
+                                  help="results/study.csv as `python -m iwae_core.study` writes it, or a study's "
+                                       "or a sweep's folder (`iwae sweep`: trials grouped by their settings "
+                                       "but the seed, each paired with the IWAE trial of the same seed)"))
+if not path.exists():
     st.info(f"No study results at `{path}`. Run `python -m iwae_core.study --datasets mnist --seeds 0 1 2` "
-            "(resumable; see results/study.md) or point the sidebar at another study.csv.")
+            "(resumable; see results/study.md) or point the sidebar at another study.csv or a sweep's folder.")
     st.stop()
 try:
-    rows = study.read_csv(path)
-except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
-    st.error(f"{path} cannot be read as a study table: {err}")
+    rows = study.collect(path) if path.is_dir() else study.read_csv(path)
+except (OSError, ValueError, KeyError, UnicodeDecodeError, RuntimeError) as err:
+    st.error(f"{path} cannot be read as study results: {err}")
     st.stop()
 datasets = sorted({r["dataset"] for r in rows})
 if not datasets:
@@ -43,7 +45,7 @@ tau = st.sidebar.radio("τ of the random arms", taus, key="repro:tau", format_fu
 ui._url_notice("repro:tau")
 ui.sync_url(dataset=dataset, tau=tau)
 
-chosen = [r for r in rows if r["dataset"] == dataset and (r["tau"] == tau or r["arm"] == "iwae")]
+chosen = [r for r in rows if r["dataset"] == dataset and (r["tau"] == tau or r["variant"] == "iwae")]
 summary = study.summarize(chosen)
 seeds = sorted({r["seed"] for r in chosen})
 images = sorted({r["n_images"] for r in chosen})

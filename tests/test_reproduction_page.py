@@ -104,3 +104,44 @@ def test_the_export_holds_the_rows_behind_the_figure_and_its_settings(tmp_path, 
     assert list(rows[0]) == CSV_FIELDS
     assert {(r["arm"], r["tau"]) for r in rows} == {("iwae", "1.0"), ("iwae-r", "0.0")}  # IWAE's tau = 1 beside
     assert settings["dataset"] == "mnist" and settings["tau"] == 0.0 and settings["seeds"] == [0, 1, 2]
+
+
+def evaluated_sweep(tiny_zoo, root):
+    """A sweep folder of tiny trials (IWAE and IWAE-R, seeds 0 and 1), each evaluated on synthetic images."""
+    import shutil
+
+    from conftest import synthetic_data
+    from iwae_core.evaluate import evaluate_folder
+
+    data = synthetic_data()
+    for variant in ("iwae", "iwae-r"):
+        for seed in (0, 1):
+            trial = root / f"variant={variant},seed={seed}"
+            shutil.copytree(tiny_zoo / f"tiny-{variant}", trial)
+            config = json.loads((trial / "config.json").read_text())
+            config["train"]["seed"] = seed
+            (trial / "config.json").write_text(json.dumps(config))
+            evaluate_folder(trial, S=10, mc_repeats=1, seed=seed, data=data)
+    (root / "sweep.json").write_text("{}")
+    return root
+
+
+@pytest.mark.slow
+def test_a_sweep_folder_reads_as_a_study(tiny_zoo, tmp_path):
+    import math
+
+    from safetensors.torch import load_file
+
+    from iwae_core.study import collect, summarize
+
+    root = evaluated_sweep(tiny_zoo, tmp_path / "grid")
+    rows = collect(root)
+    assert {r["arm"] for r in rows} == {"variant=iwae", "variant=iwae-r"} and {r["seed"] for r in rows} == {0, 1}
+    row = next(r for r in rows if r["arm"] == "variant=iwae-r" and r["seed"] == 1 and r["tau"] == 1)
+    own = load_file(str(root / "variant=iwae-r,seed=1" / "test_ll.safetensors"))["tau=1"]
+    ref = load_file(str(root / "variant=iwae,seed=1" / "test_ll.safetensors"))["tau=1"]
+    assert math.isclose(row["diff_to_iwae"], (own - ref).mean().item(), rel_tol=1e-6)
+    verdicts = {s["arm"]: s["verdict"] for s in summarize(rows) if s["tau"] == 1}
+    assert verdicts["variant=iwae"] == "" and verdicts["variant=iwae-r"]  # the reference has no verdict
+    at = open_page(root)
+    assert "variant=iwae-r" in traces(at)
