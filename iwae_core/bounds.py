@@ -15,7 +15,10 @@ def logmeanexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
-    """L_k = log (1/k) sum_m w_m per data point: [k, batch] -> [batch]."""
+    """L_k = log (1/k) sum_m w_m per data point: [k, batch] -> [batch].
+
+    The importance weighted bound of Burda, Grosse and Salakhutdinov, "Importance Weighted Autoencoders"
+    (ICLR 2016, arXiv:1509.00519), Sec. 3."""
     return logmeanexp(log_w, dim=0)
 
 
@@ -35,6 +38,10 @@ def surrogate_objective(log_w: torch.Tensor, estimator: str = "iwae") -> torch.T
     iwae and stl differentiate L_k itself (stl's log q uses stopped q parameters, see
     `IWAE.log_weights`). dreg differentiates sum_m w~_m log w_m, whose theta-gradient equals that
     of L_k; the extra factor w~_m on the phi path is applied by a hook on z in `IWAE.log_weights`.
+
+    STL: Roeder, Wu and Duvenaud, "Sticking the Landing" (NeurIPS 2017, arXiv:1703.09194).
+    DReG: Tucker, Lawson, Gu and Maddison, "Doubly Reparameterized Gradient Estimators for Monte Carlo
+    Objectives" (ICLR 2019, arXiv:1810.04152).
     """
     if estimator in ("iwae", "stl"):
         return iwae_bound(log_w)

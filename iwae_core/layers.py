@@ -20,7 +20,8 @@ def inverse_softplus(y: float) -> float:
 
 
 def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_std: float) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, prior_std^2)) summed over all entries, in closed form."""
+    """KL(N(mu, sigma^2) || N(0, prior_std^2)) summed over all entries, in closed form (as in Blundell et al.,
+    "Weight Uncertainty in Neural Networks", ICML 2015, arXiv:1505.05424, with a Gaussian prior)."""
     s2 = prior_std**2
     return (math.log(prior_std) - torch.log(sigma) + (sigma**2 + mu**2) / (2 * s2) - 0.5).sum()
 
@@ -33,6 +34,10 @@ class BayesLinear(nn.Module):
       datapoint: one draw per data point, shared by its k samples (Flipout sign flips);
       sample:    an independent draw for every (sample, data point) row (local reparameterisation).
     noise_scale tau replaces sigma by tau * sigma (0: posterior mean, 1: learned posterior).
+
+    Flipout: Wen, Vicol, Ba, Tran and Grosse, "Flipout: Efficient Pseudo-Independent Weight Perturbations
+    on Mini-Batches" (ICLR 2018, arXiv:1803.04386). Local reparameterisation: Kingma, Salimans and Welling,
+    "Variational Dropout and the Local Reparameterization Trick" (NeurIPS 2015, arXiv:1506.02557).
     """
 
     def __init__(self, in_features: int, out_features: int, random: bool = False,
