@@ -35,14 +35,10 @@ datasets = sorted({r["dataset"] for r in rows})
 if not datasets:
     st.info(f"{path} holds no results yet.")
     st.stop()
-ui._init("repro:dataset", "dataset", str, datasets[0], lambda v: v in datasets, f"one of {', '.join(datasets)}")
-dataset = st.sidebar.selectbox("Dataset", datasets, key="repro:dataset")
-ui._url_notice("repro:dataset")
+dataset = ui.choice_input("repro", "dataset", "Dataset", datasets)
 taus = sorted({r["tau"] for r in rows if r["dataset"] == dataset}, reverse=True)
-ui._init("repro:tau", "tau", float, taus[0], lambda v: v in taus, f"one of {', '.join(f'{t:g}' for t in taus)}")
-tau = st.sidebar.radio("τ of the random arms", taus, key="repro:tau", format_func=lambda t: f"{t:g}",
-                       help="IWAE has no weight noise: its τ = 1 result is used for every τ")
-ui._url_notice("repro:tau")
+tau = float(ui.choice_input("repro", "tau", "τ of the random arms", [f"{t:g}" for t in taus], radio=True,
+                            help="IWAE has no weight noise: its τ = 1 result is used for every τ"))
 ui.sync_url(dataset=dataset, tau=tau)
 
 chosen = [r for r in rows if r["dataset"] == dataset and (r["tau"] == tau or r["variant"] == "iwae")]

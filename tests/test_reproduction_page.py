@@ -63,7 +63,7 @@ def test_study_curves_follow_tau_and_the_verdict_is_shown(tmp_path):
     assert diffs and diffs[0]["y"] == pytest.approx([0.51, 0.51], abs=1e-9)  # mean of 0.50, 0.51, 0.52
     table = at.dataframe[0].value
     assert set(table["verdict"]) >= {"above IWAE"}
-    at.radio(key="repro:tau").set_value(0.0).run()
+    at.radio(key="repro:tau").set_value("0").run()
     diffs = [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
              if t.get("name") == "IWAE-R (Bayesian)" and t.get("xaxis") == "x2"]
     assert diffs[0]["y"] == pytest.approx([-0.21, -0.21], abs=1e-9)
@@ -85,7 +85,7 @@ def test_a_link_with_a_tau_the_study_lacks_says_so(tmp_path):
     at.switch_page("pages/6_Reproduction.py").run()
     at.text_input(key="repro:path").set_value(str(path)).run()
     assert not at.exception
-    assert at.radio(key="repro:tau").value == 1.0
+    assert at.radio(key="repro:tau").value == "1"
     notices = [w.value for w in at.warning] + [i.value for i in at.info]
     assert any("tau = 0.5" in n for n in notices), notices
 
