@@ -27,7 +27,7 @@ import streamlit as st
 import torch
 
 from iwae_core import checkpoint, data, evaluate, explore, figures, folders
-from iwae_core.model import IWAE
+from iwae_core.maths.model import IWAE
 
 TORCH_LOCK = threading.Lock()  # seeded draws use torch's global RNG: one view computes at a time
 TEST_IMAGES = 2000  # binarised test images kept in memory per dataset

@@ -72,7 +72,7 @@ def ray_startup() -> dict:
 
 
 def sweep_vs_sequential(steps: int, root: Path) -> dict:
-    from iwae_core.sweep import load_grid, plan_trials, run_sweep, run_trial
+    from iwae_core.scale.sweep import load_grid, plan_trials, run_sweep, run_trial
 
     grid_file = root / "grid.toml"
     grid_file.write_text(GRID.format(steps=steps))
@@ -93,7 +93,7 @@ def sweep_vs_sequential(steps: int, root: Path) -> dict:
 def sharded_eval(S: int, images: int, root: Path) -> dict:
     import ray
 
-    from iwae_core.sharded import evaluate_sharded
+    from iwae_core.scale.sharded import evaluate_sharded
 
     folder = root / "mnist-iwae-r"
     shutil.copytree(PRETRAINED_DIR / "mnist-iwae-r", folder)
@@ -111,7 +111,7 @@ def sharded_eval(S: int, images: int, root: Path) -> dict:
     try:
         @ray.remote(num_cpus=1)
         def warm_up() -> int:  # two at once: both worker processes start and import torch before the timing
-            import iwae_core.sharded  # noqa: F401
+            import iwae_core.scale.sharded  # noqa: F401
 
             time.sleep(2)
             return os.getpid()

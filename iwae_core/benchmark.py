@@ -85,7 +85,7 @@ def eval_memory(batch_size: int, S: int, seconds: float | None = None) -> dict:
     code = f"""
 import json, os, resource, threading, time, torch
 from iwae_core.config import ModelConfig
-from iwae_core.model import IWAE
+from iwae_core.maths.model import IWAE
 from iwae_core.evaluate import log_likelihood
 m = IWAE(ModelConfig.for_variant('iwae-r'))
 x = torch.bernoulli(torch.full(({batch_size}, 784), 0.13))

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import RunConfig
-from .model import IWAE
+from .maths.model import IWAE
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 

@@ -240,7 +240,7 @@ def cmd_eval(args) -> int:
     if args.address and not args.workers:
         raise ValueError("--address runs a sharded evaluation on a Ray cluster: give --workers N too")
     if args.workers:  # shard the test images of every model across Ray workers
-        from .sharded import evaluate_sharded
+        from .scale.sharded import evaluate_sharded
 
         results = evaluate_sharded(args.dirs, args.workers, S=args.k, limit=args.limit,
                                    noise_scales=args.noise_scale, batch_size=args.batch_size,
@@ -262,7 +262,7 @@ def cmd_eval(args) -> int:
 def cmd_table(args) -> int:
     from .checkpoint import select_models
     from .evaluate import comparison_table, paired_differences, stale_evaluation, write_paired
-    from .sweep import is_sweep, sweep_table
+    from .scale.sweep import is_sweep, sweep_table
 
     if len(args.dirs) == 1 and is_sweep(args.dirs[0]):  # a sweep folder: its trials grouped by configuration
         print(sweep_table(args.dirs[0]))
@@ -288,7 +288,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import main_sweep
+    from .scale.sweep import main_sweep
 
     return main_sweep(args)
 

@@ -13,10 +13,10 @@ import torch
 
 from . import checkpoint as ckpt
 from .allocator import retain_freed_memory
-from .bounds import effective_sample_size, iwae_bound
 from .config import SEEDINGS, check_k, check_seed
 from .data import binarize, load_dataset
-from .model import IWAE
+from .maths.bounds import effective_sample_size, iwae_bound
+from .maths.model import IWAE
 
 TEST_SEED = 2016  # the fixed seed that binarises the test set for every reported number
 PAPER_TABLE = {  # Hernandez-Lobato et al. (2016), test log-likelihood (mean +- standard error)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import IWAE
+from .maths.model import IWAE
 
 K_GRID = (1, 2, 5, 10, 25, 50, 100, 500, 1000, 5000)  # the k values of the bound-vs-k view
 

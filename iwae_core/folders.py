@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 
 from .checkpoint import CheckpointError, ZooEntry, load_model
 from .config import RunConfig
-from .model import IWAE
+from .maths.model import IWAE
 
 MAX_JSON_BYTES = 10 << 20  # config, metrics, run options and progress are a few kB; more is not ours
 MAX_CSV_BYTES = 50 << 20  # history.csv: one short row per epoch

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed
 from .allocator import retain_freed_memory
-from .bounds import iwae_bound, surrogate_objective
 from .config import RunConfig, TrainConfig
 from .data import Batches, binarize, load_dataset
-from .model import IWAE
+from .maths.bounds import iwae_bound, surrogate_objective
+from .maths.model import IWAE
+from .scale import distributed
 
 
 class TrainingDiverged(RuntimeError):

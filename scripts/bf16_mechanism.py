@@ -15,8 +15,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from iwae_core import layers
 from iwae_core.benchmark import median_times, train_step_fn
+from iwae_core.maths import layers
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--repeats", type=int, default=20)

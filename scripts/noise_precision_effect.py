@@ -13,9 +13,9 @@ import sys
 import torch
 
 from iwae_core import checkpoint as ckpt
-from iwae_core.bounds import iwae_bound
 from iwae_core.data import load_dataset
 from iwae_core.evaluate import binarized_test_images
+from iwae_core.maths.bounds import iwae_bound
 
 
 def main(folder: str, n: int) -> None:

@@ -305,7 +305,7 @@ def test_weight_variance_of_a_deterministic_model_shows_mu(zoo, no_data):
 def test_weight_variance_says_when_sigma_has_not_moved(zoo, tmp_path, monkeypatch, no_data):
     from safetensors.torch import load_file, save_file
 
-    from iwae_core.layers import inverse_softplus
+    from iwae_core.maths.layers import inverse_softplus
 
     at = open_app("4_Weight_variance.py", model="tiny-iwae-r")
     warning = texts(at, "warning")  # 30 training steps barely move sigma from its initial 0.05

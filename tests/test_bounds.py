@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from iwae_core.bounds import bernoulli_log_prob, effective_sample_size, iwae_bound, logmeanexp, normal_log_prob
 from iwae_core.config import ModelConfig
-from iwae_core.model import IWAE
-from iwae_core.ops import softplus, tanh
+from iwae_core.maths.bounds import bernoulli_log_prob, effective_sample_size, iwae_bound, logmeanexp, normal_log_prob
+from iwae_core.maths.model import IWAE
+from iwae_core.maths.ops import softplus, tanh
 
 
 def test_logmeanexp_is_stable_far_below_zero():
@@ -127,7 +127,7 @@ def test_tanh_has_float32_absolute_accuracy_and_the_exact_gradient():
 @pytest.mark.parametrize("d", [784, 50, 7])
 def test_sum_of_logs_by_products_is_as_accurate_as_one_log_per_value(d):
     """The Bernoulli term logs products of up to 16 sigmoids in [0.5, 1]: no underflow, float32 accuracy."""
-    from iwae_core.ops import _sum_of_logs
+    from iwae_core.maths.ops import _sum_of_logs
 
     torch.manual_seed(2)
     p = torch.rand(25, 100, d) * 0.5 + 0.5

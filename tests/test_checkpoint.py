@@ -7,7 +7,7 @@ import torch
 
 from iwae_core import checkpoint as ckpt
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig, check_k
-from iwae_core.model import IWAE
+from iwae_core.maths.model import IWAE
 
 
 @pytest.fixture

@@ -310,7 +310,7 @@ def test_memory_estimate_refuses_the_80_gb_run_and_allows_small_ones(monkeypatch
 def test_memory_estimate_is_not_below_what_a_step_takes():
     """The estimate is generous: at least the bytes autograd keeps for one step of a small iwae-r model."""
     run = RunConfig(ModelConfig.for_variant("iwae-r", hidden=(64,), z_dim=8), TrainConfig(k=20, batch_size=50))
-    from iwae_core.model import IWAE
+    from iwae_core.maths.model import IWAE
 
     model = IWAE(run.model)
     kept = []

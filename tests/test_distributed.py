@@ -44,7 +44,7 @@ def test_two_processes_train_in_sync(tmp_path):
     written = load_file(out / "model.safetensors")  # only rank 0 writes the model folder
     assert all(torch.equal(a[k], written[k]) for k in a)
     from iwae_core.config import ModelConfig
-    from iwae_core.model import IWAE
+    from iwae_core.maths.model import IWAE
 
     torch.manual_seed(0)
     torch.rand(400, 784)

@@ -7,9 +7,9 @@ import math
 
 import torch
 
-from iwae_core.bounds import surrogate_objective
 from iwae_core.config import ModelConfig
-from iwae_core.model import IWAE
+from iwae_core.maths.bounds import surrogate_objective
+from iwae_core.maths.model import IWAE
 
 
 def phi_gradients(model: IWAE, x: torch.Tensor, k: int, estimator: str, draws: int) -> torch.Tensor:

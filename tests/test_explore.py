@@ -6,7 +6,7 @@ import torch
 
 from iwae_core import explore
 from iwae_core.config import ModelConfig
-from iwae_core.model import IWAE
+from iwae_core.maths.model import IWAE
 
 
 def model(variant: str, seed: int = 0) -> IWAE:
@@ -101,7 +101,7 @@ def test_grouped_bounds_have_the_expectation_of_plain_l_k_and_less_variance():
     where every draw is independent (IWAE-Rrec: 'sample' granularity). A 'datapoint' random decoder (IWAE-R)
     shares one weight draw per image among all groups, which dominates the variance: its mean is checked."""
     from iwae_core import evaluate
-    from iwae_core.bounds import iwae_bound
+    from iwae_core.maths.bounds import iwae_bound
 
     x = torch.bernoulli(torch.full((3, 784), 0.2), generator=torch.Generator().manual_seed(2))
     ks, repeats, seeds = [1, 5, 20, 100], 150, 50

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from iwae_core.layers import BayesLinear, gaussian_kl
-from iwae_core.ops import flipout_noise, squared_input_product
+from iwae_core.maths.layers import BayesLinear, gaussian_kl
+from iwae_core.maths.ops import flipout_noise, squared_input_product
 
 
 def make_layer(in_f=3, out_f=2, sigma=0.5, seed=0) -> BayesLinear:

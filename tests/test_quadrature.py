@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from iwae_core.bounds import iwae_bound, normal_log_prob
 from iwae_core.config import ModelConfig
 from iwae_core.evaluate import log_likelihood
-from iwae_core.model import IWAE
+from iwae_core.maths.bounds import iwae_bound, normal_log_prob
+from iwae_core.maths.model import IWAE
 
 KS = [1, 10, 100, 1000, 5000]
 

@@ -14,7 +14,7 @@ import math
 import torch
 
 from iwae_core.config import TrainConfig
-from iwae_core.layers import BayesLinear
+from iwae_core.maths.layers import BayesLinear
 from iwae_core.train import build_adam, set_lr
 
 N, J, NOISE_STD, PRIOR_STD = 60_000, 32, 10.0, 1.0

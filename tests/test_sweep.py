@@ -1,4 +1,4 @@
-"""Sweeps and sharded evaluation on Ray (iwae_core/sweep.py, sharded.py) and the evaluation's seeding.
+"""Sweeps and sharded evaluation on Ray (iwae_core/scale/sweep.py, sharded.py) and the evaluation's seeding.
 
 The Ray tests are `slow` and start a local Ray with 2 CPUs (about 6-9 s each); together they take about a
 minute on the 2-core test machine. The sweep test trains tiny models on real MNIST (IWAE_DATA_DIR).
@@ -29,9 +29,9 @@ from iwae_core.evaluate import (
     skip_stream,
     stream_draws,
 )
-from iwae_core.model import IWAE
-from iwae_core.sharded import shard_bounds
-from iwae_core.sweep import (
+from iwae_core.maths.model import IWAE
+from iwae_core.scale.sharded import shard_bounds
+from iwae_core.scale.sweep import (
     TrialStopped,
     parse_grid,
     plan_trials,
@@ -157,7 +157,7 @@ def test_a_stopped_trial_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path
     and the rerun resumes from it to the same weights; a stopped evaluation writes nothing."""
     from conftest import synthetic_data
 
-    monkeypatch.setattr("iwae_core.sweep.STOP_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr("iwae_core.scale.sweep.STOP_CHECK_SECONDS", 0.0)
     threads = torch.get_num_threads()
     data = synthetic_data()
     grid = parse_grid({"base": {"hidden": [16], "z_dim": 2, "k": 3, "batch_size": 20, "epochs": 3, "max_steps": 25,
@@ -190,7 +190,7 @@ def test_a_stopped_trial_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path
 def test_a_failing_trial_comes_back_as_its_error(tmp_path, monkeypatch):
     """What a Ray worker returns for a trial that diverges or breaks: status failed and the error's message
     (the driver reports it and goes on with the others); the trial's running file is cleared either way."""
-    from iwae_core import sweep
+    from iwae_core.scale import sweep
     from iwae_core.train import TrainingDiverged
 
     run = plan_trials(parse_grid({"base": {"hidden": [8], "z_dim": 2}, "grid": {"seed": [0]}}))[0].run
@@ -203,7 +203,7 @@ def test_a_failing_trial_comes_back_as_its_error(tmp_path, monkeypatch):
                             (ValueError("bad value"), "ValueError: bad value")):
         def fail(*args, error=error, **kwargs):
             raise error
-        monkeypatch.setattr("iwae_core.sweep.run_trial", fail)
+        monkeypatch.setattr("iwae_core.scale.sweep.run_trial", fail)
         outcome = sweep._trial_task(spec)
         assert outcome["status"] == "failed" and outcome["error"] == expected
         assert not (tmp_path / ".running" / "t.json").exists()
@@ -330,7 +330,7 @@ def test_sharded_evaluation_equals_single_process_image_by_image(tiny_zoo, tmp_p
     data_root = require_data("MNIST", "raw")
     import ray
 
-    from iwae_core.sharded import evaluate_sharded
+    from iwae_core.scale.sharded import evaluate_sharded
 
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     names = ["tiny-iwae", "tiny-iwae-r"]

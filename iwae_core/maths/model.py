@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ModelConfig, check_k
 from .bounds import bernoulli_log_prob, normal_log_prob, normalized_weights
-from .config import ModelConfig, check_k
 from .layers import BayesLinear
 from .ops import softplus, tanh
 

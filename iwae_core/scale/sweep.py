@@ -54,7 +54,7 @@ try:
 except ImportError:  # Python 3.10: the same parser as a package (the scale extra installs it)
     import tomli as tomllib
 
-from .config import PAPER_PRESET, VARIANTS, ModelConfig, RunConfig, TrainConfig
+from ..config import PAPER_PRESET, VARIANTS, ModelConfig, RunConfig, TrainConfig
 
 MANIFEST = "sweep.json"
 RUNNING = ".running"  # RUNS/NAME/.running/<trial>.json: the process running a trial (pid, host), while it runs
@@ -200,7 +200,7 @@ def _read_json(path: Path) -> dict | None:
 def training_state(folder: Path, run: RunConfig) -> str:
     """'new', 'partial' (a checkpoint to resume), 'trained' (finished: metrics.json has its record), or
     'other' (the folder holds a run with other settings)."""
-    from .checkpoint import CheckpointError, load_run_config
+    from ..checkpoint import CheckpointError, load_run_config
 
     state = _read_json(folder / "checkpoint" / "trainer_state.json")
     saved = None
@@ -230,7 +230,7 @@ def evaluation_done(folder: Path, evaluation: dict | None, evaluated_with: dict 
         return True
     if evaluated_with != evaluation:
         return False
-    from .evaluate import model_sha256
+    from ..evaluate import model_sha256
 
     test = (_read_json(folder / "metrics.json") or {}).get("test") or {}
     return bool(test) and (folder / "test_ll.safetensors").exists() and test.get("model_sha256") == model_sha256(folder)
@@ -257,7 +257,7 @@ def run_trial(run: RunConfig, out: str | os.PathLike, data_dir: str | None = Non
     Returns what happened: resumed_at (step), trained_steps (this call), evaluated, test_ll."""
     import torch
 
-    from .train import Hooks, Trainer
+    from ..train import Hooks, Trainer
 
     out = Path(out)
     info = {"resumed_at": None, "trained_steps": 0, "evaluated": False}
@@ -290,7 +290,7 @@ def run_trial(run: RunConfig, out: str | os.PathLike, data_dir: str | None = Non
         info["trained_steps"] = trainer.step - start
         trainer.finish({"command": command})
     if evaluation:
-        from .evaluate import evaluate_folder
+        from ..evaluate import evaluate_folder
 
         def progress(done: int, total: int) -> None:
             if stop_requested():
@@ -309,7 +309,7 @@ _DATA_CACHE: dict = {}
 def _trial_task(spec: dict) -> dict:
     """A trial in a Ray worker: records which process runs it, runs it, and returns its outcome; errors
     come back as a 'failed' outcome with their message (Ray itself retries only dead workers)."""
-    from .train import TrainingDiverged
+    from ..train import TrainingDiverged
 
     running = Path(spec["running_file"])
     running.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +324,7 @@ def _trial_task(spec: dict) -> dict:
         if stop_file.exists():
             raise TrialStopped("the sweep was stopping when this trial came to start")
         if key not in _DATA_CACHE:  # a worker process keeps the dataset for its next trials
-            from .data import load_dataset
+            from ..data import load_dataset
 
             _DATA_CACHE.clear()
             _DATA_CACHE[key] = load_dataset(run.train.dataset, spec["data_dir"])
@@ -367,7 +367,7 @@ def _check_same_grid(old: dict, grid: Grid, folder: Path) -> None:
 
 
 def _write_manifest(folder: Path, grid: Grid, grid_file: str, trials: list[Trial], extra: dict) -> None:
-    from .checkpoint import write_json
+    from ..checkpoint import write_json
 
     write_json(folder / MANIFEST, {
         "format": 1, "grid_file": grid_file, "grid": grid.to_json(), **extra,
@@ -572,14 +572,14 @@ def sweep_table(folder: str | os.PathLike, tau: str = "1", seed_key: str = "seed
     test images of a's minus b's per-image log-likelihood; then their mean over seeds ± the seed-to-seed sd."""
     import math
 
-    from .checkpoint import CheckpointError, read_tensors
-    from .evaluate import stale_evaluation
+    from ..checkpoint import CheckpointError, read_tensors
+    from ..evaluate import stale_evaluation
 
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
         raise FileNotFoundError(f"{folder} is not a sweep folder (no {MANIFEST})")
-    from .checkpoint import find_models
+    from ..checkpoint import find_models
 
     entries = {e.name: e for e in find_models(folder)}
     groups: dict[str, dict] = {}

@@ -44,9 +44,9 @@ def _piece(model_files: dict, x: torch.Tensor, S: int, tau: float, batch_size: i
     """One shard in a Ray worker: (per-image log-likelihoods, start time, end time)."""
     from safetensors.torch import load
 
-    from .config import RunConfig
-    from .evaluate import log_likelihood_range
-    from .model import IWAE
+    from ..config import RunConfig
+    from ..evaluate import log_likelihood_range
+    from ..maths.model import IWAE
 
     torch.set_num_threads(threads)
     t0 = time.time()
@@ -85,9 +85,9 @@ def evaluate_sharded(dirs, workers: int, S: int = 5000, limit: int | None = None
     Returns {folder: result}."""
     from tqdm import tqdm
 
-    from . import checkpoint as ckpt
-    from .data import load_dataset
-    from .evaluate import (
+    from .. import checkpoint as ckpt
+    from ..data import load_dataset
+    from ..evaluate import (
         SEEDINGS,
         binarized_test_images,
         eval_batch_size,

@@ -1,0 +1,7 @@
+"""Scaling out on Ray: many trials at once and one evaluation across processes or machines.
+
+sweep        `iwae sweep`: a grid of runs as Ray tasks, resumable, with a per-trial evaluation and a table
+sharded      `iwae eval --workers`: the test log-likelihood split over processes, the same numbers as one
+cluster      connecting to Ray: a local Ray on this machine, or a cluster (a client address)
+distributed  data-parallel training under torchrun (DDP): each process trains on its own shard
+"""
