@@ -28,6 +28,7 @@ import torch
 
 from iwae_core import checkpoint, data, evaluate, explore, figures, folders
 from iwae_core.maths.model import IWAE
+from iwae_core.zoo import PRETRAINED_DIR, ZooEntry, scan_models
 
 TORCH_LOCK = threading.Lock()  # seeded draws use torch's global RNG: one view computes at a time
 TEST_IMAGES = 2000  # binarised test images kept in memory per dataset
@@ -70,17 +71,17 @@ def zoo_dirs() -> list[Path] | None:
 
 @st.cache_data(ttl=5, max_entries=4, show_spinner=False)
 def _zoo_entries(dirs: tuple[str, ...] | None,
-                 runs: str) -> tuple[list[checkpoint.ZooEntry], list[folders.Broken]]:
+                 runs: str) -> tuple[list[ZooEntry], list[folders.Broken]]:
     if dirs is not None:
-        return folders.scan_models(*dirs)
+        return scan_models(*dirs)
     from iwae_core.runs import scan_finished_models
 
-    shipped, broken = folders.scan_models(checkpoint.PRETRAINED_DIR)
+    shipped, broken = scan_models(PRETRAINED_DIR)
     trained, broken_runs = scan_finished_models(runs)
     return shipped + trained, broken + broken_runs
 
 
-def _scan() -> tuple[list[checkpoint.ZooEntry], list[folders.Broken]]:
+def _scan() -> tuple[list[ZooEntry], list[folders.Broken]]:
     dirs = zoo_dirs()
     return _zoo_entries(tuple(str(d) for d in dirs) if dirs is not None else None, str(runs_root()))
 
@@ -91,7 +92,7 @@ def _labels(items: list) -> list[str]:
     return [i.name if names.count(i.name) == 1 else f"{i.name} ({i.path.parent.name})" for i in items]
 
 
-def zoo() -> dict[str, checkpoint.ZooEntry]:
+def zoo() -> dict[str, ZooEntry]:
     """Every model the dashboard can show, by a unique label (the folder name, plus its parent if needed)."""
     entries, broken = _scan()
     return dict(zip(_labels(entries + broken)[: len(entries)], entries, strict=True))
@@ -104,7 +105,7 @@ def broken_models() -> dict[str, folders.Broken]:
 
 
 def zoo_sources() -> list[Path]:
-    return zoo_dirs() or [checkpoint.PRETRAINED_DIR, runs_root()]
+    return zoo_dirs() or [PRETRAINED_DIR, runs_root()]
 
 
 def no_models_message() -> None:
@@ -116,7 +117,7 @@ def no_models_message() -> None:
     st.stop()
 
 
-def ref(entry: checkpoint.ZooEntry) -> ModelRef:
+def ref(entry: ZooEntry) -> ModelRef:
     path = Path(entry.path) / "model.safetensors"
     return str(entry.path), path.stat().st_mtime_ns if path.exists() else 0
 
@@ -137,7 +138,7 @@ def load_model(model_ref: ModelRef) -> IWAE:
         st.stop()
 
 
-def model_name(label: str, entry: checkpoint.ZooEntry) -> str:
+def model_name(label: str, entry: ZooEntry) -> str:
     """A zoo label with the reading of its random weights where there are any: 'mnist-iwae-r (bayes)'."""
     return label if entry.variant == "iwae" else f"{label} ({entry.run.train.objective})"
 
@@ -475,7 +476,7 @@ def _url_notice(key: str) -> None:
         del st.session_state[f"{key}:url-notice"]
 
 
-def default_models(entries: dict[str, checkpoint.ZooEntry], limit: int = 3) -> list[str]:
+def default_models(entries: dict[str, ZooEntry], limit: int = 3) -> list[str]:
     """IWAE, IWAE-R and IWAE-Rrec of the first dataset that has them (else the first models)."""
     by_dataset: dict[str, list[str]] = {}
     for label, e in entries.items():
@@ -491,7 +492,7 @@ def default_models(entries: dict[str, checkpoint.ZooEntry], limit: int = 3) -> l
     return list(entries)[:limit]
 
 
-def pick_models(page: str, multi: bool = True, prefer: str | None = None) -> dict[str, checkpoint.ZooEntry]:
+def pick_models(page: str, multi: bool = True, prefer: str | None = None) -> dict[str, ZooEntry]:
     """Sidebar model picker (several or one), seeded from ?model=a,b; stops the page when the zoo is empty.
     A single picker defaults to the first model of variant `prefer` when there is one."""
     entries = zoo()
@@ -523,7 +524,7 @@ def pick_models(page: str, multi: bool = True, prefer: str | None = None) -> dic
     return {label: entries[label] for label in chosen}
 
 
-def tau_slider(page: str, default: float = 1.0, models: dict[str, checkpoint.ZooEntry] | None = None) -> float:
+def tau_slider(page: str, default: float = 1.0, models: dict[str, ZooEntry] | None = None) -> float:
     """Weight-noise scale tau: sigma -> tau * sigma (0 = posterior-mean weights, 1 = learned posterior).
 
     With `models`, says which of them tau does nothing for (deterministic networks: variant iwae), and is
@@ -668,7 +669,7 @@ def sync_url(**params) -> None:
 
 # ---- export ------------------------------------------------------------------------------------------
 
-def view_settings(models: dict[str, checkpoint.ZooEntry], **settings) -> dict:
+def view_settings(models: dict[str, ZooEntry], **settings) -> dict:
     """What an exported figure was made with: each model's variant, objective (bayes or mixture; '-' for the
     deterministic IWAE), dataset and folder, the given settings (k, tau, seed, images, ...) and the page's link
     parameters, which reopen the view."""
@@ -678,7 +679,7 @@ def view_settings(models: dict[str, checkpoint.ZooEntry], **settings) -> dict:
             **settings, "link": {name: st.query_params.get(name) for name in st.query_params}}
 
 
-def objectives_text(models: dict[str, checkpoint.ZooEntry]) -> str:
+def objectives_text(models: dict[str, ZooEntry]) -> str:
     """'; objective bayes' (one for all random-weight models) or '; objectives a: bayes, b: mixture', for a title;
     '' when every model is deterministic (IWAE has no such reading)."""
     random = {label: e.run.train.objective for label, e in models.items() if e.variant != "iwae"}
@@ -739,7 +740,7 @@ def _fmt(r: dict | None) -> str:
 INT_COLUMNS = ("train k", "epochs", "steps", "test images", "S", "active units")
 
 
-def zoo_table(entries: dict[str, checkpoint.ZooEntry],
+def zoo_table(entries: dict[str, ZooEntry],
               broken: dict[str, folders.Broken] | None = None) -> pd.DataFrame:
     """One row per model: what it is, how long it trained, its test log-likelihood and the paper's; a broken
     folder is one row with its folder and the problem. Missing numbers are empty, never '' in a number column
@@ -776,7 +777,7 @@ def zoo_table(entries: dict[str, checkpoint.ZooEntry],
     return table
 
 
-def paper_table(entries: dict[str, checkpoint.ZooEntry]) -> pd.DataFrame:
+def paper_table(entries: dict[str, ZooEntry]) -> pd.DataFrame:
     """The paper's table with, beside each number, the best evaluated model of that dataset and variant."""
     rows = []
     for dataset, variants in evaluate.PAPER_TABLE.items():

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from iwae_core.checkpoint import PRETRAINED_DIR, load_model  # noqa: E402
+from iwae_core.checkpoint import load_model  # noqa: E402
 from iwae_core.data import load_dataset  # noqa: E402
 from iwae_core.evaluate import binarized_test_images, eval_batch_size, log_likelihood, skip_stream  # noqa: E402
+from iwae_core.zoo import PRETRAINED_DIR
 
 GRID = """
 [base]

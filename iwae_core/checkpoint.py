@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,8 +19,6 @@ from safetensors.torch import load_file, save_file
 
 from .config import RunConfig
 from .maths.model import IWAE
-
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 
 
 class CheckpointError(RuntimeError):
@@ -260,50 +257,3 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def select_models(dirs=None) -> list[ZooEntry]:
-    """The model folders named (in their order on disk), or all shipped pretrained models when none are."""
-    if not dirs:
-        return find_models()
-    wanted = {Path(d).resolve() for d in dirs}
-    return [e for e in find_models(*{p.parent for p in wanted}) if e.path.resolve() in wanted]
-
-
-@dataclass
-class ZooEntry:
-    """A model folder found on disk, with what its JSON files say about it."""
-
-    name: str
-    path: Path
-    run: RunConfig
-    metrics: dict
-    last_history: dict = field(default_factory=dict)  # the last row of history.csv, as numbers (dashboard)
-    problem: str = ""  # why some of its numbers are missing (an unreadable metrics.json or history.csv)
-
-    @property
-    def dataset(self) -> str:
-        return self.run.train.dataset
-
-    @property
-    def variant(self) -> str:
-        return self.run.model.variant
-
-
-def find_models(*roots: str | os.PathLike) -> list[ZooEntry]:
-    """Every model folder directly under the given roots (default: the shipped pretrained models)."""
-    entries = []
-    for root in roots or (PRETRAINED_DIR,):
-        root = Path(root)
-        if not root.is_dir():
-            continue
-        for d in sorted(p for p in root.iterdir() if (p / "model.safetensors").exists()):
-            try:
-                run = load_run_config(d)
-            except CheckpointError:
-                continue
-            metrics_path = d / "metrics.json"
-            try:
-                metrics = read_json(metrics_path) if metrics_path.exists() else {}
-            except CheckpointError as err:
-                metrics = {"error": str(err)}  # the weights are still usable; say why numbers are missing
-            entries.append(ZooEntry(d.name, d, run, metrics))
-    return entries

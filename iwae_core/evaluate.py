@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import zoo
 from .allocator import retain_freed_memory
 from .config import SEEDINGS, check_k, check_seed
 from .data import binarize, load_dataset
@@ -466,7 +467,7 @@ def model_sha256(directory: Path) -> str:
     return hashlib.sha256((Path(directory) / "model.safetensors").read_bytes()).hexdigest()
 
 
-def stale_evaluation(entry: ckpt.ZooEntry) -> bool:
+def stale_evaluation(entry: zoo.ZooEntry) -> bool:
     """Whether the folder's test results (metrics.json, test_ll.safetensors) are of other weights than
     its model.safetensors, e.g. after a retrained model was copied over an evaluated one."""
     current = model_sha256(entry.path)
@@ -490,7 +491,7 @@ def stale_evaluation(entry: ckpt.ZooEntry) -> bool:
                for tau, result in by_tau.items())
 
 
-def paired_differences(entries: list[ckpt.ZooEntry], tau: str = "1") -> list[dict]:
+def paired_differences(entries: list[zoo.ZooEntry], tau: str = "1") -> list[dict]:
     """For models of one dataset evaluated on the same images: mean per-image difference and its
     paired standard error, for every ordered pair (a better than b when the difference is > 0)."""
     lls = {}
@@ -512,7 +513,7 @@ def paired_differences(entries: list[ckpt.ZooEntry], tau: str = "1") -> list[dic
     return rows
 
 
-def write_paired(entries: list[ckpt.ZooEntry], rows_by_dataset: dict[str, list[dict]] | None = None) -> None:
+def write_paired(entries: list[zoo.ZooEntry], rows_by_dataset: dict[str, list[dict]] | None = None) -> None:
     """Store each model's paired differences against the others of its dataset in its metrics.json
     (those of paired_differences, computed here unless given per dataset)."""
     for dataset in {e.dataset for e in entries}:
@@ -526,7 +527,7 @@ def write_paired(entries: list[ckpt.ZooEntry], rows_by_dataset: dict[str, list[d
 
 def comparison_table(dirs=None) -> str:
     """A plain-text table: the paper's numbers beside those of the given (or shipped) models."""
-    entries = ckpt.select_models(dirs)
+    entries = zoo.select_models(dirs)
     lines = [f"{'dataset':9} {'variant':10} {'paper':>17} {'ours (tau=1)':>17} {'ours (tau=0)':>17} "
              f"{'AU':>3} {'epochs':>6}  model"]
     for e in entries:

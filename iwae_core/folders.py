@@ -2,36 +2,29 @@
 
 Every file the dashboard shows something from is read here and checked for what the dashboard uses
 (types, ranges, the weights against their config), so a bad file becomes one line naming the file and
-what is wrong (FileError), never an exception on a page. scan_models sorts the model folders under some
-roots into usable ZooEntry objects and Broken ones; a usable model may still carry a `problem` (an
-unreadable metrics.json or history.csv: its numbers are missing, its weights are fine).
+what is wrong (FileError), never an exception on a page. zoo.py builds the model zoo from these readers;
+runs/ reads the Train live page's run folders with them.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import functools
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .checkpoint import CheckpointError, ZooEntry, load_model
 from .config import RunConfig
 from .maths.model import IWAE
 
 MAX_JSON_BYTES = 10 << 20  # config, metrics, run options and progress are a few kB; more is not ours
 MAX_CSV_BYTES = 50 << 20  # history.csv: one short row per epoch
-IMAGE_PIXELS = 784  # the dashboard draws 28x28 images
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 MAX_HIDDEN_LAYERS = 64
-MODEL_FILES = ("model.safetensors", "config.json", "metrics.json")  # any of them makes a folder a model folder
 
 
 class FileError(RuntimeError):
@@ -245,100 +238,6 @@ def check_weights_header(path: Path, run: RunConfig) -> None:
             raise FileError(f"{path}: tensor {name} has shape {shape}, config.json needs {expected[name]}")
         if dtype not in FLOAT_DTYPES:
             raise FileError(f"{path}: tensor {name} holds {dtype} values, not floating-point numbers")
-
-
-@functools.lru_cache(maxsize=256)
-def _weights_error(folder: str, signature: tuple) -> str | None:
-    """Why the weights of a folder cannot be loaded (None when they can); cached per version of its files."""
-    try:
-        load_model(folder)
-    except CheckpointError as err:
-        return str(err)
-    except Exception as err:  # anything else a file can provoke stays this folder's problem
-        return f"{Path(folder) / 'model.safetensors'} cannot be loaded: {type(err).__name__}: {err}"
-    return None
-
-
-def _signature(folder: Path) -> tuple:
-    stats = []
-    for name in ("model.safetensors", "config.json"):
-        s = (folder / name).stat()
-        stats.append((s.st_size, s.st_mtime_ns, s.st_ino))
-    return tuple(stats)
-
-
-def read_model_folder(folder: Path) -> ZooEntry:
-    """A model folder as a usable ZooEntry, or FileError with the reason it cannot be used.
-
-    Its config and weights must load (the header is checked first, then every value, as the pages will
-    load them); an unreadable metrics.json or history.csv only becomes the entry's `problem`."""
-    folder = Path(folder)
-    run = read_run_config(folder / "config.json")
-    if run.model.x_dim != IMAGE_PIXELS:
-        raise FileError(f"{folder / 'config.json'}: x_dim is {run.model.x_dim}; the dashboard shows "
-                        f"28x28 images ({IMAGE_PIXELS} pixels)")
-    check_weights_header(folder / "model.safetensors", run)
-    error = _weights_error(str(folder), _signature(folder))
-    if error:
-        raise FileError(error)
-    problems, metrics, last = [], {}, {}
-    try:
-        metrics = read_metrics(folder / "metrics.json")
-    except FileError as err:
-        problems.append(str(err))
-    try:
-        history = read_history(folder / "history.csv")
-        last = history[-1] if history else {}
-    except FileError as err:
-        problems.append(str(err))
-    return ZooEntry(folder.name, folder, run, metrics, last_history=last, problem="; ".join(problems))
-
-
-def entry_or_broken(folder: Path) -> ZooEntry | Broken:
-    """read_model_folder, with whatever goes wrong turned into a Broken folder (never an exception)."""
-    folder = Path(folder)
-    try:
-        return read_model_folder(folder)
-    except FileError as err:
-        return Broken(folder.name, folder, str(err))
-    except Exception as err:  # a folder never takes the others down with it
-        return Broken(folder.name, folder, f"{folder}: {type(err).__name__}: {err}")
-
-
-SWEEP_MANIFEST = "sweep.json"  # marks a folder of `iwae sweep` trials (see sweep.py)
-
-
-def scan_models(*roots: str | os.PathLike) -> tuple[list[ZooEntry], list[Broken]]:
-    """The model folders directly under the roots: (usable entries, broken folders), each in name order.
-
-    A folder counts as a model folder when it holds any of model.safetensors, config.json, metrics.json.
-    The trials of a sweep (a root that is a sweep folder, or a sweep folder directly under a root) are
-    named SWEEP/TRIAL, so that they group together and apart from other models."""
-    entries, broken = [], []
-    for root in roots:
-        root = Path(root)
-        try:
-            subfolders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        except OSError:
-            continue
-        sweeps = [root] if (root / SWEEP_MANIFEST).is_file() else []
-        sweeps += [p for p in subfolders if (p / SWEEP_MANIFEST).is_file()]
-        groups = [(folder, None) for folder in subfolders if root not in sweeps and _is_model_folder(folder)]
-        for sweep in sweeps:
-            try:
-                groups += [(p, sweep.name) for p in sorted(sweep.iterdir()) if p.is_dir() and _is_model_folder(p)]
-            except OSError:
-                continue
-        for folder, sweep in groups:
-            found = entry_or_broken(folder)
-            if sweep is not None:
-                found = dataclasses.replace(found, name=f"{sweep}/{folder.name}")
-            (broken if isinstance(found, Broken) else entries).append(found)
-    return entries, broken
-
-
-def _is_model_folder(folder: Path) -> bool:
-    return any((folder / f).exists() for f in MODEL_FILES)
 
 
 # ---- run folders ---------------------------------------------------------------------------------------

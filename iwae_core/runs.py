@@ -29,10 +29,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import folders
-from .checkpoint import CheckpointError, ZooEntry, read_json, write_json
+from . import folders, zoo
+from .checkpoint import CheckpointError, read_json, write_json
 from .config import RunConfig
 from .data import cache_dir
+from .zoo import ZooEntry
 
 ACTIVE = ("starting", "running", "stopping")  # a worker owns the run
 RESUMABLE = ("stopped", "interrupted")
@@ -198,14 +199,14 @@ def scan_finished_models(root: str | os.PathLike | None = None) -> tuple[list[Zo
     entries, broken = [], []
     for info in sorted(found, key=lambda r: r.name):
         if info.status == "finished":
-            item = folders.entry_or_broken(info.path)
+            item = zoo.entry_or_broken(info.path)
             (broken if isinstance(item, folders.Broken) else entries).append(item)
     broken += [b for b in broken_runs if (b.path / "model.safetensors").exists()]
     return entries, sorted(broken, key=lambda b: b.name)
 
 
 def finished_models(root: str | os.PathLike | None = None) -> list[ZooEntry]:
-    """Zoo entries (checkpoint.ZooEntry) of the runs that trained to the end; runs in progress are left out."""
+    """Zoo entries (zoo.ZooEntry) of the runs that trained to the end; runs in progress are left out."""
     return scan_finished_models(root)[0]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from iwae_core import checkpoint as ckpt
+from iwae_core import zoo
 from iwae_core.evaluate import stale_evaluation
 
 VARIANTS = ("iwae", "iwae-r", "iwae-rrec")
@@ -25,7 +26,7 @@ VARIANTS = ("iwae", "iwae-r", "iwae-rrec")
 
 def per_image(stage: Path, variant: str, tau: str = "1") -> torch.Tensor:
     folder = stage / variant
-    if stale_evaluation(ckpt.select_models([folder])[0]):
+    if stale_evaluation(zoo.select_models([folder])[0]):
         raise SystemExit(f"{folder}: its test results are of other weights; run iwae eval {folder} again")
     stored = ckpt.read_tensors(folder / "test_ll.safetensors")
     if f"tau={tau}" not in stored:

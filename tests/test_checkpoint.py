@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from iwae_core import checkpoint as ckpt
+from iwae_core import zoo
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig, check_k
 from iwae_core.maths.model import IWAE
 
@@ -92,7 +93,7 @@ def test_find_models_lists_folders_and_skips_broken_ones(folder, tmp_path):
     for f in ("model.safetensors", "config.json"):
         (good / f).write_bytes((path / f).read_bytes())
     (good / "metrics.json").write_text('{"test": {"test_ll": -100.0}}')
-    entries = ckpt.find_models(broken.parent)
+    entries = zoo.find_models(broken.parent)
     assert [e.name for e in entries] == ["good"]
     assert entries[0].metrics["test"]["test_ll"] == -100.0 and entries[0].variant == "iwae-r"
 

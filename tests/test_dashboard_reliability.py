@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from streamlit.testing.v1 import AppTest
 
-from iwae_core import folders, runs
+from iwae_core import runs, zoo
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig
 from support import open_app
 
@@ -188,7 +188,7 @@ def hostile(hostile_zoo, hostile_runs, monkeypatch, tmp_path):
 # ---- the validating reader ---------------------------------------------------------------------------
 
 def test_every_broken_model_folder_is_reported_once_naming_its_file(hostile_zoo):
-    entries, broken = folders.scan_models(hostile_zoo)
+    entries, broken = zoo.scan_models(hostile_zoo)
     assert sorted(b.name for b in broken) == sorted(BROKEN)
     assert sorted(e.name for e in entries) == sorted(["good-evaluated", "good-unevaluated", *PROBLEMS])
     for b in broken:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from iwae_core import checkpoint as ckpt
+from iwae_core import zoo
 from iwae_core.data import load_dataset
 from iwae_core.evaluate import binarized_test_images, log_likelihood, stale_evaluation
 from support import require_data
@@ -19,17 +20,17 @@ NAMES = [f"{d}-{v}" for d in ("mnist", "omniglot") for v in ("iwae", "iwae-r", "
 
 
 def test_every_model_is_shipped_and_small():
-    found = {e.name for e in ckpt.find_models()}
+    found = {e.name for e in zoo.find_models()}
     assert set(NAMES) <= found, set(NAMES) - found
     kinds = (".safetensors", ".json", ".csv")  # what is shipped; training checkpoints and logs are not
-    shipped = [f for f in ckpt.PRETRAINED_DIR.glob("*/*") if f.is_file() and f.suffix in kinds]
+    shipped = [f for f in zoo.PRETRAINED_DIR.glob("*/*") if f.is_file() and f.suffix in kinds]
     total = sum(f.stat().st_size for f in shipped)
     assert total < 40 * 2**20, f"pretrained/ holds {total / 2**20:.1f} MB"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_metadata(name):
-    path = ckpt.PRETRAINED_DIR / name
+    path = zoo.PRETRAINED_DIR / name
     model, run = ckpt.load_model(path)
     dataset, variant = name.split("-", 1)
     assert run.train.dataset == dataset and run.model.variant == variant
@@ -52,7 +53,7 @@ def test_metadata(name):
     assert test["model_sha256"] == hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
     per_image = ckpt.read_tensors(path / "test_ll.safetensors")
     assert all(len(v) == test["n_images"] for v in per_image.values())
-    assert not stale_evaluation(ckpt.select_models([path])[0])  # test_ll.safetensors holds metrics.json's results
+    assert not stale_evaluation(zoo.select_models([path])[0])  # test_ll.safetensors holds metrics.json's results
     taus = {"1", "0"} if variant != "iwae" else {"1"}
     assert set(test["by_tau"]) == taus
     for tau in taus:
@@ -71,10 +72,10 @@ def test_results_of_other_weights_are_recognised_and_left_out(tmp_path, capsys):
     from iwae_core.evaluate import paired_differences
 
     for name in ("omniglot-iwae", "omniglot-iwae-rrec"):
-        shutil.copytree(ckpt.PRETRAINED_DIR / name, tmp_path / name,
+        shutil.copytree(zoo.PRETRAINED_DIR / name, tmp_path / name,
                         ignore=shutil.ignore_patterns("checkpoint", "*.log"))
     a, b = (tmp_path / n for n in ("omniglot-iwae", "omniglot-iwae-rrec"))
-    entry = lambda p: ckpt.select_models([p])[0]  # noqa: E731
+    entry = lambda p: zoo.select_models([p])[0]  # noqa: E731
     assert not stale_evaluation(entry(a)) and len(paired_differences([entry(a), entry(b)])) == 1
 
     original = ckpt.read_tensors(a / "test_ll.safetensors")
@@ -103,7 +104,7 @@ def test_results_of_other_weights_are_recognised_and_left_out(tmp_path, capsys):
 def test_test_ll_reestimate_agrees_with_metrics(name):
     dataset = name.split("-", 1)[0]
     require_data("MNIST" if dataset == "mnist" else "omniglot-py")
-    path = ckpt.PRETRAINED_DIR / name
+    path = zoo.PRETRAINED_DIR / name
     model, run = ckpt.load_model(path)
     stored = ckpt.read_tensors(path / "test_ll.safetensors")["tau=1"]
     metrics = ckpt.read_json(path / "metrics.json")["test"]["by_tau"]["1"]

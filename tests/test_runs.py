@@ -18,8 +18,9 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from iwae_core import runs
-from iwae_core.checkpoint import find_models, load_model
+from iwae_core.checkpoint import load_model
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig
+from iwae_core.zoo import find_models
 from support import require_data
 
 ROOT = Path(__file__).resolve().parent.parent

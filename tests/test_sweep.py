@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from iwae_core import zoo
 from iwae_core.checkpoint import load_model, load_run_config
 from iwae_core.config import ModelConfig
 from iwae_core.evaluate import (
@@ -94,8 +95,8 @@ def test_a_shard_of_the_shipped_pass_reproduces_the_shipped_values(name, one_thr
     from iwae_core.data import load_dataset
 
     require_data("MNIST", "raw")
-    model, run = ckpt.load_model(ckpt.PRETRAINED_DIR / name)
-    shipped = ckpt.read_tensors(ckpt.PRETRAINED_DIR / name / "test_ll.safetensors")["tau=1"]
+    model, run = ckpt.load_model(zoo.PRETRAINED_DIR / name)
+    shipped = ckpt.read_tensors(zoo.PRETRAINED_DIR / name / "test_ll.safetensors")["tau=1"]
     x = binarized_test_images(load_dataset("mnist"))
     ll = log_likelihood_range(model, x, 5000, 1.0, seed=0, start=20, stop=30)
     assert (ll - shipped[20:30]).abs().max().item() < 1e-4  # measured: at most 1.5e-5 (2 ulps of ~90)
@@ -373,7 +374,6 @@ def test_sweep_trials_are_listed_in_the_zoo_grouped_by_sweep(tiny_zoo, tmp_path,
     other models, on the home page too."""
     import shutil
 
-    from iwae_core import folders
     from support import open_app
 
     root = tmp_path / "zoo"
@@ -381,10 +381,10 @@ def test_sweep_trials_are_listed_in_the_zoo_grouped_by_sweep(tiny_zoo, tmp_path,
     for trial in ("variant=iwae,seed=0", "variant=iwae-r,seed=0"):
         shutil.copytree(tiny_zoo / "tiny-iwae", root / "grid" / trial)
     (root / "grid" / "sweep.json").write_text("{}")
-    entries, broken = folders.scan_models(root)
+    entries, broken = zoo.scan_models(root)
     assert [e.name for e in entries] == ["alone", "grid/variant=iwae,seed=0", "grid/variant=iwae-r,seed=0"]
     assert not broken
-    assert [e.name for e in folders.scan_models(root / "grid")[0]] == [
+    assert [e.name for e in zoo.scan_models(root / "grid")[0]] == [
         "grid/variant=iwae,seed=0", "grid/variant=iwae-r,seed=0"]
     monkeypatch.setenv("IWAE_ZOO_DIRS", str(root))
     at = open_app()

@@ -579,7 +579,7 @@ def sweep_table(folder: str | os.PathLike, tau: str = "1", seed_key: str = "seed
     manifest = read_manifest(folder)
     if manifest is None:
         raise FileNotFoundError(f"{folder} is not a sweep folder (no {MANIFEST})")
-    from ..checkpoint import find_models
+    from ..zoo import find_models
 
     entries = {e.name: e for e in find_models(folder)}
     groups: dict[str, dict] = {}
