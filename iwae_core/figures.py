@@ -468,7 +468,7 @@ def _number(v) -> float | None:
 
 
 def training_curves(history_rows: Sequence[Mapping]) -> go.Figure:
-    """Per-epoch training curves from rows with train.HISTORY_FIELDS keys (values may be CSV strings):
+    """Per-epoch training curves from rows with history.FIELDS keys (values may be CSV strings):
     the bound (train and validation) and the weight KL per data point against the epoch."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("bound (nats)", "KL(q(W) ‖ p(W)) / N"),
                         horizontal_spacing=0.1)

@@ -8,7 +8,6 @@ runs/ reads the Train live page's run folders with them.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -152,42 +151,6 @@ def read_metrics(path: Path) -> dict:
         _number(result, "mean", path, f"test.by_tau.{tau}.")
         _number(result, "stderr", path, f"test.by_tau.{tau}.", minimum=0)
     return metrics
-
-
-def read_history(path: Path) -> list[dict]:
-    """history.csv as rows of numbers ([] when there is none); epoch and step are whole numbers, empty is None."""
-    if not Path(path).exists():
-        return []
-    text = read_text(path, MAX_CSV_BYTES)
-    rows = []
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        fields = reader.fieldnames or []
-        missing = [f for f in ("epoch", "step") if f not in fields]
-        if missing:
-            raise FileError(f"{path} has no {' and no '.join(missing)} column (header: {_show(fields, 80)})")
-        for row in reader:
-            line = reader.line_num
-            if None in row:
-                raise FileError(f"{path}, line {line}: more values than the header has columns")
-            parsed = {}
-            for name, value in row.items():
-                if value is None or value.strip() == "":
-                    parsed[name] = None
-                    continue
-                try:
-                    parsed[name] = float(value)
-                except ValueError:
-                    raise FileError(f"{path}, line {line}: {name} is {_show(value)}, not a number") from None
-            for name in ("epoch", "step"):
-                v = parsed[name]
-                if v is None or not math.isfinite(v) or not v.is_integer() or v < 0:
-                    raise FileError(f"{path}, line {line}: {name} is {_show(row[name])}, not a whole number")
-                parsed[name] = int(v)
-            rows.append(parsed)
-    except csv.Error as err:
-        raise FileError(f"{path} is not a readable CSV file: {err}") from err
-    return rows
 
 
 def expected_tensors(run: RunConfig) -> dict[str, tuple[int, ...]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -15,9 +14,11 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import history as history_csv
 from .allocator import retain_freed_memory
 from .config import RunConfig, TrainConfig
 from .data import Batches, binarize, load_dataset
+from .folders import FileError
 from .maths.bounds import iwae_bound, surrogate_objective
 from .maths.model import IWAE
 from .scale import distributed
@@ -130,10 +131,6 @@ def check_training_memory(run: RunConfig, available: int | None = None) -> None:
         raise ValueError(f"--k {run.train.k} x --batch-size {run.train.batch_size} with these layer sizes needs "
                          f"about {need / 2**30:,.1f} GiB per training step, more than this machine's "
                          f"{available / 2**30:,.1f} GiB of memory can hold; use a smaller --k or --batch-size")
-
-
-HISTORY_FIELDS = ["epoch", "step", "lr", "train_bound", "kl_per_datapoint", "objective", "valid_bound",
-                  "mean_sigma_encoder", "mean_sigma_decoder", "seconds"]
 
 
 class Trainer:
@@ -348,7 +345,7 @@ class Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt.save_model(self.out, self.model, self.run)
-        write_history(self.out / "history.csv", self.history)
+        history_csv.write(self.out / "history.csv", self.history)
         tmp = self.out / f".checkpoint.tmp-{os.getpid()}"
         tmp.mkdir(exist_ok=True)
         opt_tensors, opt_plain = ckpt.optimizer_tensors(self.optimizer)
@@ -469,7 +466,7 @@ class Trainer:
         if not self.out or self.rank != 0:
             return
         ckpt.save_model(self.out, self.model, self.run)
-        write_history(self.out / "history.csv", self.history)
+        history_csv.write(self.out / "history.csv", self.history)
         metrics_path = self.out / "metrics.json"
         metrics = ckpt.read_json_object(metrics_path)
         extra_metrics = extra_metrics or {}
@@ -548,15 +545,6 @@ def check_trainer_state(state: dict, path: Path) -> dict:
     return state
 
 
-def write_history(path: Path, rows: list[dict]) -> None:
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-    ckpt.atomic_write(path, write)
-
-
 def read_earlier_stages(folder: str | os.PathLike, run: RunConfig) -> dict:
     """Epochs, steps, seconds, history rows and stages of the model folder a run starts from."""
     folder = Path(folder)
@@ -569,7 +557,12 @@ def read_earlier_stages(folder: str | os.PathLike, run: RunConfig) -> dict:
     training = ckpt.read_json_object(metrics_path).get("training")
     if not training:
         raise ckpt.CheckpointError(f"{metrics_path} has no training record: {folder} is not a trained model folder")
-    history = read_history(folder / "history.csv")
+    if not (folder / "history.csv").exists():
+        raise ckpt.CheckpointError(f"{folder / 'history.csv'} is missing")
+    try:
+        history = history_csv.read(folder / "history.csv")
+    except FileError as err:
+        raise ckpt.CheckpointError(str(err)) from err
     if len(history) != training["epochs"]:
         raise ckpt.CheckpointError(f"{folder}/history.csv has {len(history)} epochs, its metrics.json "
                                    f"{training['epochs']}: the folder is inconsistent")
@@ -579,16 +572,3 @@ def read_earlier_stages(folder: str | os.PathLike, run: RunConfig) -> dict:
            "init_from": None}]
     return {"epochs": training["epochs"], "steps": training["steps"], "train_seconds": training["train_seconds"],
             "history": history, "stages": stages}
-
-
-def read_history(path: Path) -> list[dict]:
-    """history.csv back as the rows the Trainer keeps (numbers as numbers, empty cells as None)."""
-    if not path.exists():
-        raise ckpt.CheckpointError(f"{path} is missing")
-
-    def value(name: str, text: str):
-        if text == "":
-            return None
-        return int(text) if name in ("epoch", "step") else float(text)
-    with open(path, newline="") as f:
-        return [{name: value(name, row[name]) for name in HISTORY_FIELDS} for row in csv.DictReader(f)]

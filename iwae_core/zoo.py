@@ -15,9 +15,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import history
 from .checkpoint import CheckpointError, load_model
 from .config import RunConfig
-from .folders import Broken, FileError, check_weights_header, read_history, read_metrics, read_run_config
+from .folders import Broken, FileError, check_weights_header, read_metrics, read_run_config
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 MODEL_FILES = ("model.safetensors", "config.json", "metrics.json")  # any of them makes a folder a model folder
@@ -77,8 +78,8 @@ def read_model_folder(folder: Path) -> ZooEntry:
     except FileError as err:
         problems.append(str(err))
     try:
-        history = read_history(folder / "history.csv")
-        last = history[-1] if history else {}
+        rows = history.read(folder / "history.csv")
+        last = rows[-1] if rows else {}
     except FileError as err:
         problems.append(str(err))
     return ZooEntry(folder.name, folder, run, metrics, last_history=last, problem="; ".join(problems))

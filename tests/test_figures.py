@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from iwae_core import figures
-from iwae_core.train import HISTORY_FIELDS
+from iwae_core.history import FIELDS as HISTORY_FIELDS
 
 
 def rng(seed: int = 0) -> np.random.Generator:
