@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from iwae_core import runs
 from iwae_core.checkpoint import load_model
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig
+from iwae_core.runs import queue, store, worker
 from iwae_core.zoo import find_models
 from support import require_data
 
@@ -95,7 +96,7 @@ def test_start_progress_stop_resume_finish_then_in_the_zoo(root):
     assert metrics["steps"] == 6000 and metrics["train_images"] == 400
     assert (info.path / runs.SAMPLES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "--- launch 2" in (info.path / runs.LOG).read_text()
-    again = subprocess.run([sys.executable, "-m", "iwae_core.runs", "worker", str(info.path)],
+    again = subprocess.run([sys.executable, "-m", "iwae_core.runs.worker", str(info.path)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 4 and "is finished" in again.stderr
 
@@ -109,7 +110,7 @@ def test_worker_refuses_a_run_whose_lock_is_held(tmp_path):
     (path / runs.PROGRESS).write_text(json.dumps({"status": "running", "pid": 12345}))
     with open(path / runs.LOCK, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        out = subprocess.run([sys.executable, "-m", "iwae_core.runs", "worker", str(path)],
+        out = subprocess.run([sys.executable, "-m", "iwae_core.runs.worker", str(path)],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 4
         assert "pid 12345" in out.stderr
@@ -123,7 +124,7 @@ def test_resume_and_delete_wait_for_a_worker_that_is_releasing_its_lock(tmp_path
     """A worker writes "stopped" just before it lets go of the lock: Resume or Delete in that gap waits."""
     monkeypatch.setenv("IWAE_RUNS_DIR", str(tmp_path))
     launched = []
-    monkeypatch.setattr(runs, "_launch", lambda p: launched.append(Path(p).name) or True)
+    monkeypatch.setattr(queue, "_launch", lambda p: launched.append(Path(p).name) or True)
 
     def stopped_run_still_locked(name):
         path = tmp_path / name
@@ -136,14 +137,14 @@ def test_resume_and_delete_wait_for_a_worker_that_is_releasing_its_lock(tmp_path
         return path, held
 
     path, held = stopped_run_still_locked("resume")
-    monkeypatch.setattr(runs, "RELEASE_SECONDS", 0.3)
+    monkeypatch.setattr(queue, "RELEASE_SECONDS", 0.3)
     with pytest.raises(runs.RunError, match="another worker"):  # never released: refused, status kept
         runs.resume_run(path)
     with pytest.raises(runs.RunError, match="stop it before deleting"):
         runs.delete_run(path)
     assert runs.read_run(path).status == "stopped" and launched == [] and path.is_dir()
 
-    monkeypatch.setattr(runs, "RELEASE_SECONDS", 30.0)
+    monkeypatch.setattr(queue, "RELEASE_SECONDS", 30.0)
     threading.Timer(0.5, held.close).start()  # the exiting worker lets go half a second later
     assert runs.resume_run(path).status == "queued" and launched == ["resume"]
 
@@ -163,7 +164,7 @@ def test_limit_queues_or_refuses_and_a_queued_run_starts_when_a_slot_frees(root,
     assert [r.name for r in runs.list_runs(root)] == ["a"]
     b = runs.start_run(tiny(epochs=1000), train_images=400, name="b")
     assert b.status == "queued" and "IWAE_MAX_RUNS=1" in b.message
-    monkeypatch.setattr(runs, "MAX_QUEUED", 1)
+    monkeypatch.setattr(queue, "MAX_QUEUED", 1)
     with pytest.raises(runs.RunLimitError, match="waiting"):
         runs.start_run(tiny(), train_images=400, name="c")
     assert runs.dispatch(root) == []  # no free slot: nothing starts
@@ -171,7 +172,7 @@ def test_limit_queues_or_refuses_and_a_queued_run_starts_when_a_slot_frees(root,
         runs.delete_run(b.path)
     wait_for(a.path, lambda r: r.status == "running")
     assert runs.read_run(b.path).status == "queued"
-    second = subprocess.run([sys.executable, "-m", "iwae_core.runs", "worker", str(a.path)],
+    second = subprocess.run([sys.executable, "-m", "iwae_core.runs.worker", str(a.path)],
                             capture_output=True, text=True, timeout=120)  # a second worker on a live run
     assert second.returncode == 4 and "another worker" in second.stderr, second.stderr
     with pytest.raises(runs.RunError, match="only stopped or interrupted"):
@@ -198,12 +199,12 @@ def test_killed_worker_is_interrupted_and_hung_worker_is_unresponsive(root, monk
 
     os.kill(pid, signal.SIGSTOP)  # hung: holds the lock, no heartbeat
     try:
-        monkeypatch.setattr(runs, "STALE_SECONDS", 1.5)
+        monkeypatch.setattr(store, "STALE_SECONDS", 1.5)
         hung = wait_for(info.path, lambda r: r.status == "unresponsive", timeout=30)
         assert f"pid {pid}" in hung.message and runs.is_locked(info.path)
     finally:
         os.kill(pid, signal.SIGCONT)
-    monkeypatch.setattr(runs, "STALE_SECONDS", 60.0)
+    monkeypatch.setattr(store, "STALE_SECONDS", 60.0)
     wait_for(info.path, lambda r: r.status == "running")
 
     os.kill(pid, signal.SIGKILL)
@@ -250,10 +251,10 @@ def test_runs_dir_and_limit_follow_the_environment(tmp_path, monkeypatch):
 
 def test_curve_points_are_merged_pairwise_and_grid_png_is_written(tmp_path):
     pts = [[1, 0.0, 2.0], [2, 2.0, 4.0], [3, 4.0, 6.0]]
-    assert runs._halve(pts) == [[2, 1.0, 3.0], [3, 4.0, 6.0]]
+    assert worker._halve(pts) == [[2, 1.0, 3.0], [3, 4.0, 6.0]]
     images = torch.zeros(64, 784)
     images[0] = 1.0
-    runs.save_grid(images, tmp_path / "g.png")
+    worker.save_grid(images, tmp_path / "g.png")
     from PIL import Image
 
     with Image.open(tmp_path / "g.png") as img:
