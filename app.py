@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui
+from dashboard import tables, widgets, zoo
 
 
 def home() -> None:
@@ -16,14 +16,14 @@ def home() -> None:
                 "Bui, Li, Hernández-Lobato and Turner (NIPS 2016 Bayesian Deep Learning workshop). **IWAE**: point-"
                 "estimate weights; **IWAE-R**: random encoder and decoder weights; **IWAE-Rrec**: random encoder only.")
 
-    entries, broken = ui.zoo(), ui.broken_models()
+    entries, broken = zoo.entries(), zoo.broken()
     st.header("Model zoo")
     if broken:
         st.warning(f"{len(broken)} model folder(s) cannot be loaded and are left out of the views: "
-                   + ", ".join(ui.escape_markdown(label) for label in broken)
+                   + ", ".join(widgets.escape_markdown(label) for label in broken)
                    + ". The *problem* column of the table says why.")
     if entries or broken:
-        st.dataframe(ui.zoo_table(entries, broken), hide_index=True, key="zoo-table",
+        st.dataframe(tables.zoo_table(entries, broken), hide_index=True, key="zoo-table",
                      column_config={"folder": st.column_config.TextColumn(width="small"),
                                     "problem": st.column_config.TextColumn(width="large")})
         st.caption("Test LL: log p(x) estimated from 5000 joint draws per test image (`iwae eval`); "
@@ -31,25 +31,25 @@ def home() -> None:
                    "Problem: a file of the folder that cannot be read (its numbers are missing).")
     else:
         st.info("No trained model yet (looked in "
-                + ", ".join(f"`{p}`" for p in ui.zoo_sources())
+                + ", ".join(f"`{p}`" for p in zoo.zoo_sources())
                 + "). Train one on the **Train live** page, or with "
                   "`iwae train --dataset mnist --variant iwae-r --epochs 1 --out DIR`.")
 
     st.header("The paper's test log-likelihood beside ours")
-    st.dataframe(ui.paper_table(entries), hide_index=True, key="paper-table")
+    st.dataframe(tables.paper_table(entries), hide_index=True, key="paper-table")
     st.caption("Paper: one hidden layer of 400 units, 40 latent units, k = 25; its training budget is not stated. "
                "Ours: the best evaluated model of each dataset and variant at τ = 1.")
 
     if entries:
         st.header("Explore")
         chosen = st.selectbox("Model", list(entries), key="home:model")
-        cols = st.columns(len(ui.PAGES))
-        for col, (page, title) in zip(cols, ui.PAGES.items(), strict=True):
+        cols = st.columns(len(tables.PAGES))
+        for col, (page, title) in zip(cols, tables.PAGES.items(), strict=True):
             with col:
                 st.page_link(page, label=title, query_params={"model": chosen}, icon=":material/arrow_forward:")
 
     st.header("Data")
-    status = ui.data_status()
+    status = tables.data_status()
     st.dataframe(status, hide_index=True, key="data-table")
     for row in status.itertuples():
         if not row.present:
@@ -59,7 +59,7 @@ def home() -> None:
 
 
 st.set_page_config(page_title="Bayesian IWAE explorer", layout="wide")
-views = [st.Page(str(path.relative_to(Path(__file__).parent)), title=ui.page_title(path),
-                 url_path=ui.page_title(path).replace(" ", "_"))
+views = [st.Page(str(path.relative_to(Path(__file__).parent)), title=tables.page_title(path),
+                 url_path=tables.page_title(path).replace(" ", "_"))
          for path in sorted(Path(__file__).parent.glob("pages/*.py"))]
 st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), *views]).run()

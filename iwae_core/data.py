@@ -54,8 +54,22 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     raise ValueError(f"unknown dataset {name!r}; choose mnist or omniglot")
 
 
-MNIST_LAYOUT = ("MNIST/raw/{train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte} (torchvision's layout)")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_LAYOUT = f"MNIST/raw/{{{', '.join(MNIST_FILES)}}} (torchvision's layout)"
+
+
+def locate(name: str, root: str | os.PathLike | None = None) -> tuple[bool, Path]:
+    """Whether a dataset's files are under root, without reading them, and where they are (or would be)."""
+    root = data_root(root)
+    if name == "mnist":
+        raw = root / "MNIST" / "raw"
+        return all((raw / n).exists() for n in MNIST_FILES), raw
+    if name == "omniglot":
+        mat = next((m for m in _chardata_paths(root) if m.exists()), None)
+        if mat is not None:
+            return True, mat
+        return all(f.is_dir() for f in _omniglot_folders(root)), root / "omniglot-py"
+    raise ValueError(f"unknown dataset {name!r}; choose from ['mnist', 'omniglot']")
 
 
 def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> dict:
@@ -64,8 +78,7 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> 
 
     root = data_root(root)
     raw = root / "MNIST" / "raw"
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    if not all((raw / n).exists() for n in names):
+    if not locate("mnist", root)[0]:
         if not download:
             raise DataNotFoundError(f"MNIST not found in {root}; expected {MNIST_LAYOUT}")
         try:
@@ -74,7 +87,7 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True) -> 
             raise DataNotFoundError(
                 f"MNIST not found in {root} and the download failed ({err}); expected {MNIST_LAYOUT}. "
                 "Set IWAE_DATA_DIR or --data-dir to a folder holding it.") from err
-    for name in names:
+    for name in MNIST_FILES:
         check_idx_file(raw / name, dims=3 if "images" in name else 1)
     try:
         train = MNIST(str(root), train=True, download=False)
@@ -117,13 +130,21 @@ OMNIGLOT_LAYOUT = ("chardata.mat (Burda et al.) or omniglot-py/images_{backgroun
                    "<Alphabet>/characterNN/*.png (torchvision's layout)")
 
 
+def _chardata_paths(root: Path) -> list[Path]:
+    return [root / "chardata.mat", root / "omniglot" / "chardata.mat", root / "OMNIGLOT" / "chardata.mat"]
+
+
+def _omniglot_folders(root: Path) -> list[Path]:
+    return [root / "omniglot-py" / f"images_{s}" for s in ("background", "evaluation")]
+
+
 def load_omniglot(root: str | os.PathLike | None = None) -> dict:
     """Omniglot-28: Burda's chardata.mat when present, else built from the original 105x105 images."""
     root = data_root(root)
-    for mat in (root / "chardata.mat", root / "omniglot" / "chardata.mat", root / "OMNIGLOT" / "chardata.mat"):
+    for mat in _chardata_paths(root):
         if mat.exists():
             return _load_chardata(mat)
-    folders = [root / "omniglot-py" / f"images_{s}" for s in ("background", "evaluation")]
+    folders = _omniglot_folders(root)
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         raise DataNotFoundError(

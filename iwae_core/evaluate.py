@@ -251,7 +251,7 @@ def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=
     to it) and each tau, saved as BOUND_CURVES: one [len(ks <= k_max), n] tensor 'k_max=K,tau=T' each, with what
     they were computed from: the model's sha256, ks, seed, the number of images, the test binarisation seed and
     the data source. A reader uses one only when all of these match what it would compute (see
-    folders.read_bound_curves and the dashboard's ui.bound_curve). keep: tensors already computed so, kept as
+    folders.read_bound_curves and the dashboard's compute.bound_curve). keep: tensors already computed so, kept as
     they are."""
     from safetensors.torch import save_file
 

@@ -10,7 +10,7 @@ import torch
 
 from .maths.model import IWAE
 
-K_GRID = (1, 2, 5, 10, 25, 50, 100, 500, 1000, 5000)  # the k values of the bound-vs-k view
+SIDE = 28  # images are SIDE x SIDE pixels
 
 
 def _seeded(seed: int, *parts: int) -> int:
@@ -118,4 +118,21 @@ def layer_sigmas(model: IWAE) -> dict[str, torch.Tensor]:
         for i, layer in enumerate(net.layers):
             if layer.random:
                 out[f"{net_name}.{i}"] = layer.weight_sigma.detach().flatten().clone()
+    return out
+
+
+def tile(images: torch.Tensor, ncol: int, pad: int = 1, fill: float = float("nan")) -> torch.Tensor:
+    """Images [n, 784] (or [n, 28, 28]) laid out row by row, ncol per row, `fill` between them: [H, W].
+
+    H = rows * (28 + pad) - pad and W = min(ncol, n) * (28 + pad) - pad. The dashboard's figures fill the
+    gaps with NaN (drawn as gaps), the Train live page's sample PNG with white."""
+    images = images.reshape(-1, SIDE, SIDE)
+    n = len(images)
+    ncol = max(1, min(ncol, n)) if n else 1
+    nrow = max(1, -(-n // ncol))
+    step = SIDE + pad
+    out = torch.full((nrow * step - pad, ncol * step - pad), fill, dtype=images.dtype if n else torch.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, ncol)
+        out[r * step:r * step + SIDE, c * step:c * step + SIDE] = image
     return out

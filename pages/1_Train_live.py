@@ -6,8 +6,8 @@ Runs live on disk (iwae_core.runs), not in the session, so a reload or a second 
 import pandas as pd
 import streamlit as st
 
-import ui
-from iwae_core import figures, folders, runs
+from dashboard import figures, widgets
+from iwae_core import folders, runs
 from iwae_core.config import DATASETS, VARIANTS, ModelConfig, RunConfig, TrainConfig, to_dict
 
 REFRESH_SECONDS = 1.5
@@ -72,7 +72,7 @@ with run_col:
         with st.expander(f"{len(broken_runs)} run folder(s) cannot be read and are left out", expanded=True,
                          icon=":material/warning:"):
             for b in broken_runs:
-                st.markdown(f"- **{ui.escape_markdown(b.name)}**: {ui.escape_markdown(b.error)}")
+                st.markdown(f"- **{widgets.escape_markdown(b.name)}**: {widgets.escape_markdown(b.error)}")
     if not all_runs:
         st.info("No runs yet: choose the settings on the left and press Start training.")
         st.stop()
@@ -84,7 +84,7 @@ with run_col:
         if linked is not None:  # a link naming a run that is not here: say so, and which run is shown
             unreadable = next((b.error for b in broken_runs if b.name == linked), None)
             why = f"which cannot be read ({unreadable})" if unreadable else "which is not a run here"
-            st.warning(ui.escape_markdown(f"The link asked for run = {linked[:60]}, {why}; showing run = {wanted} "
+            st.warning(widgets.escape_markdown(f"The link asked for run = {linked[:60]}, {why}; showing run = {wanted} "
                                           "instead."), icon=":material/link:")
     st.session_state["tl_run"] = wanted
     choice = st.selectbox("Run", names, key="tl_run",
@@ -152,7 +152,7 @@ with run_col:
         if delete_col.button("Delete", key="tl_delete", disabled=info.active or info.status == "queued"):
             st.session_state["tl_confirm_delete"] = info.name
         if st.session_state.get("tl_confirm_delete") == info.name and not (info.active or info.status == "queued"):
-            st.warning(ui.escape_markdown(f"Delete {info.name} and everything in its folder (weights, history, "
+            st.warning(widgets.escape_markdown(f"Delete {info.name} and everything in its folder (weights, history, "
                                           "checkpoint)? This cannot be undone."), icon=":material/delete:")
             yes, no = st.columns(2)
             if yes.button(f"Yes, delete {info.name}", key="tl_delete_yes", type="primary"):

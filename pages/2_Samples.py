@@ -3,8 +3,7 @@ model (its decoder at tau = 0 against tau = 1), and the prior-sample grid, which
 
 import streamlit as st
 
-import ui
-from iwae_core import figures
+from dashboard import compute, downloads, export, figures, widgets, zoo
 
 VIEWS = {
     "reconstructions": "Reconstructions of the same test images",
@@ -15,26 +14,26 @@ VIEWS = {
 st.set_page_config(page_title="Samples · Bayesian IWAE", layout="wide")
 st.title("Samples")
 
-models = ui.pick_models("samples")
+models = widgets.pick_models("samples")
 first_dataset = models[next(iter(models))].dataset if models else None
-test = ui.test_set(first_dataset) if models else {"error": "no model chosen"}
+test = compute.test_set(first_dataset) if models else {"error": "no model chosen"}
 # without test images the reconstructions cannot be shown: the prior samples are the default then
-view = ui.choice_input("samples", "view", "View", list(VIEWS),
+view = widgets.choice_input("samples", "view", "View", list(VIEWS),
                        default="reconstructions" if "error" not in test else "prior", format_func=VIEWS.get,
                        help="Shared in the URL as ?view=reconstructions, ab or prior")
-tau = ui.tau_slider("samples", models=models)
-draws = ui.int_slider("samples", "draws", "Weight draws θ", 1, 12, 4)
-n = ui.int_slider("samples", "n", "Test images" if view == "reconstructions" else "Latent draws z", 2, 16, 8)
-seed = ui.seed_input("samples")
-ui.sync_url(model=list(models), view=view, tau=tau, draws=draws, n=n, seed=seed)
+tau = widgets.tau_slider("samples", models=models)
+draws = widgets.int_slider("samples", "draws", "Weight draws θ", 1, 12, 4)
+n = widgets.int_slider("samples", "n", "Test images" if view == "reconstructions" else "Latent draws z", 2, 16, 8)
+seed = widgets.seed_input("samples")
+widgets.sync_url(model=list(models), view=view, tau=tau, draws=draws, n=n, seed=seed)
 if not models:
     st.info("Choose at least one model in the sidebar.")
     st.stop()
 
-refs = {label: ui.ref(e) for label, e in models.items()}
+refs = {label: zoo.ref(e) for label, e in models.items()}
 for r in refs.values():
-    ui.load_model(r)
-names = {label: f"{label} ({ui.variant_label(models[label].variant)})" for label in models}
+    zoo.load_model(r)
+names = {label: f"{label} ({zoo.variant_label(models[label].variant)})" for label in models}
 settings = f"τ = {tau:g}, seed {seed}, {draws} weight draw{'s' if draws > 1 else ''}"  # objective: see below
 figs, tables = {}, {}
 shown = dict(models)  # the models in the figures, for the exported settings
@@ -46,21 +45,22 @@ if view == "reconstructions":
     if "error" in test:
         st.error(f"No {first_dataset} test images, so there is nothing to reconstruct: {test['error']} "
                  "Choose the prior samples view, which needs no data.")
-        ui.retry_data_button("samples:retry")
+        compute.retry_data_button("samples:retry")
         st.stop()
-    first = ui.int_input("samples", "image", "First test image", 0, len(test["x"]) - n, 0)
-    ui.sync_url(image=first)
+    first = widgets.int_input("samples", "image", "First test image", 0, len(test["x"]) - n, 0)
+    widgets.sync_url(image=first)
     same = [label for label in models if models[label].dataset == first_dataset]
     if len(datasets) > 1:
         st.warning(f"Only the {first_dataset} models are shown (the test images of the first model's dataset): "
                    f"{', '.join(label for label in models if label not in same)} use other images.")
     grids = {f"test images {first}–{first + n - 1}": test["x"][first:first + n][None].numpy()}
-    grids |= {names[label]: ui.reconstructions(refs[label], first_dataset, ui.data_key(), first, n, draws, tau, seed)
+    grids |= {names[label]: compute.reconstructions(refs[label], first_dataset, compute.data_key(), first, n, draws,
+                                                    tau, seed)
               for label in same}
     figs["reconstructions"] = figures.sample_grids(
         grids, title=f"Reconstructions of {first_dataset} test images {first}–{first + n - 1} ({settings}"
-                     f"{ui.objectives_text({m: models[m] for m in same})}); rows: weight draws")
-    tables["reconstructions"] = lambda: figures.images_csv(
+                     f"{downloads.objectives_text({m: models[m] for m in same})}); rows: weight draws")
+    tables["reconstructions"] = lambda: export.images_csv(
         grids, axes=("draw", "test image"), labels={"test image": list(range(first, first + n))})
     shown = {label: models[label] for label in same}
     spread_of = {names[label]: grids[names[label]] for label in same}
@@ -68,18 +68,18 @@ if view == "reconstructions":
 elif view == "ab":
     st.caption("One model decodes the same latent draws z ~ p(z) with its posterior-mean weights (τ = 0, A) and "
                "with weights drawn from q(θ) with σ scaled by the chosen τ (B): what the weight uncertainty does.")
-    label = ui.choice_input("samples", "ab", "Model for A/B", list(models), sidebar=True,
+    label = widgets.choice_input("samples", "ab", "Model for A/B", list(models), sidebar=True,
                             default=next((m for m in models if models[m].variant != "iwae"), next(iter(models))),
                             format_func=lambda m: names[m], help="Shared in the URL as ?ab=name")
-    ui.sync_url(ab=label)
+    widgets.sync_url(ab=label)
     if models[label].variant == "iwae":
         st.info(f"{label} has deterministic weights (IWAE): A and B are the same images.")
-    grids = {f"A: {names[label]}, τ = 0": ui.samples(refs[label], n, draws, 0.0, seed),
-             f"B: {names[label]}, τ = {tau:g}": ui.samples(refs[label], n, draws, tau, seed)}
+    grids = {f"A: {names[label]}, τ = 0": compute.samples(refs[label], n, draws, 0.0, seed),
+             f"B: {names[label]}, τ = {tau:g}": compute.samples(refs[label], n, draws, tau, seed)}
     figs["ab"] = figures.sample_grids(grids, title=f"{label}: the same z decoded at τ = 0 (A) and τ = {tau:g} (B), "
-                                                   f"seed {seed}{ui.objectives_text({label: models[label]})}; "
+                                                   f"seed {seed}{downloads.objectives_text({label: models[label]})}; "
                                                    "rows: weight draws")
-    tables["ab"] = lambda: figures.images_csv(grids)
+    tables["ab"] = lambda: export.images_csv(grids)
     shown = {label: models[label]}
     spread_of = grids
     index_axis = ("z index", list(range(n)))
@@ -88,20 +88,20 @@ else:
                "its own: column i of two models is NOT the same content, so compare the look of the samples, not "
                "image by image. Each row is one draw of the decoder weights; a deterministic decoder gives "
                "identical rows.")
-    grids = {names[label]: ui.samples(r, n, draws, tau, seed) for label, r in refs.items()}
+    grids = {names[label]: compute.samples(r, n, draws, tau, seed) for label, r in refs.items()}
     figs["samples"] = figures.sample_grids(grids, title=f"Prior samples, not aligned across models ({settings}"
-                                                        f"{ui.objectives_text(models)}); "
+                                                        f"{downloads.objectives_text(models)}); "
                                                         "rows: weight draws, columns: latent draws z")
-    tables["samples"] = lambda: figures.images_csv(grids)
+    tables["samples"] = lambda: export.images_csv(grids)
     spread_of = grids
     index_axis = ("z index", list(range(n)))
 
-view_settings = ui.view_settings(shown, view=view, tau=tau, seed=seed, weight_draws=draws,
+view_settings = downloads.view_settings(shown, view=view, tau=tau, seed=seed, weight_draws=draws,
                                  **({"test_images": [first, first + n - 1]} if view == "reconstructions"
                                     else {"latent_draws": n}))
 main = next(iter(figs))
 st.plotly_chart(figs[main], key=f"samples-{main}")
-ui.export_buttons(figs[main], main, tables[main], view_settings)
+downloads.export_buttons(figs[main], main, tables[main], view_settings)
 
 st.subheader("Spread across weight draws")
 if draws < 2:
@@ -109,10 +109,10 @@ if draws < 2:
 figs["spread"] = figures.spread_map(spread_of, title=f"Per-pixel spread of p(x|z) across {draws} weight draws "
                                                      f"({settings})")
 st.plotly_chart(figs["spread"], key="samples-spread")
-tables["spread"] = lambda: figures.images_csv(
+tables["spread"] = lambda: export.images_csv(
     {name: (g.std(0, ddof=1) if len(g) > 1 else g[0] * 0) for name, g in spread_of.items()},
     axes=(index_axis[0],), labels={index_axis[0]: index_axis[1]}, value_name="std across weight draws")
-ui.export_buttons(figs["spread"], "spread", tables["spread"], view_settings)
+downloads.export_buttons(figs["spread"], "spread", tables["spread"], view_settings)
 st.caption("Per-pixel standard deviation of p(x|z) across the weight draws above, one tile per column.")
 
-ui.zip_button(figs, "samples", tables, ui.final_link(view_settings))
+downloads.zip_button(figs, "samples", tables, downloads.final_link(view_settings))

@@ -5,8 +5,7 @@ import math
 import numpy as np
 import streamlit as st
 
-import ui
-from iwae_core import figures
+from dashboard import compute, downloads, export, figures, widgets, zoo
 
 st.set_page_config(page_title="Weight variance · Bayesian IWAE", layout="wide")
 st.title("Weight variance")
@@ -14,30 +13,30 @@ st.caption("First encoder layer: each hidden unit's 784 incoming weights; last d
            "784 outgoing weights, both drawn as 28×28 tiles (one tile per unit). σ is the posterior standard "
            "deviation of a weight, |μ|/σ its signal-to-noise ratio (log10 colour scales).")
 
-label, entry = next(iter(ui.pick_models("weights", multi=False, prefer="iwae-r").items()))
-model_ref = ui.ref(entry)
-model = ui.load_model(model_ref)
-maps = ui.weight_maps(model_ref)
+label, entry = next(iter(widgets.pick_models("weights", multi=False, prefer="iwae-r").items()))
+model_ref = zoo.ref(entry)
+model = zoo.load_model(model_ref)
+maps = compute.weight_maps(model_ref)
 hidden = {net: len(maps[net]["abs_mu"]) for net in maps}
 n_max = min(hidden.values())
-count = ui.int_slider("weights", "units", "Units shown", 1, min(n_max, 144), min(64, n_max)) if n_max > 1 else 1
-start = ui.int_slider("weights", "first", "First unit", 0, n_max - count, 0) if n_max > count else 0
-ncol = ui.int_slider("weights", "cols", "Tiles per row", 2, 16, 8)
-ui.sync_url(model=label, units=count, first=start, cols=ncol)
+count = widgets.int_slider("weights", "units", "Units shown", 1, min(n_max, 144), min(64, n_max)) if n_max > 1 else 1
+start = widgets.int_slider("weights", "first", "First unit", 0, n_max - count, 0) if n_max > count else 0
+ncol = widgets.int_slider("weights", "cols", "Tiles per row", 2, 16, 8)
+widgets.sync_url(model=label, units=count, first=start, cols=ncol)
 units = slice(start, start + count)
 titles = {"encoder": f"first encoder layer (units {start}–{start + count - 1})",
           "decoder": f"last decoder layer (units {start}–{start + count - 1})"}
-st.markdown(f"**{label}**: {ui.variant_label(entry.variant)} on {entry.dataset}, prior std "
+st.markdown(f"**{label}**: {zoo.variant_label(entry.variant)} on {entry.dataset}, prior std "
             f"{model.config.prior_std:g}; encoder {'random' if model.config.random_encoder else 'deterministic'}, "
             f"decoder {'random' if model.config.random_decoder else 'deterministic'}.")
 
 figs, tables = {}, {}
-objective = ui.objectives_text({label: entry})
-settings = ui.view_settings({label: entry}, units=[start, start + count - 1], tiles_per_row=ncol)
+objective = downloads.objectives_text({label: entry})
+settings = downloads.view_settings({label: entry}, units=[start, start + count - 1], tiles_per_row=ncol)
 
 
 def weights_table(maps_shown: dict, value_name: str):
-    return lambda: figures.images_csv(maps_shown, axes=("unit",), labels={"unit": list(range(start, start + count))},
+    return lambda: export.images_csv(maps_shown, axes=("unit",), labels={"unit": list(range(start, start + count))},
                                       value_name=value_name, group="layer")
 
 
@@ -45,7 +44,7 @@ sigma = {titles[net]: maps[net]["sigma"][units] for net in maps if maps[net]["si
 if sigma:
     # one colour scale for every model and unit: log10 sigma from the smallest initial sigma of the zoo's random
     # networks to the prior std, so a map whose sigma barely moved looks flat instead of like structure
-    inits = [e.run.model.init_sigma for e in ui.zoo().values() if e.variant != "iwae"] or [model.config.init_sigma]
+    inits = [e.run.model.init_sigma for e in zoo.entries().values() if e.variant != "iwae"] or [model.config.init_sigma]
     lo, hi = math.log10(min(inits)), math.log10(model.config.prior_std)
     zrange = (lo, hi) if hi > lo else None
     range_text = (f"from {lo:.2f} (smallest initial σ, {min(inits):g})<br>to {hi:.2f} (prior std)"
@@ -70,9 +69,9 @@ if sigma:
         settings["sigma_colour_scale_log10"] = list(zrange)
     tables["sigma_maps"], tables["snr_maps"] = weights_table(sigma, "sigma"), weights_table(snr, "|mu|/sigma")
     st.plotly_chart(figs["sigma_maps"], key="weights-sigma")
-    ui.export_buttons(figs["sigma_maps"], "sigma_maps", tables["sigma_maps"], settings)
+    downloads.export_buttons(figs["sigma_maps"], "sigma_maps", tables["sigma_maps"], settings)
     st.plotly_chart(figs["snr_maps"], key="weights-snr")
-    ui.export_buttons(figs["snr_maps"], "snr_maps", tables["snr_maps"], settings)
+    downloads.export_buttons(figs["snr_maps"], "snr_maps", tables["snr_maps"], settings)
 deterministic = [net for net in maps if maps[net]["sigma"] is None]
 if deterministic:
     nets = " and ".join(deterministic)
@@ -83,14 +82,14 @@ if deterministic:
                                            title=f"Deterministic weights |μ| of {label}", first_unit=start)
     tables["mu_maps"] = weights_table(mu, "|mu|")
     st.plotly_chart(figs["mu_maps"], key="weights-mu")
-    ui.export_buttons(figs["mu_maps"], "mu_maps", tables["mu_maps"], settings)
+    downloads.export_buttons(figs["mu_maps"], "mu_maps", tables["mu_maps"], settings)
 
-sigmas = ui.layer_sigmas(model_ref)
+sigmas = compute.layer_sigmas(model_ref)
 if sigmas:
     st.subheader("σ per layer against the prior")
     figs["sigma_histograms"] = figures.sigma_histograms(sigmas, prior_std=model.config.prior_std)
     st.plotly_chart(figs["sigma_histograms"], key="weights-hist")
-    ui.export_buttons(figs["sigma_histograms"], "sigma_histograms", settings=settings)
+    downloads.export_buttons(figs["sigma_histograms"], "sigma_histograms", settings=settings)
 st.subheader("Per-layer summary")
-st.dataframe(ui.weight_table(model_ref), hide_index=True, key="weights-table")
-ui.zip_button(figs, "weight_variance", tables, ui.final_link(settings))
+st.dataframe(compute.weight_table(model_ref), hide_index=True, key="weights-table")
+downloads.zip_button(figs, "weight_variance", tables, downloads.final_link(settings))

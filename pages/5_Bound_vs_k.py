@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 import torch
 
-import ui
-from iwae_core import evaluate, explore, figures
+from dashboard import compute, downloads, export, figures, widgets, zoo
+from iwae_core import evaluate
 
 st.set_page_config(page_title="Bound vs k · Bayesian IWAE", layout="wide")
 st.title("Bound vs k")
@@ -15,38 +15,39 @@ st.caption("Mean L_k over the first test images (binarised with the evaluation s
            "less variance; the remainder draws are unused). Bands: ± 1 standard error over images. "
            "Each (model, largest k, τ, images, seed) is computed once and then reused.")
 
-models = ui.pick_models("bound")
-k_max = ui.k_slider("bound", default=100, label="largest k")
-tau = ui.tau_slider("bound", models=models)
-n_images = ui.int_input("bound", "images", "Test images", 1, ui.TEST_IMAGES, 100, step=50)
-seed = ui.seed_input("bound")
-ui.sync_url(model=list(models), k=k_max, tau=tau, seed=seed, images=n_images)
+models = widgets.pick_models("bound")
+k_max = widgets.k_slider("bound", default=100, label="largest k")
+tau = widgets.tau_slider("bound", models=models)
+n_images = widgets.int_input("bound", "images", "Test images", 1, compute.TEST_IMAGES, 100, step=50)
+seed = widgets.seed_input("bound")
+widgets.sync_url(model=list(models), k=k_max, tau=tau, seed=seed, images=n_images)
 if not models:
     st.info("Choose at least one model in the sidebar.")
     st.stop()
 
-tests = {label: ui.test_set(e.dataset) for label, e in models.items()}
+tests = {label: compute.test_set(e.dataset) for label, e in models.items()}
 missing = {label: t["error"] for label, t in tests.items() if "error" in t}
 for label, err in missing.items():
     st.error(f"{label}: no test images for {models[label].dataset}, so its bound cannot be computed. {err}")
 if missing:
-    ui.retry_data_button("bound:retry")
+    compute.retry_data_button("bound:retry")
 models = {label: e for label, e in models.items() if label not in missing}
 if not models:
     st.stop()
 
-refs = {label: ui.ref(e) for label, e in models.items()}
+refs = {label: zoo.ref(e) for label, e in models.items()}
 for r in refs.values():
-    ui.load_model(r)
-ks = [k for k in explore.K_GRID if k <= k_max]
+    zoo.load_model(r)
+ks = [k for k in compute.K_GRID if k <= k_max]
 for label, r in refs.items():
-    if problem := ui.stored_curves_problem(r):
-        st.warning(ui.escape_markdown(f"{label}: its precomputed curves are not used: {problem}"),
+    if problem := compute.stored_curves_problem(r):
+        st.warning(widgets.escape_markdown(f"{label}: its precomputed curves are not used: {problem}"),
                    icon=":material/warning:")
-key_of = {label: (refs[label], models[label].dataset, ui.data_key(), k_max, tau, n_images, seed) for label in models}
-todo = [label for label in models if not ui.bound_curve_cached(*key_of[label])]
-if k_max >= ui.CONFIRM_K and todo:
-    estimate = sum(ui.estimate_seconds(refs[label], k_max * n_images) for label in todo)
+key_of = {label: (refs[label], models[label].dataset, compute.data_key(), k_max, tau, n_images, seed)
+          for label in models}
+todo = [label for label in models if not compute.bound_curve_cached(*key_of[label])]
+if k_max >= compute.CONFIRM_K and todo:
+    estimate = sum(compute.estimate_seconds(refs[label], k_max * n_images) for label in todo)
     st.info(f"L_k up to k = {k_max:,} on {n_images} images for {', '.join(todo)}: one pass of {k_max:,} draws "
             f"per image, about **{estimate:,.0f} s** at the speed measured on this server.", icon=":material/timer:")
     if not st.button(f"Compute up to k = {k_max:,} (about {estimate:,.0f} s)", key="bound:go", type="primary"):
@@ -60,7 +61,7 @@ else:
     for i, label in enumerate(models):
         text = f"L_k for {label}, k up to {k_max:,} (one pass of {k_max:,} draws per image) on {n_images} images…"
         step = lambda d, n, i=i, text=text: bar.progress(min(1.0, (i + d / n) / len(models)), text=text)
-        curve = ui.bound_curve(*key_of[label], progress=step)
+        curve = compute.bound_curve(*key_of[label], progress=step)
         per_image[label] = curve["per_image"]
         if curve.get("precomputed"):
             precomputed.append(label)
@@ -68,24 +69,24 @@ else:
     if precomputed:
         st.caption(f"Read from the curves stored beside {', '.join(precomputed)} (computed the same way, with the "
                    "same weights, images and seed).")
-    curves = {label: ui.curve_rows(ks, v) for label, v in per_image.items()}
+    curves = {label: compute.curve_rows(ks, v) for label, v in per_image.items()}
 
 colors = {label: figures.PALETTE[i % len(figures.PALETTE)] for i, label in enumerate(models)}
 references = {}
-show_paper = ui.bool_input("bound", "paper", "Show the paper's test LL", True)
-ui.sync_url(paper=int(show_paper))
+show_paper = widgets.bool_input("bound", "paper", "Show the paper's test LL", True)
+widgets.sync_url(paper=int(show_paper))
 for label, e in (models.items() if show_paper else ()):
     paper = evaluate.PAPER_TABLE.get(e.dataset, {}).get(e.variant)
     if paper:
-        references[f"paper {ui.variant_label(e.variant)} ({e.dataset}): whole test set, k = 5000"] = (
+        references[f"paper {zoo.variant_label(e.variant)} ({e.dataset}): whole test set, k = 5000"] = (
             paper[0], label, 5000)
 figs, tables = {}, {}
-settings = ui.view_settings(models, k_max=k_max, ks=ks, tau=tau, seed=seed, images=n_images,
+settings = downloads.view_settings(models, k_max=k_max, ks=ks, tau=tau, seed=seed, images=n_images,
                             estimator="L_k of each k from one pass of k_max draws per image, in groups of k")
 
 
 def curve_table(rows_by_model: dict, **extra) -> str:
-    return figures.table_csv([{"model": label, **extra, "k": r["k"], "tau": tau, "seed": seed, "images": n_images,
+    return export.table_csv([{"model": label, **extra, "k": r["k"], "tau": tau, "seed": seed, "images": n_images,
                                "mean": r["mean"], "stderr": r["stderr"]} for label, rows in rows_by_model.items()
                               for r in rows])
 
@@ -93,19 +94,19 @@ def curve_table(rows_by_model: dict, **extra) -> str:
 if curves:
     fig_bound = figures.bound_vs_k(curves, references=references, k_max=k_max, colors=colors,
                                    title=f"L_k against k, τ = {tau:g}, seed {seed}, first {n_images} test images"
-                                         f"{ui.objectives_text(models)} (band ± 1 s.e. over images)")
+                                         f"{downloads.objectives_text(models)} (band ± 1 s.e. over images)")
     st.plotly_chart(fig_bound, key="bound-curve")
     tables["bound_vs_k"] = lambda: curve_table(curves)
-    ui.export_buttons(fig_bound, "bound_vs_k", tables["bound_vs_k"], settings)
+    downloads.export_buttons(fig_bound, "bound_vs_k", tables["bound_vs_k"], settings)
     figs["bound_vs_k"] = fig_bound
     table = pd.DataFrame([{"model": label, **row} for label, rows in curves.items() for row in rows])
     st.dataframe(table, hide_index=True, key="bound-table")
 
     st.subheader("Paired: each model minus a reference model on the same images")
-    reference = ui.choice_input("bound", "ref", "Reference model (paired view)", list(models), sidebar=False,
+    reference = widgets.choice_input("bound", "ref", "Reference model (paired view)", list(models), sidebar=False,
                                 help="Each curve is L_k of a model minus L_k of this one on the same test images, "
                                      "so the image-to-image spread cancels. Shared in the URL as ?ref=name")
-    ui.sync_url(ref=reference)
+    widgets.sync_url(ref=reference)
     same_data = [label for label in models if models[label].dataset == models[reference].dataset]
     paired = {f"{label} − {reference}": [
         {"k": k, **evaluate.summarize(torch.as_tensor(per_image[label][j] - per_image[reference][j]))}
@@ -115,12 +116,12 @@ if curves:
             paired, k_max=k_max, zero_line=True, y_title=f"mean L_k − L_k of {reference} (nats)",
             colors={f"{label} − {reference}": colors[label] for label in same_data},
             title=f"L_k minus {reference}'s on the same {n_images} images, τ = {tau:g}, seed {seed}"
-                  f"{ui.objectives_text(models)} (band ± 1 paired s.e.)")
+                  f"{downloads.objectives_text(models)} (band ± 1 paired s.e.)")
         st.plotly_chart(fig_paired, key="bound-paired")
         tables["bound_vs_k_paired"] = lambda: curve_table(
             {label: paired[f"{label} − {reference}"] for label in same_data if label != reference}, reference=reference)
         settings["reference"] = reference
-        ui.export_buttons(fig_paired, "bound_vs_k_paired", tables["bound_vs_k_paired"], settings)
+        downloads.export_buttons(fig_paired, "bound_vs_k_paired", tables["bound_vs_k_paired"], settings)
         figs["bound_vs_k_paired"] = fig_paired
     else:
         st.caption("Choose at least two models of the same dataset for paired differences.")
@@ -130,17 +131,17 @@ if curves:
 
 st.subheader("One test image: importance weights and posterior draws")
 n_test = min(len(tests[label]["x"]) for label in models)
-index = ui.int_input("bound", "image", "Test image", 0, n_test - 1, 0, key="bound:index", sidebar=False)
-z_dim = min(ui.load_model(r).config.z_dim for r in refs.values())
+index = widgets.int_input("bound", "image", "Test image", 0, n_test - 1, 0, key="bound:index", sidebar=False)
+z_dim = min(zoo.load_model(r).config.z_dim for r in refs.values())
 c1, c2 = st.columns(2)
 with c1:
-    dim_a = ui.choice_input("bound", "x", "Latent dimension (x axis)", list(range(z_dim)), 0, key="bound:dim_a",
+    dim_a = widgets.choice_input("bound", "x", "Latent dimension (x axis)", list(range(z_dim)), 0, key="bound:dim_a",
                             sidebar=False)
 with c2:
-    dim_b = ui.choice_input("bound", "y", "Latent dimension (y axis)", list(range(z_dim)), min(1, z_dim - 1),
+    dim_b = widgets.choice_input("bound", "y", "Latent dimension (y axis)", list(range(z_dim)), min(1, z_dim - 1),
                             key="bound:dim_b", sidebar=False)
-ui.sync_url(image=index, x=dim_a, y=dim_b)
-weights = {label: ui.importance(r, models[label].dataset, ui.data_key(), index, k_max, tau, seed)
+widgets.sync_url(image=index, x=dim_a, y=dim_b)
+weights = {label: compute.importance(r, models[label].dataset, compute.data_key(), index, k_max, tau, seed)
            for label, r in refs.items()}
 st.markdown(" · ".join(f"**{label}**: L_{k_max} = {w['bound']:.2f}, ESS = {w['ess']:.1f} of {k_max}"
                        for label, w in weights.items()))
@@ -149,24 +150,24 @@ fig_image = figures.image_grid(tests[first]["x"][index][None], nrow=1, title=f"t
 fig_weights = figures.importance_weights(weights)
 fig_post = figures.posterior_scatter(weights, dims=(dim_a, dim_b))
 settings |= {"test_image": index, "k_importance": k_max}
-tables["test_image"] = lambda: figures.images_csv({"test image": tests[first]["x"][index][None]},
+tables["test_image"] = lambda: export.images_csv({"test image": tests[first]["x"][index][None]},
                                                   axes=("test image",), labels={"test image": [index]})
-tables["importance_weights"] = lambda: figures.table_csv([
+tables["importance_weights"] = lambda: export.table_csv([
     {"model": label, "test image": index, "k": k_max, "tau": tau, "seed": seed, "draw": d, "log weight": float(lw),
      "normalised weight": float(nw)}
     for label, w in weights.items() for d, (lw, nw) in enumerate(zip(w["log_w"], w["weights"], strict=True))])
-tables["posterior_draws"] = lambda: figures.table_csv([
+tables["posterior_draws"] = lambda: export.table_csv([
     {"model": label, "test image": index, "k": k_max, "tau": tau, "seed": seed, "draw": d,
      **{f"z{j}": float(v) for j, v in enumerate(z[:z_dim])}}
     for label, w in weights.items() for d, z in enumerate(w["z"])])
 c_img, c_w = st.columns([1, 4])
 with c_img:
     st.plotly_chart(fig_image, key="bound-image")
-    ui.export_buttons(fig_image, "test_image", tables["test_image"], settings)
+    downloads.export_buttons(fig_image, "test_image", tables["test_image"], settings)
 with c_w:
     st.plotly_chart(fig_weights, key="bound-weights")
-    ui.export_buttons(fig_weights, "importance_weights", tables["importance_weights"], settings)
+    downloads.export_buttons(fig_weights, "importance_weights", tables["importance_weights"], settings)
 st.plotly_chart(fig_post, key="bound-posterior")
-ui.export_buttons(fig_post, "posterior_draws", tables["posterior_draws"], settings)
-ui.zip_button({**figs, "importance_weights": fig_weights, "posterior_draws": fig_post, "test_image": fig_image},
-              "bound_vs_k", tables, ui.final_link(settings))
+downloads.export_buttons(fig_post, "posterior_draws", tables["posterior_draws"], settings)
+downloads.zip_button({**figs, "importance_weights": fig_weights, "posterior_draws": fig_post, "test_image": fig_image},
+              "bound_vs_k", tables, downloads.final_link(settings))

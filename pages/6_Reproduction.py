@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import ui
-from iwae_core import figures, study
+from dashboard import downloads, export, figures, widgets
+from iwae_core import study
 from iwae_core.evaluate import PAPER_TABLE
 
 st.set_page_config(page_title="Reproduction · Bayesian IWAE", layout="wide")
@@ -35,11 +35,11 @@ datasets = sorted({r["dataset"] for r in rows})
 if not datasets:
     st.info(f"{path} holds no results yet.")
     st.stop()
-dataset = ui.choice_input("repro", "dataset", "Dataset", datasets)
+dataset = widgets.choice_input("repro", "dataset", "Dataset", datasets)
 taus = sorted({r["tau"] for r in rows if r["dataset"] == dataset}, reverse=True)
-tau = float(ui.choice_input("repro", "tau", "τ of the random arms", [f"{t:g}" for t in taus], radio=True,
+tau = float(widgets.choice_input("repro", "tau", "τ of the random arms", [f"{t:g}" for t in taus], radio=True,
                             help="IWAE has no weight noise: its τ = 1 result is used for every τ"))
-ui.sync_url(dataset=dataset, tau=tau)
+widgets.sync_url(dataset=dataset, tau=tau)
 
 chosen = [r for r in rows if r["dataset"] == dataset and (r["tau"] == tau or r["variant"] == "iwae")]
 summary = study.summarize(chosen)
@@ -52,9 +52,9 @@ figs = {"study": figures.study_curves(summary, chosen, PAPER_TABLE.get(dataset),
 st.plotly_chart(figs["study"], key="repro-study")
 settings = {"study": str(path.name), "dataset": dataset, "tau": tau, "seeds": seeds, "images": images, "S": S,
             "link": {"dataset": dataset, "tau": f"{tau:g}"}}
-tables = {"study": lambda: figures.table_csv([  # the rows behind the figure, in study.csv's own columns
+tables = {"study": lambda: export.table_csv([  # the rows behind the figure, in study.csv's own columns
     {key: r.get(key) for key in study.CSV_FIELDS} for r in chosen])}
-ui.export_buttons(figs["study"], "study", tables["study"], settings)
+downloads.export_buttons(figs["study"], "study", tables["study"], settings)
 st.subheader("Per budget: mean across seeds ± seed sd, and whether the difference to IWAE holds")
 table = pd.DataFrame([{"epochs": s["epochs"], "arm": figures.STUDY_ARMS.get(s["arm"], s["arm"]), "seeds": s["seeds"],
                        "test LL": s["test_ll"], "sd": s["test_ll_sd"], "− IWAE": s["diff"], "seed sd": s["diff_sd"],
@@ -65,4 +65,4 @@ st.dataframe(table, hide_index=True, key="repro-table",
 st.caption("A difference holds when its mean across seeds is more than twice both its standard error across "
            "seeds and the paired s.e. over √seeds. Early budgets are points on one schedule, not models "
            "trained to convergence at that budget.")
-ui.zip_button(figs, "reproduction", tables, settings)
+downloads.zip_button(figs, "reproduction", tables, settings)

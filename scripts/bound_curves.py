@@ -13,7 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from iwae_core import checkpoint, data, evaluate, explore
+from dashboard.compute import K_GRID
+from iwae_core import checkpoint, data, evaluate
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
         d = data.load_dataset(run.train.dataset, download=False)
         x = evaluate.binarized_test_images(d, args.images)
         t0 = time.perf_counter()
-        path = evaluate.write_bound_curves(folder, x, list(explore.K_GRID), seed=args.seed, source=d["source"])
+        path = evaluate.write_bound_curves(folder, x, list(K_GRID), seed=args.seed, source=d["source"])
         print(f"{path}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 

@@ -487,10 +487,9 @@ def test_a_copied_link_reproduces_the_view(zoo, mnist, page):
 @pytest.fixture
 def zipped(monkeypatch) -> list:
     """What each page hands to its zip button: (figures, page, tables, settings)."""
-    import ui
-
+    from dashboard import downloads
     seen = []
-    monkeypatch.setattr(ui, "zip_button", lambda figs, page, tables=None, settings=None:
+    monkeypatch.setattr(downloads, "zip_button", lambda figs, page, tables=None, settings=None:
                         seen.append((figs, page, tables, settings)))
     return seen
 

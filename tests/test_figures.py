@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from iwae_core import figures
+from dashboard import export, figures
 from iwae_core.history import FIELDS as HISTORY_FIELDS
 
 
@@ -21,7 +21,7 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 def require_chromium() -> None:
     """PNG/SVG/PDF tests need a Chromium: fail in CI, skip elsewhere."""
-    reason = figures.export_unavailable_reason()
+    reason = export.export_unavailable_reason()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(reason)
@@ -160,32 +160,32 @@ def small_figures() -> dict:
 
 def test_csv_export_holds_every_pixel_and_point():
     figs = small_figures()
-    rows = list(csv.DictReader(io.StringIO(figures.figure_bytes(figs["grid"], "csv").decode())))
+    rows = list(csv.DictReader(io.StringIO(export.figure_bytes(figs["grid"], "csv").decode())))
     assert len(rows) == 2 * 784  # NaN gaps left out
     assert {r["trace"] for r in rows} == {"images"}
-    curve = list(csv.DictReader(io.StringIO(figures.figure_csv(figs["curve"]))))
+    curve = list(csv.DictReader(io.StringIO(export.figure_csv(figs["curve"]))))
     mean_rows = [r for r in curve if r["trace"] == "A"]
     assert [(r["x"], r["y"], r["value"]) for r in mean_rows] == [("1", "-100.0", "1.0"), ("5", "-98.0", "1.0")]
 
 
 def test_html_export_is_self_contained():
-    html = figures.figure_bytes(small_figures()["curve"], "html").decode()
+    html = export.figure_bytes(small_figures()["curve"], "html").decode()
     assert html.lstrip().lower().startswith(("<html", "<!doctype html")) and "</html>" in html
     assert '<script src="http' not in html and len(html) > 1_000_000  # plotly.js inlined
 
 
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown export format"):
-        figures.figure_bytes(small_figures()["grid"], "bmp")
+        export.figure_bytes(small_figures()["grid"], "bmp")
 
 
 def test_missing_browser_path_gives_a_clear_error_and_the_zip_says_so(monkeypatch, tmp_path):
     missing = tmp_path / "no-chromium"
     monkeypatch.setenv("BROWSER_PATH", str(missing))
-    with pytest.raises(figures.ExportUnavailable, match="BROWSER_PATH=.*no-chromium.*not an executable"):
-        figures.figure_bytes(small_figures()["grid"], "png")
-    assert "HTML and CSV export still work" in figures.export_unavailable_reason()
-    with zipfile.ZipFile(io.BytesIO(figures.page_zip(small_figures()))) as zf:
+    with pytest.raises(export.ExportUnavailable, match="BROWSER_PATH=.*no-chromium.*not an executable"):
+        export.figure_bytes(small_figures()["grid"], "png")
+    assert "HTML and CSV export still work" in export.export_unavailable_reason()
+    with zipfile.ZipFile(io.BytesIO(export.page_zip(small_figures()))) as zf:
         names = set(zf.namelist())
         readme = zf.read("README.txt").decode()
     assert names == {"grid.html", "grid.csv", "curve.html", "curve.csv", "README.txt"}
@@ -195,23 +195,23 @@ def test_missing_browser_path_gives_a_clear_error_and_the_zip_says_so(monkeypatc
 def test_no_chromium_on_path_gives_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv("BROWSER_PATH", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(figures.ExportUnavailable, match="No Chromium or Chrome found on PATH"):
-        figures.figure_bytes(small_figures()["grid"], "svg")
+    with pytest.raises(export.ExportUnavailable, match="No Chromium or Chrome found on PATH"):
+        export.figure_bytes(small_figures()["grid"], "svg")
 
 
 @pytest.mark.slow
 def test_png_svg_pdf_export_and_the_full_zip():
     require_chromium()
     fig = small_figures()["curve"]
-    assert figures.figure_bytes(fig, "png").startswith(b"\x89PNG\r\n\x1a\n")
-    svg = figures.figure_bytes(fig, "svg")
+    assert export.figure_bytes(fig, "png").startswith(b"\x89PNG\r\n\x1a\n")
+    svg = export.figure_bytes(fig, "svg")
     assert svg.lstrip().startswith(b"<svg") and b"</svg>" in svg
-    assert figures.figure_bytes(fig, "pdf").startswith(b"%PDF")
-    with zipfile.ZipFile(io.BytesIO(figures.page_zip(small_figures()))) as zf:
+    assert export.figure_bytes(fig, "pdf").startswith(b"%PDF")
+    with zipfile.ZipFile(io.BytesIO(export.page_zip(small_figures()))) as zf:
         names = set(zf.namelist())
         assert zf.read("grid.png").startswith(b"\x89PNG")
         assert "Nothing was skipped." in zf.read("README.txt").decode()
-    assert names == {f"{n}.{f}" for n in ("grid", "curve") for f in figures.FORMATS} | {"README.txt"}
+    assert names == {f"{n}.{f}" for n in ("grid", "curve") for f in export.FORMATS} | {"README.txt"}
 
 
 def test_training_curves_fall_back_to_the_step_for_live_runs():
@@ -226,21 +226,21 @@ def test_training_curves_fall_back_to_the_step_for_live_runs():
 
 def test_image_csv_is_tidy_with_named_columns():
     grids = {"m": rng(1).random((2, 3, 784)), "n": rng(2).random((2, 3, 784))}
-    rows = list(csv.DictReader(io.StringIO(figures.images_csv(grids, labels={"z index": [5, 6, 7]}))))
+    rows = list(csv.DictReader(io.StringIO(export.images_csv(grids, labels={"z index": [5, 6, 7]}))))
     assert list(rows[0]) == ["model", "draw", "z index", "pixel row", "column", "value"]
     assert len(rows) == 2 * 2 * 3 * 784
     pick = next(r for r in rows if (r["model"], r["draw"], r["z index"], r["pixel row"], r["column"])
                 == ("n", "1", "7", "3", "27"))
     assert float(pick["value"]) == pytest.approx(grids["n"][1, 2, 3 * 28 + 27], rel=1e-5)
     with pytest.raises(ValueError, match="does not have the axes draw, z index"):
-        figures.images_csv({"flat": rng(1).random((3, 784))})
+        export.images_csv({"flat": rng(1).random((3, 784))})
 
 
 def test_page_zip_holds_tidy_tables_and_a_settings_sidecar_per_figure():
     figs = small_figures()
-    table = figures.table_csv([{"model": "A", "k": 1, "tau": 1.0, "seed": 0, "mean": -100.0, "stderr": None}])
+    table = export.table_csv([{"model": "A", "k": 1, "tau": 1.0, "seed": 0, "mean": -100.0, "stderr": None}])
     settings = {"models": [{"model": "A", "objective": "bayes"}], "k_max": 5, "tau": 1.0, "seed": 0, "images": 10}
-    with zipfile.ZipFile(io.BytesIO(figures.page_zip(figs, {"curve": lambda: table}, settings))) as zf:
+    with zipfile.ZipFile(io.BytesIO(export.page_zip(figs, {"curve": lambda: table}, settings))) as zf:
         curve = list(csv.DictReader(io.StringIO(zf.read("curve.csv").decode())))
         sidecar = json.loads(zf.read("curve.json"))
         grid_csv = zf.read("grid.csv").decode()

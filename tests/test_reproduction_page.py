@@ -93,10 +93,9 @@ def test_a_link_with_a_tau_the_study_lacks_says_so(tmp_path):
 def test_the_export_holds_the_rows_behind_the_figure_and_its_settings(tmp_path, monkeypatch):
     import io
 
-    import ui
-
+    from dashboard import downloads
     seen = []
-    monkeypatch.setattr(ui, "zip_button", lambda figs, page, tables=None, settings=None:
+    monkeypatch.setattr(downloads, "zip_button", lambda figs, page, tables=None, settings=None:
                         seen.append((tables, settings)))
     open_page(write_study(tmp_path / "study.csv"), tau="0")
     tables, settings = seen[-1]
