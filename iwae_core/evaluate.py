@@ -272,16 +272,14 @@ def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=
 @torch.no_grad()
 def importance_weights(model: IWAE, x: torch.Tensor, k: int, noise_scale: float = 1.0,
                        seed: int = 0) -> dict:
-    """For one image x [784]: its k log weights, normalised weights, ESS and posterior draws z."""
+    """For one image x [784]: its k log weights, normalised weights, ESS and the posterior draws z [k, z_dim]
+    those weights were computed at."""
     check_k(k)
     model.eval()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        mean, std = model.encode(x[None], k, noise_scale)
-        z = mean + std * torch.randn(k, 1, model.config.z_dim)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        log_w = model.log_weights(x[None], k, noise_scale=noise_scale)[:, 0]
+        log_w, z = model.log_weights(x[None], k, noise_scale=noise_scale, return_z=True)
+    log_w = log_w[:, 0]
     w = torch.softmax(log_w, 0)
     return {"log_w": log_w, "weights": w, "ess": effective_sample_size(log_w[:, None]).item(),
             "bound": iwae_bound(log_w[:, None]).item(), "z": z[:, 0]}

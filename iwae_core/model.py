@@ -64,12 +64,14 @@ class IWAE(nn.Module):
         return self.decoder(z, z.shape[0], g, noise_scale)
 
     def log_weights(self, x: torch.Tensor, k: int, noise_scale: float = 1.0, estimator: str = "iwae",
-                    encoder_granularity: str | None = None,
-                    decoder_granularity: str | None = None) -> torch.Tensor:
+                    encoder_granularity: str | None = None, decoder_granularity: str | None = None,
+                    return_z: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """log w = log p(x|z) + log p(z) - log q(z|x) for k draws per data point: [batch, x_dim] -> [k, batch].
 
         With estimator 'stl' or 'dreg' the parameters of q inside log q are stopped, so phi gets
         gradient only through z; 'dreg' also rescales that path by the normalised weights.
+        With return_z, also the draws z ~ q(z|x) the weights were computed at: (log_w [k, batch],
+        z [k, batch, z_dim]); the random draws made are the same either way.
         """
         check_k(k)
         mean, std = self.encode(x, k, noise_scale, encoder_granularity)
@@ -84,7 +86,7 @@ class IWAE(nn.Module):
         if estimator == "dreg" and z.requires_grad:
             w = normalized_weights(log_w.detach()).unsqueeze(-1)
             z.register_hook(lambda grad: grad * w)
-        return log_w
+        return (log_w, z) if return_z else log_w
 
     def forward(self, x: torch.Tensor, k: int, **kwargs) -> torch.Tensor:
         """The log importance weights (see log_weights); forward exists so DDP can wrap the model."""
