@@ -119,16 +119,13 @@ class IWAE(nn.Module):
         return self.encoder.layers[0].weight_mu.new_zeros(())
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor | None = None, n: int = 64, weight_draws: int = 1,
-               noise_scale: float = 1.0) -> torch.Tensor:
-        """Bernoulli means p(x|z) for z ~ p(z) (or given z [n, z_dim]); one decoder draw per row of
-        the result: [weight_draws, n, x_dim]. All n images of one draw share the same weights."""
+    def sample(self, z: torch.Tensor | None = None, n: int = 64, noise_scale: float = 1.0) -> torch.Tensor:
+        """Bernoulli means p(x|z) for z ~ p(z) (or given z [n, z_dim]) from one decoder draw shared by all
+        n images: [1, n, x_dim]. (More weight draws: call again; explore.decoder_samples does, seeded.)"""
         if z is None:
             ref = self._zero()
             z = torch.randn(n, self.config.z_dim, device=ref.device, dtype=ref.dtype)
-        out = [torch.sigmoid(self.decode(z.unsqueeze(0), noise_scale, "batch"))[0]
-               for _ in range(weight_draws)]
-        return torch.stack(out)
+        return torch.sigmoid(self.decode(z.unsqueeze(0), noise_scale, "batch"))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, noise_scale: float = 1.0) -> torch.Tensor:
