@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bounds import bernoulli_log_prob, normal_log_prob, normalized_weights
-from .config import ModelConfig, check_k
+from .config import ModelConfig
 from .layers import BayesLinear
 from .ops import softplus, tanh
 
@@ -72,15 +72,14 @@ class IWAE(nn.Module):
         gradient only through z; 'dreg' also rescales that path by the normalised weights.
         With return_z, also the draws z ~ q(z|x) the weights were computed at: (log_w [k, batch],
         z [k, batch, z_dim]); the random draws made are the same either way.
+        k and the estimator are taken as given: they are checked where they enter (TrainConfig, the CLI, the
+        public functions of evaluate.py), once, not on every call of this inner step.
         """
-        check_k(k)
         mean, std = self.encode(x, k, noise_scale, encoder_granularity)
         eps = torch.randn(k, x.shape[0], self.config.z_dim, device=x.device, dtype=x.dtype)
         z = mean + std * eps
         if estimator in ("stl", "dreg"):
             mean, std = mean.detach(), std.detach()
-        elif estimator != "iwae":
-            raise ValueError(f"unknown gradient estimator {estimator!r}; choose iwae, stl or dreg")
         logits = self.decode(z, noise_scale, decoder_granularity)
         log_w = bernoulli_log_prob(x, logits) + normal_log_prob(z, 0.0, 1.0) - normal_log_prob(z, mean, std)
         if estimator == "dreg" and z.requires_grad:

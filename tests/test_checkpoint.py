@@ -99,10 +99,25 @@ def test_find_models_lists_folders_and_skips_broken_ones(folder, tmp_path):
 
 @pytest.mark.parametrize("k", [0, -3, 10**9, 2.5, True])
 def test_absurd_k_is_rejected_by_name(k):
+    """k is checked where it enters (the configs, evaluate's public functions), not by every log_weights call."""
+    from iwae_core import evaluate
+
     with pytest.raises(ValueError, match="k"):
         check_k(k)
-    with pytest.raises(ValueError, match="k"):
-        IWAE(ModelConfig(hidden=(4,), z_dim=2)).log_weights(torch.zeros(1, 784), k)
+    with pytest.raises(ValueError, match="^k"):
+        TrainConfig(k=k)
+    with pytest.raises(ValueError, match="^eval_k"):
+        TrainConfig(eval_k=k)
+    model, x = IWAE(ModelConfig(hidden=(4,), z_dim=2)), torch.zeros(2, 784)
+    with pytest.raises(ValueError, match="^S"):
+        evaluate.log_likelihood(model, x, S=k)
+    with pytest.raises(ValueError, match="^S"):
+        evaluate.log_likelihood_range(model, x, S=k)
+    for edge in (evaluate.bound_vs_k, evaluate.grouped_bounds):
+        with pytest.raises(ValueError, match="^k"):
+            edge(model, x, [5, k])
+    with pytest.raises(ValueError, match="^k"):
+        evaluate.importance_weights(model, x[0], k)
 
 
 def test_noise_precision_defaults_to_auto_and_old_configs_read_as_float32():

@@ -1,7 +1,9 @@
-"""Evaluation: importance_weights reports the z its weights were computed at; bound_vs_k and grouped_bounds."""
+"""Evaluation: importance_weights reports the z its weights were computed at; a bad tau is refused by name at
+every public entry point."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from iwae_core import evaluate
@@ -37,3 +39,36 @@ def test_importance_weights_run_the_encoder_once():
         torch.manual_seed(3)
         log_w, z = m.log_weights(x[None], 20, return_z=True)
     assert torch.equal(r["log_w"], log_w[:, 0]) and torch.equal(r["z"], z[:, 0])
+
+
+@pytest.mark.parametrize("tau", [float("nan"), float("inf"), -0.5, 1000.5, True, "1"])
+def test_a_bad_noise_scale_is_refused_by_name_before_any_draw(tau, tmp_path):
+    from iwae_core import checkpoint as ckpt
+    from iwae_core.config import RunConfig, TrainConfig
+    from iwae_core.sharded import evaluate_sharded
+
+    m = model("iwae-r")
+    x = torch.bernoulli(torch.full((4, 784), 0.2), generator=torch.Generator().manual_seed(1))
+    message = rf"^noise_scale must be from 0 to 1000, got {tau}$"
+    state = torch.get_rng_state()
+    calls = {
+        "log_likelihood": lambda: evaluate.log_likelihood(m, x, S=3, noise_scale=tau),
+        "log_likelihood_range": lambda: evaluate.log_likelihood_range(m, x, S=3, noise_scale=tau),
+        "bound_vs_k": lambda: evaluate.bound_vs_k(m, x, [1, 2], noise_scale=tau),
+        "grouped_bounds": lambda: evaluate.grouped_bounds(m, x, [1, 2], noise_scale=tau),
+        "importance_weights": lambda: evaluate.importance_weights(m, x[0], 3, noise_scale=tau),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=message):
+            call()
+        assert torch.equal(torch.get_rng_state(), state), name  # refused before drawing anything
+    ckpt.save_model(tmp_path, m, RunConfig(m.config, TrainConfig(k=3)))
+    plural = rf"^noise_scales must be from 0 to 1000, got {tau}$"
+    with pytest.raises(ValueError, match=plural):
+        evaluate.write_bound_curves(tmp_path, x, [1, 2], k_maxes=(2,), noise_scales=(1.0, tau))
+    with pytest.raises(ValueError, match=plural):
+        evaluate.evaluate_folder(tmp_path, S=3, noise_scales=[1.0, tau], data={})
+    with pytest.raises(ValueError, match=plural):
+        evaluate_sharded([tmp_path], 1, S=3, noise_scales=[tau])
+    for ok in (0, 0.0, 1.0, 1000):
+        assert evaluate.check_noise_scale(ok) == ok
