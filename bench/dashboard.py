@@ -17,10 +17,8 @@ import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from browser_support import IDLE, Server, chromium_path, launch, move_slider, wait_idle  # noqa: E402
+from browser_support import IDLE, Server, chromium_path, launch, move_slider, wait_idle
 
 CHART = "[data-testid=stPlotlyChart] .js-plotly-plot"
 DATA_JS = "el => JSON.stringify(el.data.map(t => [t.x, t.y, t.z]))"  # what the chart shows

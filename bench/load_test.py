@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from browser_support import CHROMIUM_ARGS, IDLE, Server, chromium_path  # noqa: E402
+from browser_support import CHROMIUM_ARGS, IDLE, Server, chromium_path
 
 CHART = "[data-testid=stPlotlyChart] .js-plotly-plot"
 CHANGED_JS = ("([sel, old]) => { const el = document.querySelector(sel); return el && el.data && "

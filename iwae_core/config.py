@@ -148,6 +148,7 @@ class TrainConfig:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         check_k(self.k)
+        check_k(self.eval_k, "eval_k")  # the validation bound's k: checked here, not on every validation
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if not (self.lr > 0):

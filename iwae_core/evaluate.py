@@ -27,6 +27,25 @@ PAPER_TABLE = {  # Hernandez-Lobato et al. (2016), test log-likelihood (mean +- 
 # (draw, image) rows held at once. 5,000 rows keep each [rows, 784] tensor at 16 MB, small enough for
 # malloc to reuse (see allocator.py) and for the caches; 40,000 rows ran 1.6x slower on 2 cores.
 ROWS_PER_CHUNK = 5_000
+MAX_NOISE_SCALE = 1000.0  # tau * sigma; far past any scale worth looking at, and finite
+
+
+def check_noise_scale(tau, name: str = "noise_scale") -> float:
+    """Reject a weight-noise scale tau that is not a finite number from 0 to MAX_NOISE_SCALE (a NaN tau wrote
+    NaN results, a negative one flipped the noise). The engine's public functions call this once on entry."""
+    try:
+        ok = not isinstance(tau, bool) and math.isfinite(tau) and 0 <= tau <= MAX_NOISE_SCALE
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be from 0 to {MAX_NOISE_SCALE:g}, got {tau}")
+    return tau
+
+
+def check_seeding(seeding: str, name: str = "seeding") -> str:
+    if seeding not in SEEDINGS:
+        raise ValueError(f"{name} must be one of {SEEDINGS}, got {seeding!r}")
+    return seeding
 
 
 def binarized_test_images(data: dict, limit: int | None = None) -> torch.Tensor:
@@ -48,6 +67,15 @@ def log_likelihood(model: IWAE, x: torch.Tensor, S: int = 5000, noise_scale: flo
     from a stream per batch seeded with batch_seed(seed, first + the batch's first index in x).
     """
     check_k(S, "S")
+    check_noise_scale(noise_scale)
+    return _log_likelihood(model, x, S, noise_scale, batch_size, rows_per_chunk, progress, batch_seeds)
+
+
+@torch.no_grad()
+def _log_likelihood(model: IWAE, x: torch.Tensor, S: int, noise_scale: float, batch_size: int | None,
+                    rows_per_chunk: int, progress: Callable[[int, int], None] | None,
+                    batch_seeds: tuple[int, int] | None = None) -> torch.Tensor:
+    """log_likelihood on settings already checked."""
     model.eval()
     retain_freed_memory()
     batch_size = eval_batch_size(len(x), batch_size, rows_per_chunk)
@@ -157,8 +185,18 @@ def log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, noise_scale: floa
     the pass in one process value for value. With stream seeding the shard first replays the draws of the
     images before it (about a third of their evaluation time for IWAE-R); per-batch seeding needs none.
     Uses torch's global stream and leaves it at the end of the shard."""
-    if seeding not in SEEDINGS:
-        raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
+    check_k(S, "S")
+    check_noise_scale(noise_scale)
+    check_seeding(seeding)
+    return _log_likelihood_range(model, x, S, noise_scale, batch_size, seed, seeding, start, stop, rows_per_chunk,
+                                 progress)
+
+
+def _log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, noise_scale: float, batch_size: int | None,
+                          seed: int, seeding: str, start: int = 0, stop: int | None = None,
+                          rows_per_chunk: int = ROWS_PER_CHUNK,
+                          progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """log_likelihood_range on settings already checked."""
     stop = len(x) if stop is None else stop
     batch_size = eval_batch_size(len(x), batch_size, rows_per_chunk)
     if start % batch_size and start != len(x):
@@ -166,9 +204,9 @@ def log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, noise_scale: floa
     if seeding == "stream":
         torch.manual_seed(seed)
         skip_stream(model, start // batch_size, S, batch_size, noise_scale, rows_per_chunk)
-        return log_likelihood(model, x[start:stop], S, noise_scale, batch_size, rows_per_chunk, progress)
-    return log_likelihood(model, x[start:stop], S, noise_scale, batch_size, rows_per_chunk, progress,
-                          batch_seeds=(seed, start))
+        return _log_likelihood(model, x[start:stop], S, noise_scale, batch_size, rows_per_chunk, progress)
+    return _log_likelihood(model, x[start:stop], S, noise_scale, batch_size, rows_per_chunk, progress,
+                           batch_seeds=(seed, start))
 
 
 def summarize(values: torch.Tensor) -> dict:
@@ -182,13 +220,15 @@ def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, no
                seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Mean L_k over the images x for each k (model's own granularities), with its standard error.
     progress(done, total) is called after each chunk of images, counted over all k and repeats."""
+    for k in ks:
+        check_k(k)
+    check_noise_scale(noise_scale)
     model.eval()
     rows = []
     done, total = 0, len(ks) * repeats * len(x)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for k in ks:
-            check_k(k)
             per_image = []
             for _ in range(repeats):
                 b = max(1, ROWS_PER_CHUNK // k)
@@ -220,6 +260,14 @@ def grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: flo
     ks = list(ks)
     for k in ks:
         check_k(k)
+    check_noise_scale(noise_scale)
+    return _grouped_bounds(model, x, ks, noise_scale, seed, progress)
+
+
+@torch.no_grad()
+def _grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: float, seed: int,
+                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """grouped_bounds on settings already checked."""
     if not ks:
         return torch.zeros(0, len(x))
     k_max = max(ks)
@@ -255,6 +303,10 @@ def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=
     they are."""
     from safetensors.torch import save_file
 
+    for k in ks:
+        check_k(k)
+    for tau in noise_scales:
+        check_noise_scale(tau, "noise_scales")
     directory = Path(directory)
     model, _ = ckpt.load_model(directory)
     tensors = dict(keep or {})
@@ -262,8 +314,7 @@ def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=
         for tau in noise_scales:
             name = f"k_max={k_max},tau={tau:g}"
             if name not in tensors:
-                tensors[name] = grouped_bounds(model, x, [k for k in ks if k <= k_max], noise_scale=tau,
-                                               seed=seed).contiguous()
+                tensors[name] = _grouped_bounds(model, x, [k for k in ks if k <= k_max], tau, seed).contiguous()
     meta = {"model_sha256": model_sha256(directory), "ks": ",".join(map(str, ks)), "seed": str(seed),
             "n_images": str(len(x)), "test_seed": str(TEST_SEED), "source": source}
     ckpt.atomic_write(directory / BOUND_CURVES, lambda p: save_file(tensors, str(p), metadata=meta))
@@ -273,16 +324,15 @@ def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=
 @torch.no_grad()
 def importance_weights(model: IWAE, x: torch.Tensor, k: int, noise_scale: float = 1.0,
                        seed: int = 0) -> dict:
-    """For one image x [784]: its k log weights, normalised weights, ESS and posterior draws z."""
+    """For one image x [784]: its k log weights, normalised weights, ESS and the posterior draws z [k, z_dim]
+    those weights were computed at."""
     check_k(k)
+    check_noise_scale(noise_scale)
     model.eval()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        mean, std = model.encode(x[None], k, noise_scale)
-        z = mean + std * torch.randn(k, 1, model.config.z_dim)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        log_w = model.log_weights(x[None], k, noise_scale=noise_scale)[:, 0]
+        log_w, z = model.log_weights(x[None], k, noise_scale=noise_scale, return_z=True)
+    log_w = log_w[:, 0]
     w = torch.softmax(log_w, 0)
     return {"log_w": log_w, "weights": w, "ess": effective_sample_size(log_w[:, None]).item(),
             "bound": iwae_bound(log_w[:, None]).item(), "z": z[:, 0]}
@@ -347,21 +397,18 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
     """
     directory = Path(directory)
     check_evaluation_settings(S=S, limit=limit, noise_scales=noise_scales, batch_size=batch_size,
-                              mc_repeats=mc_repeats, mc_images=mc_images, seed=seed)
+                              mc_repeats=mc_repeats, mc_images=mc_images, seed=seed, seeding=seeding)
     model, run = ckpt.load_model(directory)
     metrics = check_evaluation_target(directory, write)
     data = data if data is not None else load_dataset(run.train.dataset, data_dir)
     x = binarized_test_images(data, limit)
     taus = noise_scales_for(run, noise_scales)
-    if seeding not in SEEDINGS:
-        raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
 
     def compute(tau: float, pass_seed: int, n: int, pass_progress=None) -> tuple[torch.Tensor, float]:
         if passes is not None:
             return passes(tau, pass_seed, n)
         t0 = time.perf_counter()
-        ll = log_likelihood_range(model, x[:n], S, noise_scale=tau, batch_size=batch_size, seed=pass_seed,
-                                  seeding=seeding, progress=pass_progress)
+        ll = _log_likelihood_range(model, x[:n], S, tau, batch_size, pass_seed, seeding, progress=pass_progress)
         return ll, time.perf_counter() - t0
 
     result = {"S": S, "n_images": len(x), "test_seed": TEST_SEED, "source": data.get("source"),
@@ -417,12 +464,10 @@ def check_evaluation_settings(names: dict | None = None, **settings) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name(key)} must be at least 1, got {value}")
     for tau in settings.get("noise_scales") or []:
-        if not (math.isfinite(tau) and 0 <= tau <= MAX_NOISE_SCALE):
-            raise ValueError(f"{name('noise_scales')} must be from 0 to {MAX_NOISE_SCALE:g}, got {tau}")
+        check_noise_scale(tau, name("noise_scales"))
     check_seed(settings.get("seed", 0), name("seed"))
-
-
-MAX_NOISE_SCALE = 1000.0  # tau * sigma; far past any scale worth looking at, and finite
+    if "seeding" in settings:
+        check_seeding(settings["seeding"], name("seeding"))
 
 
 def check_evaluation_target(directory: Path, write: bool = True) -> dict:

@@ -40,7 +40,7 @@ def decoder_samples(model: IWAE, z: torch.Tensor, weight_draws: int, noise_scale
     for d in range(weight_draws):
         with torch.random.fork_rng():
             torch.manual_seed(_seeded(seed, 1, d))
-            out.append(model.sample(z, weight_draws=1, noise_scale=noise_scale)[0])
+            out.append(model.sample(z, noise_scale=noise_scale)[0])
     return torch.stack(out)
 
 

@@ -1,12 +1,15 @@
-"""Helpers shared by the tests: where the real data is (and what to do when it is missing), and the
-dashboard opened in Streamlit's AppTest."""
+"""Helpers shared by the tests: where the real data is (and what to do when it is missing), the
+dashboard opened in Streamlit's AppTest, and the log weights of a deterministic model in closed form."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 
 def require_data(*parts: str) -> Path:
@@ -37,3 +40,23 @@ def open_app(page: str | None = None, timeout: float = 180, **params):
         at.switch_page(f"pages/{page}").run()
         assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def closed_form_log_weights(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) + log p(z) - log q(z|x) of a deterministic-weight tanh model at z [k, batch, z_dim], with the
+    Bernoulli and Gaussian densities written out (not the package's functions): [k, batch]."""
+    h = x
+    for i, layer in enumerate(model.encoder.layers):
+        h = h @ layer.weight_mu.T + layer.bias_mu
+        h = torch.tanh(h) if i < len(model.encoder.layers) - 1 else h
+    mean, pre_std = h.chunk(2, dim=-1)
+    std = F.softplus(pre_std) + 1e-6
+    logits = z
+    for i, layer in enumerate(model.decoder.layers):
+        logits = logits @ layer.weight_mu.T + layer.bias_mu
+        logits = torch.tanh(logits) if i < len(model.decoder.layers) - 1 else logits
+    p = torch.sigmoid(logits)
+    log_px = (x * torch.log(p) + (1 - x) * torch.log1p(-p)).sum(-1)
+    log_pz = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_qz = (-0.5 * ((z - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return log_px + log_pz - log_qz

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from browser_support import IDLE, Server, chromium_path, launch, move_slider, wait_idle
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))  # the browser helpers live with the bench
+from browser_support import IDLE, Server, chromium_path, launch, move_slider, wait_idle  # noqa: E402
 from iwae_core import runs
 from support import require_data
 

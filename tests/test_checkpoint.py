@@ -1,4 +1,5 @@
-"""Model folders: safetensors + JSON round trip, and clear errors for corrupt or mismatched files."""
+"""Model folders (iwae_core/checkpoint.py): safetensors + JSON round trip, and clear errors for corrupt or
+mismatched files."""
 
 import json
 
@@ -7,7 +8,7 @@ import torch
 
 from iwae_core import checkpoint as ckpt
 from iwae_core import zoo
-from iwae_core.config import ModelConfig, RunConfig, TrainConfig, check_k
+from iwae_core.config import ModelConfig, RunConfig, TrainConfig
 from iwae_core.maths.model import IWAE
 
 
@@ -96,33 +97,3 @@ def test_find_models_lists_folders_and_skips_broken_ones(folder, tmp_path):
     entries = zoo.find_models(broken.parent)
     assert [e.name for e in entries] == ["good"]
     assert entries[0].metrics["test"]["test_ll"] == -100.0 and entries[0].variant == "iwae-r"
-
-
-@pytest.mark.parametrize("k", [0, -3, 10**9, 2.5, True])
-def test_absurd_k_is_rejected_by_name(k):
-    with pytest.raises(ValueError, match="k"):
-        check_k(k)
-    with pytest.raises(ValueError, match="k"):
-        IWAE(ModelConfig(hidden=(4,), z_dim=2)).log_weights(torch.zeros(1, 784), k)
-
-
-def test_noise_precision_defaults_to_auto_and_old_configs_read_as_float32():
-    assert TrainConfig().noise_precision == "auto"
-    d = json.loads(RunConfig().to_json())
-    assert d["train"]["noise_precision"] == "auto"
-    del d["train"]["noise_precision"]  # a config.json written before the option existed
-    assert RunConfig.from_json(json.dumps(d)).train.noise_precision == "float32"
-    with pytest.raises(ValueError, match="noise_precision"):
-        TrainConfig(noise_precision="float16")
-
-
-def test_trainer_puts_the_noise_products_in_the_chosen_precision():
-    from iwae_core.train import Trainer
-
-    images = torch.rand(200, 784)
-    for precision, expected in (("float32", None), ("bfloat16", torch.bfloat16)):
-        run = RunConfig(ModelConfig.for_variant("iwae-r", hidden=(16,), z_dim=4),
-                        TrainConfig(k=2, batch_size=50, epochs=1, threads=1, noise_precision=precision))
-        trainer = Trainer(run, data={"train": images, "valid": images[:100]})
-        dtypes = {m.noise_dtype for m in trainer.model.modules() if hasattr(m, "noise_dtype")}
-        assert dtypes == {expected}

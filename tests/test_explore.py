@@ -1,4 +1,5 @@
-"""The computations behind the dashboard views: seeds make them reproducible, tau and draws do what they say."""
+"""The computations behind the dashboard views (iwae_core/explore.py): seeds make them reproducible, tau and
+draws do what they say."""
 
 from __future__ import annotations
 
@@ -80,81 +81,3 @@ def test_weight_maps_are_one_row_of_784_per_hidden_unit():
     assert maps["decoder"]["sigma"] is None and maps["decoder"]["snr"] is None  # Rrec: deterministic decoder
     assert set(explore.layer_sigmas(m)) == {"encoder.0", "encoder.1"}
     assert explore.layer_sigmas(model("iwae")) == {}
-
-
-def test_bound_vs_k_reports_progress_without_changing_the_numbers(monkeypatch):
-    from iwae_core import evaluate
-
-    monkeypatch.setattr(evaluate, "ROWS_PER_CHUNK", 40_000)
-    m = model("iwae-r")
-    x = torch.bernoulli(torch.full((6, 784), 0.2), generator=torch.Generator().manual_seed(1))
-    calls = []
-    with_progress = evaluate.bound_vs_k(m, x, [5, 10000], seed=3, progress=lambda d, t: calls.append((d, t)))
-    assert with_progress == evaluate.bound_vs_k(m, x, [5, 10000], seed=3)
-    assert calls == [(6, 12), (10, 12), (12, 12)]  # k = 10000 runs in chunks of 4 images
-
-
-def test_grouped_bounds_have_the_expectation_of_plain_l_k_and_less_variance():
-    """Ground truth: plain L_k drawn many times (independent calls) gives E[L_k] per image up to Monte-Carlo
-    error; the grouped estimator (one pass of k_max draws split in groups of k) must agree within 4 combined
-    standard errors and, with k_max / k >= 5 groups, vary less than half as much between seeds as one plain L_k
-    where every draw is independent (IWAE-Rrec: 'sample' granularity). A 'datapoint' random decoder (IWAE-R)
-    shares one weight draw per image among all groups, which dominates the variance: its mean is checked."""
-    from iwae_core import evaluate
-    from iwae_core.maths.bounds import iwae_bound
-
-    x = torch.bernoulli(torch.full((3, 784), 0.2), generator=torch.Generator().manual_seed(2))
-    ks, repeats, seeds = [1, 5, 20, 100], 150, 50
-    for variant in ("iwae-rrec", "iwae-r"):
-        m = model(variant, seed=1)
-        grouped = torch.stack([evaluate.grouped_bounds(m, x, ks, seed=s) for s in range(seeds)])  # [seeds, ks, n]
-        assert grouped.shape == (seeds, len(ks), 3)
-        for i, k in enumerate(ks):
-            torch.manual_seed(1000 + k)
-            with torch.no_grad():
-                plain = torch.stack([iwae_bound(m.log_weights(x, k)) for _ in range(repeats)])  # [repeats, n]
-            se = (plain.var(0) / repeats + grouped[:, i].var(0) / seeds).sqrt()
-            gap = (grouped[:, i].mean(0) - plain.mean(0)).abs()
-            assert (gap < 4 * se).all(), (variant, k, gap, se)
-            if 100 // k >= 5 and variant == "iwae-rrec":
-                assert (grouped[:, i].var(0) < plain.var(0) / 2).all(), (variant, k)
-        # the last k uses all draws in one group: it is the plain L_k_max of that pass
-        torch.manual_seed(7)
-        with torch.no_grad():
-            torch.testing.assert_close(grouped[7, -1], iwae_bound(m.log_weights(x, 100)))
-
-
-def test_grouped_bounds_reuse_one_pass_and_report_progress(monkeypatch):
-    from iwae_core import evaluate
-
-    monkeypatch.setattr(evaluate, "ROWS_PER_CHUNK", 400)
-    m = model("iwae-r")
-    x = torch.bernoulli(torch.full((10, 784), 0.2), generator=torch.Generator().manual_seed(1))
-    calls = []
-    out = evaluate.grouped_bounds(m, x, [1, 10, 100], seed=3, progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(4, 10), (8, 10), (10, 10)]  # 4 images of 100 draws per call
-    torch.testing.assert_close(out[1:], evaluate.grouped_bounds(m, x, [10, 100], seed=3))  # same pass, same draws
-    assert out[2].mean() > out[1].mean() > out[0].mean()  # L_k rises with k
-
-
-def test_stored_curves_are_checked_before_use(tmp_path):
-    import pytest
-    from safetensors.torch import save_file
-
-    from iwae_core import folders
-
-    meta = {"model_sha256": "ab", "ks": "1,2,5", "seed": "0", "n_images": "4", "test_seed": "2016", "source": "s"}
-    good = tmp_path / "good.safetensors"
-    save_file({"k_max=5,tau=1": torch.zeros(3, 4), "k_max=2,tau=0": torch.zeros(2, 4)}, str(good), metadata=meta)
-    curves = folders.read_bound_curves(good)
-    assert curves["meta"]["ks"] == [1, 2, 5] and curves["k_max=5,tau=1"].shape == (3, 4)
-    cases = {"shape": ({"k_max=5,tau=1": torch.zeros(2, 4)}, meta, "tensor k_max=5,tau=1 of shape"),
-             "name": ({"tau=1": torch.zeros(3, 4)}, meta, "tensor tau=1 of shape"),
-             "nan": ({"k_max=5,tau=1": torch.full((3, 4), float("nan"))}, meta, "finite"),
-             "meta": ({"k_max=5,tau=1": torch.zeros(3, 4)}, {k: v for k, v in meta.items() if k != "seed"}, "'seed'")}
-    for name, (tensors, metadata, words) in cases.items():
-        path = tmp_path / f"{name}.safetensors"
-        save_file(tensors, str(path), metadata=metadata)
-        with pytest.raises(folders.FileError, match=words) as err:
-            folders.read_bound_curves(path)
-        assert str(path) in str(err.value)

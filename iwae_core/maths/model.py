@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, check_k
+from ..config import ModelConfig
 from .bounds import bernoulli_log_prob, normal_log_prob, normalized_weights
 from .layers import BayesLinear
 from .ops import softplus, tanh
@@ -64,27 +64,28 @@ class IWAE(nn.Module):
         return self.decoder(z, z.shape[0], g, noise_scale)
 
     def log_weights(self, x: torch.Tensor, k: int, noise_scale: float = 1.0, estimator: str = "iwae",
-                    encoder_granularity: str | None = None,
-                    decoder_granularity: str | None = None) -> torch.Tensor:
+                    encoder_granularity: str | None = None, decoder_granularity: str | None = None,
+                    return_z: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """log w = log p(x|z) + log p(z) - log q(z|x) for k draws per data point: [batch, x_dim] -> [k, batch].
 
         With estimator 'stl' or 'dreg' the parameters of q inside log q are stopped, so phi gets
         gradient only through z; 'dreg' also rescales that path by the normalised weights.
+        With return_z, also the draws z ~ q(z|x) the weights were computed at: (log_w [k, batch],
+        z [k, batch, z_dim]); the random draws made are the same either way.
+        k and the estimator are taken as given: they are checked where they enter (TrainConfig, the CLI, the
+        public functions of evaluate.py), once, not on every call of this inner step.
         """
-        check_k(k)
         mean, std = self.encode(x, k, noise_scale, encoder_granularity)
         eps = torch.randn(k, x.shape[0], self.config.z_dim, device=x.device, dtype=x.dtype)
         z = mean + std * eps
         if estimator in ("stl", "dreg"):
             mean, std = mean.detach(), std.detach()
-        elif estimator != "iwae":
-            raise ValueError(f"unknown gradient estimator {estimator!r}; choose iwae, stl or dreg")
         logits = self.decode(z, noise_scale, decoder_granularity)
         log_w = bernoulli_log_prob(x, logits) + normal_log_prob(z, 0.0, 1.0) - normal_log_prob(z, mean, std)
         if estimator == "dreg" and z.requires_grad:
             w = normalized_weights(log_w.detach()).unsqueeze(-1)
             z.register_hook(lambda grad: grad * w)
-        return log_w
+        return (log_w, z) if return_z else log_w
 
     def forward(self, x: torch.Tensor, k: int, **kwargs) -> torch.Tensor:
         """The log importance weights (see log_weights); forward exists so DDP can wrap the model."""
@@ -117,16 +118,13 @@ class IWAE(nn.Module):
         return self.encoder.layers[0].weight_mu.new_zeros(())
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor | None = None, n: int = 64, weight_draws: int = 1,
-               noise_scale: float = 1.0) -> torch.Tensor:
-        """Bernoulli means p(x|z) for z ~ p(z) (or given z [n, z_dim]); one decoder draw per row of
-        the result: [weight_draws, n, x_dim]. All n images of one draw share the same weights."""
+    def sample(self, z: torch.Tensor | None = None, n: int = 64, noise_scale: float = 1.0) -> torch.Tensor:
+        """Bernoulli means p(x|z) for z ~ p(z) (or given z [n, z_dim]) from one decoder draw shared by all
+        n images: [1, n, x_dim]. (More weight draws: call again; explore.decoder_samples does, seeded.)"""
         if z is None:
             ref = self._zero()
             z = torch.randn(n, self.config.z_dim, device=ref.device, dtype=ref.dtype)
-        out = [torch.sigmoid(self.decode(z.unsqueeze(0), noise_scale, "batch"))[0]
-               for _ in range(weight_draws)]
-        return torch.stack(out)
+        return torch.sigmoid(self.decode(z.unsqueeze(0), noise_scale, "batch"))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, noise_scale: float = 1.0) -> torch.Tensor:

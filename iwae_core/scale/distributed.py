@@ -29,10 +29,6 @@ def init_from_env(device: torch.device) -> tuple[int, int]:
     return world()
 
 
-def is_main() -> bool:
-    return world()[0] == 0
-
-
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The model itself in a single process, else DistributedDataParallel around it."""
     if world()[1] == 1:

@@ -88,8 +88,8 @@ def evaluate_sharded(dirs, workers: int, S: int = 5000, limit: int | None = None
     from .. import checkpoint as ckpt
     from ..data import load_dataset
     from ..evaluate import (
-        SEEDINGS,
         binarized_test_images,
+        check_evaluation_settings,
         eval_batch_size,
         evaluate_folder,
         evaluation_passes,
@@ -98,8 +98,9 @@ def evaluate_sharded(dirs, workers: int, S: int = 5000, limit: int | None = None
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    if seeding not in SEEDINGS:
-        raise ValueError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
+    # before the passes run on Ray, not when evaluate_folder gathers their results
+    check_evaluation_settings(S=S, limit=limit, noise_scales=noise_scales, batch_size=batch_size,
+                              mc_repeats=mc_repeats, mc_images=mc_images, seed=seed, seeding=seeding)
     dirs = [Path(d) for d in dirs]
     runs = {d: ckpt.load_model(d)[1] for d in dirs}  # fail early and clearly on a bad folder
     datasets = {}
