@@ -107,7 +107,7 @@ def sharded_eval(S: int, images: int, root: Path) -> dict:
     log_likelihood(model, x, S)
     single = images / (time.perf_counter() - t0)
     out = {"one process, no Ray": single}
-    common = {"S": S, "limit": images, "noise_scales": [1.0], "mc_repeats": 1, "write": False, "show_progress": False}
+    common = {"S": S, "limit": images, "taus": [1.0], "mc_repeats": 1, "write": False, "show_progress": False}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         @ray.remote(num_cpus=1)

@@ -199,7 +199,7 @@ def _from_store(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: f
     stored = _stored_curves(model_ref)
     if not isinstance(stored, dict):
         return None
-    meta, ks, name = stored["meta"], [k for k in K_GRID if k <= k_max], f"k_max={k_max},tau={tau:g}"
+    meta, ks, name = stored["meta"], [k for k in K_GRID if k <= k_max], evaluate.curve_name(k_max, tau)
     test = _test_set(dataset, root)
     if ([k for k in meta["ks"] if k <= k_max] != ks or meta["seed"] != seed or meta["test_seed"] != evaluate.TEST_SEED
             or "error" in test or meta["source"] != test["source"] or n_images != meta["n_images"]
@@ -231,7 +231,7 @@ def bound_curve(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: f
         ks = [k for k in K_GRID if k <= k_max]
         with TORCH_LOCK:
             start = time.perf_counter()
-            per_image = evaluate.grouped_bounds(model, x, ks, noise_scale=tau, seed=seed, progress=progress)
+            per_image = evaluate.grouped_bounds(model, x, ks, tau=tau, seed=seed, progress=progress)
             seconds = time.perf_counter() - start
         if seconds > 0.05:  # too short a pass says little about the speed
             _RATES[model_ref] = k_max * len(x) / seconds
@@ -265,7 +265,7 @@ def importance(model_ref: ModelRef, dataset: str, root: str, index: int, k: int,
     model = model_at(*model_ref)
     x = _test_set(dataset, root)["x"][index]
     with TORCH_LOCK:
-        r = evaluate.importance_weights(model, x, k, noise_scale=tau, seed=seed)
+        r = evaluate.importance_weights(model, x, k, tau=tau, seed=seed)
     return {key: (v.numpy() if torch.is_tensor(v) else v) for key, v in r.items()}
 
 

@@ -219,6 +219,15 @@ def progress_bar(desc: str):
     return update
 
 
+class Spelled(argparse.Action):
+    """Store an option's value and the spelling it was given under (DEST_option), so that an error names the
+    option as the user typed it: `iwae eval --k 0` says --k, `--S 0` says --S."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_option", option_string)
+
+
 def cmd_eval(args) -> int:
     from .checkpoint import load_model
     from .evaluate import check_evaluation_settings, check_evaluation_target, evaluate_folder
@@ -230,9 +239,9 @@ def cmd_eval(args) -> int:
 
         torch.set_num_threads(args.threads)
     check_evaluation_settings(
-        {"S": "--k", "limit": "--limit", "noise_scales": "--noise-scale", "batch_size": "--batch-size",
-         "mc_repeats": "--mc-repeats", "mc_images": "--mc-images", "seed": "--seed"},
-        S=args.k, limit=args.limit, noise_scales=args.noise_scale, batch_size=args.batch_size,
+        {"S": getattr(args, "S_option", "--S"), "limit": "--limit", "taus": getattr(args, "tau_option", "--tau"),
+         "batch_size": "--batch-size", "mc_repeats": "--mc-repeats", "mc_images": "--mc-images", "seed": "--seed"},
+        S=args.S, limit=args.limit, taus=args.tau, batch_size=args.batch_size,
         mc_repeats=args.mc_repeats, mc_images=args.mc_images, seed=args.seed)
     for directory in args.dirs:  # every folder is checked before the first one takes minutes
         load_model(directory)
@@ -242,8 +251,8 @@ def cmd_eval(args) -> int:
     if args.workers:  # shard the test images of every model across Ray workers
         from .scale.sharded import evaluate_sharded
 
-        results = evaluate_sharded(args.dirs, args.workers, S=args.k, limit=args.limit,
-                                   noise_scales=args.noise_scale, batch_size=args.batch_size,
+        results = evaluate_sharded(args.dirs, args.workers, S=args.S, limit=args.limit,
+                                   taus=args.tau, batch_size=args.batch_size,
                                    data_dir=args.data_dir, write=not args.no_write, mc_repeats=args.mc_repeats,
                                    mc_images=args.mc_images, seed=args.seed, seeding=args.seeding,
                                    address=args.address, show_progress=sys.stderr.isatty())
@@ -251,7 +260,7 @@ def cmd_eval(args) -> int:
             print(json.dumps(result, indent=2))
         return 0
     for directory in args.dirs:
-        result = evaluate_folder(directory, S=args.k, limit=args.limit, noise_scales=args.noise_scale,
+        result = evaluate_folder(directory, S=args.S, limit=args.limit, taus=args.tau,
                                  batch_size=args.batch_size, data_dir=args.data_dir, write=not args.no_write,
                                  mc_repeats=args.mc_repeats, mc_images=args.mc_images, seed=args.seed,
                                  progress=progress_bar(f"test LL {directory}"), seeding=args.seeding)
@@ -354,10 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="test log-likelihood and diagnostics of model folders")
     e.add_argument("dirs", nargs="+")
-    e.add_argument("--k", type=int, default=5000, help="joint draws S per test image")
+    e.add_argument("--S", "--k", dest="S", type=int, default=5000, action=Spelled,
+                   help="joint draws S of (weights, z) per test image (--k: the older spelling)")
     e.add_argument("--limit", type=int, help="only the first N test images")
-    e.add_argument("--noise-scale", type=float, nargs="+", default=None,
-                   help="weight-noise scales tau to evaluate (default: 1 and 0 for random-weight models)")
+    e.add_argument("--tau", "--noise-scale", dest="tau", type=float, nargs="+", default=None, action=Spelled,
+                   help="weight-noise scales tau to evaluate (default: 1 and 0 for random-weight models; "
+                        "--noise-scale: the older spelling)")
     e.add_argument("--batch-size", type=int, default=None)
     e.add_argument("--mc-repeats", type=int, default=3, help="repeated estimates for the Monte-Carlo spread")
     e.add_argument("--mc-images", type=int, default=500, help="images the repeated estimates use")

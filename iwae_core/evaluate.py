@@ -27,18 +27,18 @@ PAPER_TABLE = {  # Hernandez-Lobato et al. (2016), test log-likelihood (mean +- 
 # (draw, image) rows held at once. 5,000 rows keep each [rows, 784] tensor at 16 MB, small enough for
 # malloc to reuse (see allocator.py) and for the caches; 40,000 rows ran 1.6x slower on 2 cores.
 ROWS_PER_CHUNK = 5_000
-MAX_NOISE_SCALE = 1000.0  # tau * sigma; far past any scale worth looking at, and finite
+TAU_LIMIT = 1000.0  # tau * sigma; far past any scale worth looking at, and finite
 
 
-def check_noise_scale(tau, name: str = "noise_scale") -> float:
-    """Reject a weight-noise scale tau that is not a finite number from 0 to MAX_NOISE_SCALE (a NaN tau wrote
+def check_tau(tau, name: str = "tau") -> float:
+    """Reject a weight-noise scale tau that is not a finite number from 0 to TAU_LIMIT (a NaN tau wrote
     NaN results, a negative one flipped the noise). The engine's public functions call this once on entry."""
     try:
-        ok = not isinstance(tau, bool) and math.isfinite(tau) and 0 <= tau <= MAX_NOISE_SCALE
+        ok = not isinstance(tau, bool) and math.isfinite(tau) and 0 <= tau <= TAU_LIMIT
     except TypeError:
         ok = False
     if not ok:
-        raise ValueError(f"{name} must be from 0 to {MAX_NOISE_SCALE:g}, got {tau}")
+        raise ValueError(f"{name} must be from 0 to {TAU_LIMIT:g}, got {tau}")
     return tau
 
 
@@ -48,6 +48,21 @@ def check_seeding(seeding: str, name: str = "seeding") -> str:
     return seeding
 
 
+def tau_label(tau: float | str) -> str:
+    """tau as every results file names it: the keys of metrics.json's by_tau ("1", "0.5", "0")."""
+    return f"{float(tau):g}"
+
+
+def per_image_name(tau: float | str) -> str:
+    """The tensor of test_ll.safetensors holding the per-image test LL at this tau."""
+    return f"tau={tau_label(tau)}"
+
+
+def curve_name(k_max: int, tau: float | str) -> str:
+    """The tensor of bound_curves.safetensors holding the L_k curves up to k_max at this tau."""
+    return f"k_max={k_max},{per_image_name(tau)}"
+
+
 def binarized_test_images(data: dict, limit: int | None = None) -> torch.Tensor:
     """The test images binarised with the fixed seed, so every model sees the same binary images."""
     x = binarize(data["test"], seed=TEST_SEED)
@@ -55,7 +70,7 @@ def binarized_test_images(data: dict, limit: int | None = None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_likelihood(model: IWAE, x: torch.Tensor, S: int = 5000, noise_scale: float = 1.0,
+def log_likelihood(model: IWAE, x: torch.Tensor, S: int = 5000, tau: float = 1.0,
                    batch_size: int | None = None, rows_per_chunk: int = ROWS_PER_CHUNK,
                    progress: Callable[[int, int], None] | None = None,
                    batch_seeds: tuple[int, int] | None = None) -> torch.Tensor:
@@ -67,12 +82,12 @@ def log_likelihood(model: IWAE, x: torch.Tensor, S: int = 5000, noise_scale: flo
     from a stream per batch seeded with batch_seed(seed, first + the batch's first index in x).
     """
     check_k(S, "S")
-    check_noise_scale(noise_scale)
-    return _log_likelihood(model, x, S, noise_scale, batch_size, rows_per_chunk, progress, batch_seeds)
+    check_tau(tau)
+    return _log_likelihood(model, x, S, tau, batch_size, rows_per_chunk, progress, batch_seeds)
 
 
 @torch.no_grad()
-def _log_likelihood(model: IWAE, x: torch.Tensor, S: int, noise_scale: float, batch_size: int | None,
+def _log_likelihood(model: IWAE, x: torch.Tensor, S: int, tau: float, batch_size: int | None,
                     rows_per_chunk: int, progress: Callable[[int, int], None] | None,
                     batch_seeds: tuple[int, int] | None = None) -> torch.Tensor:
     """log_likelihood on settings already checked."""
@@ -87,7 +102,7 @@ def _log_likelihood(model: IWAE, x: torch.Tensor, S: int, noise_scale: float, ba
         xb = x[start:start + batch_size]
         acc = torch.full((len(xb),), -math.inf, device=x.device)
         for s0 in range(0, S, chunk):
-            lw = model.log_weights(xb, min(chunk, S - s0), noise_scale=noise_scale,
+            lw = model.log_weights(xb, min(chunk, S - s0), tau=tau,
                                    encoder_granularity="sample", decoder_granularity="sample")
             acc = torch.logaddexp(acc, torch.logsumexp(lw, 0))
         out.append(acc - math.log(S))
@@ -143,7 +158,7 @@ def _replay(calls: list[tuple]) -> None:
 
 
 @torch.no_grad()
-def stream_draws(model: IWAE, batch_size: int, k: int, noise_scale: float) -> list[tuple]:
+def stream_draws(model: IWAE, batch_size: int, k: int, tau: float) -> list[tuple]:
     """The random draws of one log_weights call on batch_size images with k draws, as log_likelihood
     makes it; checked here: replaying them moves torch's stream exactly as the real call does."""
     model.eval()
@@ -151,7 +166,7 @@ def stream_draws(model: IWAE, batch_size: int, k: int, noise_scale: float) -> li
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(20_160_101)
         with _RecordDraws() as rec:
-            model.log_weights(x, k, noise_scale=noise_scale, encoder_granularity="sample",
+            model.log_weights(x, k, tau=tau, encoder_granularity="sample",
                               decoder_granularity="sample")
         after_call = torch.get_rng_state()
         torch.manual_seed(20_160_101)
@@ -162,7 +177,7 @@ def stream_draws(model: IWAE, batch_size: int, k: int, noise_scale: float) -> li
     return rec.calls
 
 
-def skip_stream(model: IWAE, n_batches: int, S: int, batch_size: int, noise_scale: float = 1.0,
+def skip_stream(model: IWAE, n_batches: int, S: int, batch_size: int, tau: float = 1.0,
                 rows_per_chunk: int = ROWS_PER_CHUNK) -> None:
     """Advance torch's global stream past the draws log_likelihood makes for n_batches full batches,
     without computing them: a shard of a stream-seeded pass starts where the whole pass would be."""
@@ -170,13 +185,13 @@ def skip_stream(model: IWAE, n_batches: int, S: int, batch_size: int, noise_scal
         return
     chunk = eval_chunk(S, batch_size, rows_per_chunk)
     ks = [min(chunk, S - s0) for s0 in range(0, S, chunk)]
-    draws = {k: stream_draws(model, batch_size, k, noise_scale) for k in set(ks)}
+    draws = {k: stream_draws(model, batch_size, k, tau) for k in set(ks)}
     for _ in range(n_batches):
         for k in ks:
             _replay(draws[k])
 
 
-def log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, noise_scale: float = 1.0,
+def log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, tau: float = 1.0,
                          batch_size: int | None = None, seed: int = 0, seeding: str = "stream",
                          start: int = 0, stop: int | None = None, rows_per_chunk: int = ROWS_PER_CHUNK,
                          progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -186,13 +201,13 @@ def log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, noise_scale: floa
     images before it (about a third of their evaluation time for IWAE-R); per-batch seeding needs none.
     Uses torch's global stream and leaves it at the end of the shard."""
     check_k(S, "S")
-    check_noise_scale(noise_scale)
+    check_tau(tau)
     check_seeding(seeding)
-    return _log_likelihood_range(model, x, S, noise_scale, batch_size, seed, seeding, start, stop, rows_per_chunk,
+    return _log_likelihood_range(model, x, S, tau, batch_size, seed, seeding, start, stop, rows_per_chunk,
                                  progress)
 
 
-def _log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, noise_scale: float, batch_size: int | None,
+def _log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, tau: float, batch_size: int | None,
                           seed: int, seeding: str, start: int = 0, stop: int | None = None,
                           rows_per_chunk: int = ROWS_PER_CHUNK,
                           progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -203,9 +218,9 @@ def _log_likelihood_range(model: IWAE, x: torch.Tensor, S: int, noise_scale: flo
         raise ValueError(f"a shard must start on a batch boundary: {start} is not a multiple of {batch_size}")
     if seeding == "stream":
         torch.manual_seed(seed)
-        skip_stream(model, start // batch_size, S, batch_size, noise_scale, rows_per_chunk)
-        return _log_likelihood(model, x[start:stop], S, noise_scale, batch_size, rows_per_chunk, progress)
-    return _log_likelihood(model, x[start:stop], S, noise_scale, batch_size, rows_per_chunk, progress,
+        skip_stream(model, start // batch_size, S, batch_size, tau, rows_per_chunk)
+        return _log_likelihood(model, x[start:stop], S, tau, batch_size, rows_per_chunk, progress)
+    return _log_likelihood(model, x[start:stop], S, tau, batch_size, rows_per_chunk, progress,
                            batch_seeds=(seed, start))
 
 
@@ -216,13 +231,13 @@ def summarize(values: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, noise_scale: float = 1.0,
+def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, tau: float = 1.0,
                seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Mean L_k over the images x for each k (model's own granularities), with its standard error.
     progress(done, total) is called after each chunk of images, counted over all k and repeats."""
     for k in ks:
         check_k(k)
-    check_noise_scale(noise_scale)
+    check_tau(tau)
     model.eval()
     rows = []
     done, total = 0, len(ks) * repeats * len(x)
@@ -234,7 +249,7 @@ def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, no
                 b = max(1, ROWS_PER_CHUNK // k)
                 chunks = []
                 for xb in x.split(b):
-                    chunks.append(iwae_bound(model.log_weights(xb, k, noise_scale=noise_scale)))
+                    chunks.append(iwae_bound(model.log_weights(xb, k, tau=tau)))
                     done += len(xb)
                     if progress:
                         progress(done, total)
@@ -245,7 +260,7 @@ def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, no
 
 
 @torch.no_grad()
-def grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: float = 1.0, seed: int = 0,
+def grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], tau: float = 1.0, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Per-image estimates of L_k for every k of `ks` from ONE pass of k_max = max(ks) draws per image: [len(ks), n].
 
@@ -260,12 +275,12 @@ def grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: flo
     ks = list(ks)
     for k in ks:
         check_k(k)
-    check_noise_scale(noise_scale)
-    return _grouped_bounds(model, x, ks, noise_scale, seed, progress)
+    check_tau(tau)
+    return _grouped_bounds(model, x, ks, tau, seed, progress)
 
 
 @torch.no_grad()
-def _grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: float, seed: int,
+def _grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], tau: float, seed: int,
                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """grouped_bounds on settings already checked."""
     if not ks:
@@ -279,7 +294,7 @@ def _grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: fl
         torch.manual_seed(seed)
         for start in range(0, len(x), b):
             xb = x[start:start + b]
-            lw = model.log_weights(xb, k_max, noise_scale=noise_scale)  # [k_max, b]
+            lw = model.log_weights(xb, k_max, tau=tau)  # [k_max, b]
             for i, k in enumerate(ks):
                 groups = k_max // k
                 per_group = lw[:groups * k].reshape(groups, k, len(xb))
@@ -293,7 +308,7 @@ def _grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], noise_scale: fl
 BOUND_CURVES = "bound_curves.safetensors"  # precomputed grouped_bounds beside a model, for an instant first view
 
 
-def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=(100, 5000), noise_scales=(0.0, 1.0),
+def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=(100, 5000), taus=(0.0, 1.0),
                        seed: int = 0, source: str = "", keep: dict | None = None) -> Path:
     """grouped_bounds of the model in `directory` on the images x, for each largest k in k_maxes (the grid ks up
     to it) and each tau, saved as BOUND_CURVES: one [len(ks <= k_max), n] tensor 'k_max=K,tau=T' each, with what
@@ -305,14 +320,14 @@ def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=
 
     for k in ks:
         check_k(k)
-    for tau in noise_scales:
-        check_noise_scale(tau, "noise_scales")
+    for tau in taus:
+        check_tau(tau, "taus")
     directory = Path(directory)
     model, _ = ckpt.load_model(directory)
     tensors = dict(keep or {})
     for k_max in k_maxes:
-        for tau in noise_scales:
-            name = f"k_max={k_max},tau={tau:g}"
+        for tau in taus:
+            name = curve_name(k_max, tau)
             if name not in tensors:
                 tensors[name] = _grouped_bounds(model, x, [k for k in ks if k <= k_max], tau, seed).contiguous()
     meta = {"model_sha256": model_sha256(directory), "ks": ",".join(map(str, ks)), "seed": str(seed),
@@ -322,16 +337,16 @@ def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=
 
 
 @torch.no_grad()
-def importance_weights(model: IWAE, x: torch.Tensor, k: int, noise_scale: float = 1.0,
+def importance_weights(model: IWAE, x: torch.Tensor, k: int, tau: float = 1.0,
                        seed: int = 0) -> dict:
     """For one image x [784]: its k log weights, normalised weights, ESS and the posterior draws z [k, z_dim]
     those weights were computed at."""
     check_k(k)
-    check_noise_scale(noise_scale)
+    check_tau(tau)
     model.eval()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        log_w, z = model.log_weights(x[None], k, noise_scale=noise_scale, return_z=True)
+        log_w, z = model.log_weights(x[None], k, tau=tau, return_z=True)
     log_w = log_w[:, 0]
     w = torch.softmax(log_w, 0)
     return {"log_w": log_w, "weights": w, "ess": effective_sample_size(log_w[:, None]).item(),
@@ -340,10 +355,10 @@ def importance_weights(model: IWAE, x: torch.Tensor, k: int, noise_scale: float 
 
 @torch.no_grad()
 def active_units(model: IWAE, x: torch.Tensor, threshold: float = 0.01, weight_draws: int = 10,
-                 noise_scale: float = 1.0) -> dict:
+                 tau: float = 1.0) -> dict:
     """Burda et al.'s activity Var_x E_q[z_j|x] per latent unit; active where it exceeds threshold."""
     draws = weight_draws if model.config.random_encoder else 1
-    activity = model.posterior_mean(x, draws, noise_scale).var(0)
+    activity = model.posterior_mean(x, draws, tau).var(0)
     return {"count": int((activity > threshold).sum()), "activity": activity.tolist(), "threshold": threshold}
 
 
@@ -364,10 +379,10 @@ def weight_statistics(model: IWAE) -> list[dict]:
     return rows
 
 
-def noise_scales_for(run, noise_scales=None) -> list[float]:
+def taus_for(run, taus=None) -> list[float]:
     """The weight-noise scales tau an evaluation covers: the given ones, else 1 and 0 for random-weight models."""
     random = run.model.random_encoder or run.model.random_decoder
-    return list(noise_scales) if noise_scales else ([1.0, 0.0] if random else [1.0])
+    return list(taus) if taus else ([1.0, 0.0] if random else [1.0])
 
 
 def evaluation_passes(n_images: int, taus: list[float], seed: int = 0, mc_repeats: int = 3,
@@ -381,7 +396,7 @@ def evaluation_passes(n_images: int, taus: list[float], seed: int = 0, mc_repeat
     return passes
 
 
-def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_scales=None,
+def evaluate_folder(directory, S: int = 5000, limit: int | None = None, taus=None,
                     batch_size: int | None = None, data_dir=None, write: bool = True, mc_repeats: int = 3,
                     mc_images: int = 500, seed: int = 0, progress: Callable | None = None,
                     data: dict | None = None, seeding: str = "stream",
@@ -396,13 +411,13 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
     log_likelihood_range's. `workers` is then recorded beside the timing.
     """
     directory = Path(directory)
-    check_evaluation_settings(S=S, limit=limit, noise_scales=noise_scales, batch_size=batch_size,
+    check_evaluation_settings(S=S, limit=limit, taus=taus, batch_size=batch_size,
                               mc_repeats=mc_repeats, mc_images=mc_images, seed=seed, seeding=seeding)
     model, run = ckpt.load_model(directory)
     metrics = check_evaluation_target(directory, write)
     data = data if data is not None else load_dataset(run.train.dataset, data_dir)
     x = binarized_test_images(data, limit)
-    taus = noise_scales_for(run, noise_scales)
+    taus = taus_for(run, taus)
 
     def compute(tau: float, pass_seed: int, n: int, pass_progress=None) -> tuple[torch.Tensor, float]:
         if passes is not None:
@@ -424,8 +439,8 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
         for r in range(1, mc_repeats):
             reps.append(compute(tau, seed + 1000 * r, len(sub))[0])
         mc_sd = torch.stack(reps).std(0).pow(2).mean().sqrt().item() if mc_repeats > 1 else None
-        per_image[f"tau={tau:g}"] = ll
-        result["by_tau"][f"{tau:g}"] = {
+        per_image[per_image_name(tau)] = ll
+        result["by_tau"][tau_label(tau)] = {
             **summarize(ll), "mc_sd_per_image": mc_sd,
             "mc_sd_of_mean": mc_sd / math.sqrt(len(x)) if mc_sd is not None else None,
             "mc_repeats": mc_repeats, "mc_images": len(sub), "seconds": round(seconds, 1),
@@ -440,7 +455,7 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, noise_sc
         metrics = ckpt.read_json_object(metrics_path)
     kept = _comparable_taus(metrics.get("test"), result, directory / "test_ll.safetensors")
     result["by_tau"] = {**{tau: entry for tau, (entry, _) in kept.items()}, **result["by_tau"]}
-    per_image = {**{f"tau={tau}": ll for tau, (_, ll) in kept.items()}, **per_image}
+    per_image = {**{per_image_name(tau): ll for tau, (_, ll) in kept.items()}, **per_image}
     result["test_ll"] = result["by_tau"]["1"]["mean"] if "1" in result["by_tau"] else None
     if write:
         from safetensors.torch import save_file
@@ -463,8 +478,8 @@ def check_evaluation_settings(names: dict | None = None, **settings) -> None:
         value = settings.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name(key)} must be at least 1, got {value}")
-    for tau in settings.get("noise_scales") or []:
-        check_noise_scale(tau, name("noise_scales"))
+    for tau in settings.get("taus") or []:
+        check_tau(tau, name("taus"))
     check_seed(settings.get("seed", 0), name("seed"))
     if "seeding" in settings:
         check_seeding(settings["seeding"], name("seeding"))
@@ -503,8 +518,8 @@ def _comparable_taus(old: dict | None, new: dict, per_image_path: Path) -> dict:
         stored = ckpt.read_tensors(per_image_path)
     except ckpt.CheckpointError:
         return {}
-    return {tau: (entry, stored[f"tau={tau}"]) for tau, entry in old.get("by_tau", {}).items()
-            if tau not in new["by_tau"] and f"tau={tau}" in stored}
+    return {tau: (entry, stored[per_image_name(tau)]) for tau, entry in old.get("by_tau", {}).items()
+            if tau not in new["by_tau"] and per_image_name(tau) in stored}
 
 
 def model_sha256(directory: Path) -> str:
@@ -531,8 +546,8 @@ def stale_evaluation(entry: zoo.ZooEntry) -> bool:
     except ckpt.CheckpointError:
         return True
     by_tau = test.get("by_tau", {})
-    return any(f"tau={tau}" not in stored or len(stored[f"tau={tau}"]) != result["n_images"]
-               or abs(stored[f"tau={tau}"].double().mean().item() - result["mean"]) > 1e-3
+    return any(per_image_name(tau) not in stored or len(stored[per_image_name(tau)]) != result["n_images"]
+               or abs(stored[per_image_name(tau)].double().mean().item() - result["mean"]) > 1e-3
                for tau, result in by_tau.items())
 
 
@@ -543,8 +558,8 @@ def paired_differences(entries: list[zoo.ZooEntry], tau: str = "1") -> list[dict
     for e in entries:
         if not stale_evaluation(e) and (e.path / "test_ll.safetensors").exists():
             stored = ckpt.read_tensors(e.path / "test_ll.safetensors")
-            if f"tau={tau}" in stored:
-                lls[e.name] = stored[f"tau={tau}"]
+            if per_image_name(tau) in stored:
+                lls[e.name] = stored[per_image_name(tau)]
     rows = []
     names = sorted(lls)
     for i, a in enumerate(names):

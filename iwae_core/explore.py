@@ -31,7 +31,7 @@ def latent_draws(z_dim: int, n: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decoder_samples(model: IWAE, z: torch.Tensor, weight_draws: int, noise_scale: float, seed: int) -> torch.Tensor:
+def decoder_samples(model: IWAE, z: torch.Tensor, weight_draws: int, tau: float, seed: int) -> torch.Tensor:
     """p(x|z) for each of `weight_draws` decoder draws theta_d ~ q(theta) (sigma scaled by tau): [draws, n, 784].
 
     Draw d has its own seed, so asking for more draws keeps the first ones unchanged.
@@ -40,17 +40,17 @@ def decoder_samples(model: IWAE, z: torch.Tensor, weight_draws: int, noise_scale
     for d in range(weight_draws):
         with torch.random.fork_rng():
             torch.manual_seed(_seeded(seed, 1, d))
-            out.append(model.sample(z, noise_scale=noise_scale)[0])
+            out.append(model.sample(z, tau=tau)[0])
     return torch.stack(out)
 
 
 @torch.no_grad()
-def encoded_mean(model: IWAE, x: torch.Tensor, noise_scale: float, weight_draws: int, seed: int) -> torch.Tensor:
+def encoded_mean(model: IWAE, x: torch.Tensor, tau: float, weight_draws: int, seed: int) -> torch.Tensor:
     """E_q[z|x] of one image x [784], averaged over encoder weight draws: [z_dim]."""
-    draws = weight_draws if model.config.random_encoder and noise_scale > 0 else 1
+    draws = weight_draws if model.config.random_encoder and tau > 0 else 1
     with torch.random.fork_rng():
         torch.manual_seed(_seeded(seed, 2))
-        return model.posterior_mean(x[None], draws, noise_scale)[0]
+        return model.posterior_mean(x[None], draws, tau)[0]
 
 
 def prior_draw(z_dim: int, seed: int) -> torch.Tensor:
@@ -60,7 +60,7 @@ def prior_draw(z_dim: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def traversal(model: IWAE, z0: torch.Tensor, units: list[int], offsets: torch.Tensor, noise_scale: float,
+def traversal(model: IWAE, z0: torch.Tensor, units: list[int], offsets: torch.Tensor, tau: float,
               seed: int) -> torch.Tensor:
     """Images with latent unit u set to z0[u] + each offset (the others at z0), one row per unit:
     [units, offsets, 784]. Every row uses the same decoder weight draw (same seed), so rows differ
@@ -69,20 +69,20 @@ def traversal(model: IWAE, z0: torch.Tensor, units: list[int], offsets: torch.Te
     for u in units:
         with torch.random.fork_rng():
             torch.manual_seed(_seeded(seed, 4))
-            rows.append(model.traverse(z0, u, z0[u] + offsets.to(z0), noise_scale=noise_scale))
+            rows.append(model.traverse(z0, u, z0[u] + offsets.to(z0), tau=tau))
     return torch.stack(rows) if rows else torch.zeros(0, len(offsets), model.config.x_dim)
 
 
 @torch.no_grad()
-def reconstruction(model: IWAE, x: torch.Tensor, noise_scale: float, seed: int) -> torch.Tensor:
+def reconstruction(model: IWAE, x: torch.Tensor, tau: float, seed: int) -> torch.Tensor:
     """p(x|z) at z = E_q[z|x] for one image x [784], one weight draw of each network: [784]."""
     with torch.random.fork_rng():
         torch.manual_seed(_seeded(seed, 5))
-        return model.reconstruct(x[None], noise_scale)[0]
+        return model.reconstruct(x[None], tau)[0]
 
 
 @torch.no_grad()
-def reconstructions(model: IWAE, x: torch.Tensor, weight_draws: int, noise_scale: float, seed: int) -> torch.Tensor:
+def reconstructions(model: IWAE, x: torch.Tensor, weight_draws: int, tau: float, seed: int) -> torch.Tensor:
     """p(x|z) at z = E_q[z|x] for images x [n, 784] under `weight_draws` draws of both networks' weights (one
     draw per row, shared by the row's images, so a row is one network): [draws, n, 784]. Draw d has its own
     seed, so more draws keep the first ones."""
@@ -90,7 +90,7 @@ def reconstructions(model: IWAE, x: torch.Tensor, weight_draws: int, noise_scale
     for d in range(weight_draws):
         with torch.random.fork_rng():
             torch.manual_seed(_seeded(seed, 6, d))
-            out.append(model.reconstruct(x, noise_scale))
+            out.append(model.reconstruct(x, tau))
     return torch.stack(out) if out else torch.zeros(0, len(x), model.config.x_dim)
 
 

@@ -30,6 +30,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
+from .evaluate import per_image_name
 
 # arm -> (variant, objective)
 ARMS = {
@@ -201,7 +202,7 @@ def collect(root: Path) -> list[dict]:
         run, test = f["run"], f["test"]
         key = (f["group"], run.train.dataset, run.train.seed, f["training"]["epochs"])
         for tau, entry in sorted(test["by_tau"].items(), key=lambda t: -float(t[0])):
-            ll = f["per_image"][f"tau={tau}"]
+            ll = f["per_image"][per_image_name(tau)]
             ref = iwae.get(key)
             diff = diff_se = None
             if ref is not None and ref["test"]["n_images"] == test["n_images"] and ref["test"]["S"] == test["S"]:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard import downloads, export, figures, widgets
 from iwae_core import study
-from iwae_core.evaluate import PAPER_TABLE
+from iwae_core.evaluate import PAPER_TABLE, tau_label
 
 st.set_page_config(page_title="Reproduction · Bayesian IWAE", layout="wide")
 st.title("Reproduction")
@@ -37,8 +37,8 @@ if not datasets:
     st.stop()
 dataset = widgets.choice_input("repro", "dataset", "Dataset", datasets)
 taus = sorted({r["tau"] for r in rows if r["dataset"] == dataset}, reverse=True)
-tau = float(widgets.choice_input("repro", "tau", "τ of the random arms", [f"{t:g}" for t in taus], radio=True,
-                            help="IWAE has no weight noise: its τ = 1 result is used for every τ"))
+tau = float(widgets.choice_input("repro", "tau", "τ of the random arms", [tau_label(t) for t in taus], radio=True,
+                                 help="IWAE has no weight noise: its τ = 1 result is used for every τ"))
 widgets.sync_url(dataset=dataset, tau=tau)
 
 chosen = [r for r in rows if r["dataset"] == dataset and (r["tau"] == tau or r["variant"] == "iwae")]
@@ -51,7 +51,7 @@ title = (f"{dataset}, τ = {tau:g}: test LL across budgets ({len(seeds)} seeds, 
 figs = {"study": figures.study_curves(summary, chosen, PAPER_TABLE.get(dataset), title=title)}
 st.plotly_chart(figs["study"], key="repro-study")
 settings = {"study": str(path.name), "dataset": dataset, "tau": tau, "seeds": seeds, "images": images, "S": S,
-            "link": {"dataset": dataset, "tau": f"{tau:g}"}}
+            "link": {"dataset": dataset, "tau": tau_label(tau)}}
 tables = {"study": lambda: export.table_csv([  # the rows behind the figure, in study.csv's own columns
     {key: r.get(key) for key in study.CSV_FIELDS} for r in chosen])}
 downloads.export_buttons(figs["study"], "study", tables["study"], settings)

@@ -19,7 +19,7 @@ import torch
 
 from iwae_core import checkpoint as ckpt
 from iwae_core import zoo
-from iwae_core.evaluate import stale_evaluation
+from iwae_core.evaluate import per_image_name, stale_evaluation
 
 VARIANTS = ("iwae", "iwae-r", "iwae-rrec")
 
@@ -29,10 +29,10 @@ def per_image(stage: Path, variant: str, tau: str = "1") -> torch.Tensor:
     if stale_evaluation(zoo.select_models([folder])[0]):
         raise SystemExit(f"{folder}: its test results are of other weights; run iwae eval {folder} again")
     stored = ckpt.read_tensors(folder / "test_ll.safetensors")
-    if f"tau={tau}" not in stored:
+    if per_image_name(tau) not in stored:
         raise SystemExit(f"{folder} has no per-image results at tau = {tau}; "
                          f"run iwae eval {folder} --noise-scale {tau}")
-    return stored[f"tau={tau}"].double()
+    return stored[per_image_name(tau)].double()
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> str:

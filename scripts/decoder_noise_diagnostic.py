@@ -33,7 +33,7 @@ def estimate(folder: str, x: torch.Tensor, S: int, tau: float, quiet: torch.Tens
             last.weight_rho[quiet] = OFF
             last.bias_rho[quiet] = OFF
     torch.manual_seed(0)
-    return log_likelihood(model, x, S=S, noise_scale=tau).double()
+    return log_likelihood(model, x, S=S, tau=tau).double()
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> str:

@@ -49,29 +49,29 @@ def test_a_bad_noise_scale_is_refused_by_name_before_any_draw(tau, tmp_path):
 
     m = model("iwae-r")
     x = torch.bernoulli(torch.full((4, 784), 0.2), generator=torch.Generator().manual_seed(1))
-    message = rf"^noise_scale must be from 0 to 1000, got {tau}$"
+    message = rf"^tau must be from 0 to 1000, got {tau}$"
     state = torch.get_rng_state()
     calls = {
-        "log_likelihood": lambda: evaluate.log_likelihood(m, x, S=3, noise_scale=tau),
-        "log_likelihood_range": lambda: evaluate.log_likelihood_range(m, x, S=3, noise_scale=tau),
-        "bound_vs_k": lambda: evaluate.bound_vs_k(m, x, [1, 2], noise_scale=tau),
-        "grouped_bounds": lambda: evaluate.grouped_bounds(m, x, [1, 2], noise_scale=tau),
-        "importance_weights": lambda: evaluate.importance_weights(m, x[0], 3, noise_scale=tau),
+        "log_likelihood": lambda: evaluate.log_likelihood(m, x, S=3, tau=tau),
+        "log_likelihood_range": lambda: evaluate.log_likelihood_range(m, x, S=3, tau=tau),
+        "bound_vs_k": lambda: evaluate.bound_vs_k(m, x, [1, 2], tau=tau),
+        "grouped_bounds": lambda: evaluate.grouped_bounds(m, x, [1, 2], tau=tau),
+        "importance_weights": lambda: evaluate.importance_weights(m, x[0], 3, tau=tau),
     }
     for name, call in calls.items():
         with pytest.raises(ValueError, match=message):
             call()
         assert torch.equal(torch.get_rng_state(), state), name  # refused before drawing anything
     ckpt.save_model(tmp_path, m, RunConfig(m.config, TrainConfig(k=3)))
-    plural = rf"^noise_scales must be from 0 to 1000, got {tau}$"
+    plural = rf"^taus must be from 0 to 1000, got {tau}$"
     with pytest.raises(ValueError, match=plural):
-        evaluate.write_bound_curves(tmp_path, x, [1, 2], k_maxes=(2,), noise_scales=(1.0, tau))
+        evaluate.write_bound_curves(tmp_path, x, [1, 2], k_maxes=(2,), taus=(1.0, tau))
     with pytest.raises(ValueError, match=plural):
-        evaluate.evaluate_folder(tmp_path, S=3, noise_scales=[1.0, tau], data={})
+        evaluate.evaluate_folder(tmp_path, S=3, taus=[1.0, tau], data={})
     with pytest.raises(ValueError, match=plural):
-        evaluate_sharded([tmp_path], 1, S=3, noise_scales=[tau])
+        evaluate_sharded([tmp_path], 1, S=3, taus=[tau])
     for ok in (0, 0.0, 1.0, 1000):
-        assert evaluate.check_noise_scale(ok) == ok
+        assert evaluate.check_tau(ok) == ok
 
 
 def test_bound_vs_k_reports_progress_without_changing_the_numbers(monkeypatch):

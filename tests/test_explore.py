@@ -25,8 +25,8 @@ def test_latent_draws_depend_only_on_the_seed():
 def test_more_weight_draws_keep_the_first_ones_and_random_decoders_differ_between_draws():
     m = model("iwae-r")
     z = explore.latent_draws(3, 4, seed=1)
-    two = explore.decoder_samples(m, z, 2, noise_scale=1.0, seed=1)
-    four = explore.decoder_samples(m, z, 4, noise_scale=1.0, seed=1)
+    two = explore.decoder_samples(m, z, 2, tau=1.0, seed=1)
+    four = explore.decoder_samples(m, z, 4, tau=1.0, seed=1)
     assert four.shape == (4, 4, 784)
     assert torch.equal(two, four[:2])
     assert (four[0] - four[1]).abs().max() > 1e-3
@@ -35,18 +35,18 @@ def test_more_weight_draws_keep_the_first_ones_and_random_decoders_differ_betwee
 
 def test_tau_zero_and_deterministic_decoders_give_identical_draws():
     z = explore.latent_draws(3, 4, seed=2)
-    still = explore.decoder_samples(model("iwae-r"), z, 3, noise_scale=0.0, seed=2)
+    still = explore.decoder_samples(model("iwae-r"), z, 3, tau=0.0, seed=2)
     assert torch.equal(still[0], still[2])
     assert torch.equal(still[0], still[1])
-    det = explore.decoder_samples(model("iwae"), z, 3, noise_scale=1.0, seed=2)
+    det = explore.decoder_samples(model("iwae"), z, 3, tau=1.0, seed=2)
     assert torch.equal(det[0], det[1])
 
 
 def test_larger_tau_spreads_the_samples_more():
     m = model("iwae-r")
     z = explore.latent_draws(3, 8, seed=3)
-    small = explore.decoder_samples(m, z, 6, noise_scale=0.5, seed=3).std(0).mean()
-    large = explore.decoder_samples(m, z, 6, noise_scale=2.0, seed=3).std(0).mean()
+    small = explore.decoder_samples(m, z, 6, tau=0.5, seed=3).std(0).mean()
+    large = explore.decoder_samples(m, z, 6, tau=2.0, seed=3).std(0).mean()
     assert large > small > 0
 
 
@@ -54,7 +54,7 @@ def test_traversal_rows_move_one_unit_and_offset_zero_decodes_the_start():
     m = model("iwae")
     z0 = explore.prior_draw(3, seed=4)
     offsets = torch.tensor([-1.0, 0.0, 1.0])
-    rows = explore.traversal(m, z0, [0, 2], offsets, noise_scale=0.0, seed=4)
+    rows = explore.traversal(m, z0, [0, 2], offsets, tau=0.0, seed=4)
     assert rows.shape == (2, 3, 784)
     start = torch.sigmoid(m.decode(z0[None, None], 0.0, "batch"))[0, 0]
     torch.testing.assert_close(rows[0, 1], start)

@@ -101,10 +101,10 @@ def test_noise_scale_scales_the_spread():
     layer = make_layer(in_f=4, out_f=2)
     x = torch.randn(1, 1, 4, dtype=torch.float64)
     torch.manual_seed(5)
-    y1 = layer(x, 20000, "sample", noise_scale=1.0)
+    y1 = layer(x, 20000, "sample", tau=1.0)
     torch.manual_seed(5)
-    y2 = layer(x, 20000, "sample", noise_scale=2.0)
-    mean = layer(x, 1, "sample", noise_scale=0.0)
+    y2 = layer(x, 20000, "sample", tau=2.0)
+    mean = layer(x, 1, "sample", tau=0.0)
     assert torch.allclose(y2 - mean, 2 * (y1 - mean))
     assert torch.equal(mean, torch.nn.functional.linear(x, layer.weight_mu, layer.bias_mu))
 

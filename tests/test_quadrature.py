@@ -28,7 +28,7 @@ def make_model(variant: str, seed: int = 0, init_sigma: float = 0.05) -> IWAE:
 
 
 def quadrature_log_px(model: IWAE, x: torch.Tensor, n: int = 401, half_width: float = 7.0,
-                      noise_scale: float = 0.0, weight_draws: int = 1) -> torch.Tensor:
+                      tau: float = 0.0, weight_draws: int = 1) -> torch.Tensor:
     """log p(x) = log sum_grid p(x|z) p(z) dz on an n x n grid; with weight draws, averaged over theta."""
     g = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
     z = torch.cartesian_prod(g, g)  # [n*n, 2]
@@ -36,7 +36,7 @@ def quadrature_log_px(model: IWAE, x: torch.Tensor, n: int = 401, half_width: fl
     log_pz = normal_log_prob(z, 0.0, 1.0)
     per_draw = []
     for _ in range(weight_draws):
-        logits = model.decode(z[None], noise_scale, "batch")[0]  # [G, 16], one theta for all grid points
+        logits = model.decode(z[None], tau, "batch")[0]  # [G, 16], one theta for all grid points
         log_px_z = -torch.nn.functional.binary_cross_entropy_with_logits(
             logits[:, None, :].expand(-1, len(x), -1), x[None].expand(len(z), -1, -1), reduction="none").sum(-1)
         per_draw.append(torch.logsumexp(log_px_z + log_pz[:, None], 0) + log_dz)
@@ -46,7 +46,7 @@ def quadrature_log_px(model: IWAE, x: torch.Tensor, n: int = 401, half_width: fl
 @torch.no_grad()
 def data_from_model(model: IWAE, n: int) -> torch.Tensor:
     torch.manual_seed(123)
-    return torch.bernoulli(model.sample(n=n, noise_scale=0.0)[0])
+    return torch.bernoulli(model.sample(n=n, tau=0.0)[0])
 
 
 @torch.no_grad()
@@ -67,7 +67,7 @@ def test_bound_lies_below_log_px_and_approaches_it(variant):
     repeats = 40
     gaps, ses = [], []
     for k in KS:
-        lk = torch.stack([iwae_bound(model.log_weights(x, k, noise_scale=0.0)) for _ in range(repeats)])
+        lk = torch.stack([iwae_bound(model.log_weights(x, k, tau=0.0)) for _ in range(repeats)])
         mean, se = lk.mean(0), lk.std(0) / math.sqrt(repeats)
         # E[L_k] <= log p(x) for every image (4 standard errors of slack for the Monte-Carlo mean).
         assert (mean <= log_px + 4 * se + 1e-9).all(), (k, (mean - log_px).max().item())
@@ -87,7 +87,7 @@ def test_random_weights_at_tau0_equal_the_posterior_mean_network():
     plain.load_state_dict({k: v for k, v in bayes.state_dict().items() if "rho" not in k})
     x = data_from_model(bayes, 5)
     torch.manual_seed(1)
-    a = bayes.log_weights(x, 50, noise_scale=0.0)
+    a = bayes.log_weights(x, 50, tau=0.0)
     torch.manual_seed(1)
     b = plain.log_weights(x, 50)
     assert torch.allclose(a, b)
@@ -103,8 +103,8 @@ def test_joint_draw_estimate_with_random_encoder_converges_to_log_px():
     x = data_from_model(model, 4)
     truth = quadrature_log_px(model, x)
     torch.manual_seed(12)
-    low = log_likelihood(model, x, S=10, noise_scale=1.0)
-    high = log_likelihood(model, x, S=100000, noise_scale=1.0)
+    low = log_likelihood(model, x, S=10, tau=1.0)
+    high = log_likelihood(model, x, S=100000, tau=1.0)
     assert ((high - truth).abs() < 0.06).all() and (high - truth).abs().mean() < 0.03, (high - truth)
     assert (truth - low).mean() > (truth - high).abs().mean()
 
@@ -116,7 +116,7 @@ def test_random_decoder_bound_approaches_expected_log_likelihood():
     model = make_model("iwae-r", seed=5, init_sigma=0.3)
     x = data_from_model(model, 3)
     torch.manual_seed(13)
-    per_theta = torch.stack([quadrature_log_px(model, x, n=101, half_width=5.0, noise_scale=1.0)
+    per_theta = torch.stack([quadrature_log_px(model, x, n=101, half_width=5.0, tau=1.0)
                              for _ in range(200)])
     truth, truth_se = per_theta.mean(0), per_theta.std(0) / math.sqrt(200)
     # the weights are really random: E_theta log p(x|theta) is well below log p(x) at tau = 0
@@ -146,7 +146,7 @@ def test_mixture_bound_approaches_the_mixture_log_likelihood():
     x = data_from_model(model, 3)
     torch.manual_seed(14)
     draws = 1000
-    per_theta = torch.stack([quadrature_log_px(model, x, n=101, half_width=5.0, noise_scale=1.0)
+    per_theta = torch.stack([quadrature_log_px(model, x, n=101, half_width=5.0, tau=1.0)
                              for _ in range(draws)])
     truth = torch.logsumexp(per_theta, 0) - math.log(draws)
     p = (per_theta - per_theta.max(0).values).exp()

@@ -514,6 +514,8 @@ def model_dir(tmp_path):
     (["--mc-images", "0"], "--mc-images must be at least 1, got 0"),
     (["--mc-repeats", "0"], "--mc-repeats must be at least 1, got 0"),
     (["--k", "0"], "--k must be a positive integer"),
+    (["--S", "0"], "--S must be a positive integer"),  # S is the name; --k and --noise-scale its older spellings
+    (["--tau", "inf"], "--tau must be from 0 to 1000, got inf"),
     (["--seed", "-1"], "--seed must be an integer from 0 to"),
 ])
 def test_bad_eval_arguments_are_refused_up_front(model_dir, capsys, no_data, args, message):

@@ -34,6 +34,7 @@ from iwae_core.maths.model import IWAE
 from iwae_core.scale.sharded import shard_bounds
 from iwae_core.scale.sweep import (
     TrialStopped,
+    evaluation_kwargs,
     parse_grid,
     plan_trials,
     run_trial,
@@ -70,7 +71,7 @@ def test_shards_of_a_pass_equal_the_whole_pass(variant, S, one_thread):
     for tau in (1.0, 0.0):
         # batches of 4 images, chunks of 15 draws (S = 40: 15 + 15 + 10), as evaluate_folder did it before
         torch.manual_seed(5)
-        before = log_likelihood(model, x, S, noise_scale=tau, batch_size=4, rows_per_chunk=60)
+        before = log_likelihood(model, x, S, tau=tau, batch_size=4, rows_per_chunk=60)
         whole = log_likelihood_range(model, x, S, tau, batch_size=4, seed=5, rows_per_chunk=60)
         assert torch.equal(whole, before)  # stream seeding: the shipped numbers' per-image values, unchanged
         for cuts in ([0, 20, 47], [0, 4, 8, 32, 47]):
@@ -150,7 +151,7 @@ def test_grid_expands_to_named_valid_runs():
     with pytest.raises(ValueError, match="non-empty list"):
         parse_grid({"grid": {"seed": 3}})
     with pytest.raises(ValueError, match="unknown \\[eval\\] keys"):
-        parse_grid({"grid": {"seed": [1]}, "eval": {"S": 10}})
+        parse_grid({"grid": {"seed": [1]}, "eval": {"samples": 10}})
 
 
 def test_a_stopped_trial_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
@@ -180,10 +181,10 @@ def test_a_stopped_trial_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path
         a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a)
         with pytest.raises(TrialStopped, match="evaluation"):
-            run_trial(run, tmp_path / "a", data=data, evaluation={"k": 5, "mc_repeats": 1},
+            run_trial(run, tmp_path / "a", data=data, evaluation={"S": 5, "mc_repeats": 1},
                       should_stop=lambda: True)
         assert "test" not in json.loads((tmp_path / "a" / "metrics.json").read_text())
-        assert run_trial(run, tmp_path / "a", data=data, evaluation={"k": 5, "mc_repeats": 1})["evaluated"]
+        assert run_trial(run, tmp_path / "a", data=data, evaluation={"S": 5, "mc_repeats": 1})["evaluated"]
     finally:
         torch.set_num_threads(threads)
 
@@ -229,7 +230,7 @@ variant = ["iwae", "iwae-r"]
 seed = [0, 1]
 
 [eval]
-k = 10
+S = 10
 limit = 30
 mc_repeats = 1
 """
@@ -390,3 +391,12 @@ def test_sweep_trials_are_listed_in_the_zoo_grouped_by_sweep(tiny_zoo, tmp_path,
     at = open_app()
     models = list(at.dataframe[0].value["model"])
     assert {"alone", "grid/variant=iwae,seed=0", "grid/variant=iwae-r,seed=0"} <= set(models)
+
+
+def test_the_eval_table_reads_the_older_spellings_k_and_noise_scale_as_S_and_tau():
+    old = parse_grid({"grid": {"seed": [0]}, "eval": {"k": 7, "noise_scale": [0.5], "limit": 3}})
+    new = parse_grid({"grid": {"seed": [0]}, "eval": {"S": 7, "tau": [0.5], "limit": 3}})
+    assert old.evaluation == new.evaluation == {"S": 7, "tau": [0.5], "limit": 3}
+    assert evaluation_kwargs(old.evaluation) == {"S": 7, "taus": [0.5], "limit": 3}
+    with pytest.raises(ValueError, match=r"\['S'\] under both spellings"):
+        parse_grid({"grid": {"seed": [0]}, "eval": {"k": 7, "S": 8}})

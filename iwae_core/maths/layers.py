@@ -33,7 +33,7 @@ class BayesLinear(nn.Module):
       batch:     one draw for the whole call (plain reparameterisation);
       datapoint: one draw per data point, shared by its k samples (Flipout sign flips);
       sample:    an independent draw for every (sample, data point) row (local reparameterisation).
-    noise_scale tau replaces sigma by tau * sigma (0: posterior mean, 1: learned posterior).
+    tau tau replaces sigma by tau * sigma (0: posterior mean, 1: learned posterior).
 
     Flipout: Wen, Vicol, Ba, Tran and Grosse, "Flipout: Efficient Pseudo-Independent Weight Perturbations
     on Mini-Batches" (ICLR 2018, arXiv:1803.04386). Local reparameterisation: Kingma, Salimans and Welling,
@@ -82,13 +82,13 @@ class BayesLinear(nn.Module):
         return low_precision_linear(x, w, b, dtype)  # float32 out, products in dtype (see ops.py)
 
     def forward(self, x: torch.Tensor, k: int, granularity: str = "sample",
-                noise_scale: float = 1.0) -> torch.Tensor:
+                tau: float = 1.0) -> torch.Tensor:
         """x: [k or 1, batch, in] -> [k or 1, batch, out] (always [k, ...] for granularity 'sample')."""
         mean = self._linear(x, self.weight_mu, self.bias_mu, self.mean_dtype)
-        if not self.random or noise_scale == 0:
+        if not self.random or tau == 0:
             return mean
-        w_sigma = noise_scale * self.weight_sigma
-        b_sigma = noise_scale * self.bias_sigma
+        w_sigma = tau * self.weight_sigma
+        b_sigma = tau * self.bias_sigma
         batch = x.shape[1]
         low = self.noise_dtype if self.noise_dtype not in (None, x.dtype) else None
         if granularity == "batch":

@@ -29,9 +29,9 @@ class BayesMLP(nn.Module):
         self.act = ACTIVATIONS[activation]
         self.random = random
 
-    def forward(self, h: torch.Tensor, k: int, granularity: str, noise_scale: float) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, k: int, granularity: str, tau: float) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            h = layer(h, k, granularity, noise_scale)
+            h = layer(h, k, granularity, tau)
             if i < len(self.layers) - 1:
                 h = self.act(h)
         return h
@@ -49,21 +49,21 @@ class IWAE(nn.Module):
         self.decoder = BayesMLP([c.z_dim, *reversed(c.hidden), c.x_dim], c.random_decoder,
                                 c.activation, c.prior_std, c.init_sigma)
 
-    def encode(self, x: torch.Tensor, k: int = 1, noise_scale: float = 1.0,
+    def encode(self, x: torch.Tensor, k: int = 1, tau: float = 1.0,
                granularity: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [batch, x_dim] -> mean, std of q(z|x), each [k or 1, batch, z_dim]."""
         g = granularity or self.config.encoder_granularity
-        h = self.encoder(x.unsqueeze(0), k, g, noise_scale)
+        h = self.encoder(x.unsqueeze(0), k, g, tau)
         mean, pre_std = h.chunk(2, dim=-1)
         return mean, softplus(pre_std) + 1e-6
 
-    def decode(self, z: torch.Tensor, noise_scale: float = 1.0,
+    def decode(self, z: torch.Tensor, tau: float = 1.0,
                granularity: str | None = None) -> torch.Tensor:
         """z: [k, batch, z_dim] -> Bernoulli logits [k, batch, x_dim]."""
         g = granularity or self.config.decoder_granularity
-        return self.decoder(z, z.shape[0], g, noise_scale)
+        return self.decoder(z, z.shape[0], g, tau)
 
-    def log_weights(self, x: torch.Tensor, k: int, noise_scale: float = 1.0, estimator: str = "iwae",
+    def log_weights(self, x: torch.Tensor, k: int, tau: float = 1.0, estimator: str = "iwae",
                     encoder_granularity: str | None = None, decoder_granularity: str | None = None,
                     return_z: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """log w = log p(x|z) + log p(z) - log q(z|x) for k draws per data point: [batch, x_dim] -> [k, batch].
@@ -75,12 +75,12 @@ class IWAE(nn.Module):
         k and the estimator are taken as given: they are checked where they enter (TrainConfig, the CLI, the
         public functions of evaluate.py), once, not on every call of this inner step.
         """
-        mean, std = self.encode(x, k, noise_scale, encoder_granularity)
+        mean, std = self.encode(x, k, tau, encoder_granularity)
         eps = torch.randn(k, x.shape[0], self.config.z_dim, device=x.device, dtype=x.dtype)
         z = mean + std * eps
         if estimator in ("stl", "dreg"):
             mean, std = mean.detach(), std.detach()
-        logits = self.decode(z, noise_scale, decoder_granularity)
+        logits = self.decode(z, tau, decoder_granularity)
         log_w = bernoulli_log_prob(x, logits) + normal_log_prob(z, 0.0, 1.0) - normal_log_prob(z, mean, std)
         if estimator == "dreg" and z.requires_grad:
             w = normalized_weights(log_w.detach()).unsqueeze(-1)
@@ -118,30 +118,30 @@ class IWAE(nn.Module):
         return self.encoder.layers[0].weight_mu.new_zeros(())
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor | None = None, n: int = 64, noise_scale: float = 1.0) -> torch.Tensor:
+    def sample(self, z: torch.Tensor | None = None, n: int = 64, tau: float = 1.0) -> torch.Tensor:
         """Bernoulli means p(x|z) for z ~ p(z) (or given z [n, z_dim]) from one decoder draw shared by all
         n images: [1, n, x_dim]. (More weight draws: call again; explore.decoder_samples does, seeded.)"""
         if z is None:
             ref = self._zero()
             z = torch.randn(n, self.config.z_dim, device=ref.device, dtype=ref.dtype)
-        return torch.sigmoid(self.decode(z.unsqueeze(0), noise_scale, "batch"))
+        return torch.sigmoid(self.decode(z.unsqueeze(0), tau, "batch"))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, noise_scale: float = 1.0) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
         """Bernoulli means of p(x|z) at z = posterior mean of q(z|x): [batch, x_dim]."""
-        mean, _ = self.encode(x, 1, noise_scale, "batch")
-        return torch.sigmoid(self.decode(mean, noise_scale, "batch"))[0]
+        mean, _ = self.encode(x, 1, tau, "batch")
+        return torch.sigmoid(self.decode(mean, tau, "batch"))[0]
 
     @torch.no_grad()
     def traverse(self, z0: torch.Tensor, unit: int, values: torch.Tensor,
-                 noise_scale: float = 0.0) -> torch.Tensor:
+                 tau: float = 0.0) -> torch.Tensor:
         """Images along latent axis `unit` starting from z0 [z_dim], set to each of values: [len, x_dim]."""
         z = z0.expand(len(values), -1).clone()
         z[:, unit] = values.to(z)
-        return torch.sigmoid(self.decode(z.unsqueeze(0), noise_scale, "batch"))[0]
+        return torch.sigmoid(self.decode(z.unsqueeze(0), tau, "batch"))[0]
 
     @torch.no_grad()
-    def posterior_mean(self, x: torch.Tensor, weight_draws: int = 1, noise_scale: float = 1.0) -> torch.Tensor:
+    def posterior_mean(self, x: torch.Tensor, weight_draws: int = 1, tau: float = 1.0) -> torch.Tensor:
         """E_q[z|x] averaged over encoder weight draws: [batch, z_dim]."""
-        means = [self.encode(x, 1, noise_scale, "batch")[0][0] for _ in range(weight_draws)]
+        means = [self.encode(x, 1, tau, "batch")[0][0] for _ in range(weight_draws)]
         return torch.stack(means).mean(0)

@@ -60,7 +60,7 @@ def _piece(model_files: dict, x: torch.Tensor, S: int, tau: float, batch_size: i
             counter.add.remote(start + done - state["reported"])
             state["reported"], state["last"] = start + done, time.monotonic()
 
-    ll = log_likelihood_range(model, x, S, noise_scale=tau, batch_size=batch_size, seed=seed, seeding=seeding,
+    ll = log_likelihood_range(model, x, S, tau=tau, batch_size=batch_size, seed=seed, seeding=seeding,
                               start=start, stop=stop, progress=progress)
     return ll, t0, time.time()
 
@@ -76,7 +76,7 @@ class _Counter:
         return self.n
 
 
-def evaluate_sharded(dirs, workers: int, S: int = 5000, limit: int | None = None, noise_scales=None,
+def evaluate_sharded(dirs, workers: int, S: int = 5000, limit: int | None = None, taus=None,
                      batch_size: int | None = None, data_dir=None, write: bool = True, mc_repeats: int = 3,
                      mc_images: int = 500, seed: int = 0, seeding: str = "stream", address: str | None = None,
                      threads_per_worker: int = 1, show_progress: bool = True) -> dict[str, dict]:
@@ -93,13 +93,13 @@ def evaluate_sharded(dirs, workers: int, S: int = 5000, limit: int | None = None
         eval_batch_size,
         evaluate_folder,
         evaluation_passes,
-        noise_scales_for,
+        taus_for,
     )
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     # before the passes run on Ray, not when evaluate_folder gathers their results
-    check_evaluation_settings(S=S, limit=limit, noise_scales=noise_scales, batch_size=batch_size,
+    check_evaluation_settings(S=S, limit=limit, taus=taus, batch_size=batch_size,
                               mc_repeats=mc_repeats, mc_images=mc_images, seed=seed, seeding=seeding)
     dirs = [Path(d) for d in dirs]
     runs = {d: ckpt.load_model(d)[1] for d in dirs}  # fail early and clearly on a bad folder
@@ -121,7 +121,7 @@ def evaluate_sharded(dirs, workers: int, S: int = 5000, limit: int | None = None
             run = runs[d]
             files = ray.put({"config": run.to_json(), "weights": (d / "model.safetensors").read_bytes()})
             n = len(test_images[run.train.dataset])
-            for tau, pass_seed, n_pass in evaluation_passes(n, noise_scales_for(run, noise_scales), seed,
+            for tau, pass_seed, n_pass in evaluation_passes(n, taus_for(run, taus), seed,
                                                             mc_repeats, mc_images):
                 x = images[run.train.dataset] if n_pass == n else ray.put(test_images[run.train.dataset][:n_pass])
                 bs = eval_batch_size(n_pass, batch_size)
@@ -146,7 +146,7 @@ def evaluate_sharded(dirs, workers: int, S: int = 5000, limit: int | None = None
             def passes(tau, pass_seed, n, d=d):
                 return gathered[(d, tau, pass_seed, n)]
             results[str(d)] = evaluate_folder(
-                d, S=S, limit=limit, noise_scales=noise_scales, batch_size=batch_size, write=write,
+                d, S=S, limit=limit, taus=taus, batch_size=batch_size, write=write,
                 mc_repeats=mc_repeats, mc_images=mc_images, seed=seed, data=datasets[runs[d].train.dataset],
                 seeding=seeding, passes=passes, workers=workers)
     return results

@@ -13,9 +13,10 @@ A grid file (TOML):
     k = [5, 25]
 
     [eval]                  # optional: evaluate each trained model (evaluate_folder's options)
-    k = 5000                # S, the joint draws per test image
+    S = 5000                # joint draws of (weights, z) per test image ("k" before)
     limit = 1000            # the first N test images (default all)
-    noise_scale = [1.0]     # also mc_repeats, mc_images, seed, batch_size, seeding
+    tau = [1.0]             # weight-noise scales ("noise_scale" before)
+                            # also mc_repeats, mc_images, seed, batch_size, seeding
 
 Each trial is a normal model folder RUNS/NAME/<key=value,...> written by the same Trainer as
 `iwae train` (model.safetensors, config.json, metrics.json, history.csv, checkpoint/), so every tool that
@@ -60,7 +61,8 @@ MANIFEST = "sweep.json"
 RUNNING = ".running"  # RUNS/NAME/.running/<trial>.json: the process running a trial (pid, host), while it runs
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"random_encoder", "random_decoder"}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
-EVAL_KEYS = {"k", "limit", "noise_scale", "mc_repeats", "mc_images", "seed", "batch_size", "seeding"}
+EVAL_KEYS = {"S", "limit", "tau", "mc_repeats", "mc_images", "seed", "batch_size", "seeding"}
+EVAL_ALIASES = {"k": "S", "noise_scale": "tau"}  # [eval] spellings of earlier versions
 # settings that say how a trial runs, not what it computes: a rerun may change them
 RUNTIME_KEYS = ("threads", "device", "checkpoint_every")
 STOP_CHECK_SECONDS = 0.5  # how often a running trial looks whether the sweep asked it to stop
@@ -120,10 +122,13 @@ def parse_grid(d: dict, where: str = "the grid") -> Grid:
     if both:
         raise ValueError(f"{where}: {both} are in both [base] and [grid]")
     if evaluation is not None:
-        bad = sorted(set(evaluation) - EVAL_KEYS)
+        bad = sorted(set(evaluation) - EVAL_KEYS - set(EVAL_ALIASES))
         if bad:
             raise ValueError(f"{where}: unknown [eval] keys {bad}; choose from {sorted(EVAL_KEYS)}")
-        evaluation = {"k": 5000, **evaluation}
+        twice = sorted(new for old, new in EVAL_ALIASES.items() if old in evaluation and new in evaluation)
+        if twice:
+            raise ValueError(f"{where}: [eval] gives {twice} under both spellings")
+        evaluation = {"S": 5000, **canonical_evaluation(evaluation)}
     return Grid(base, grid, evaluation)
 
 
@@ -224,11 +229,16 @@ def training_state(folder: Path, run: RunConfig) -> str:
     return "trained" if done and metrics.get("training") else "partial"
 
 
+def canonical_evaluation(evaluation: dict) -> dict:
+    """[eval] settings under today's names (S joint draws, tau), whichever spelling they were written in."""
+    return {EVAL_ALIASES.get(key, key): value for key, value in evaluation.items()}
+
+
 def evaluation_done(folder: Path, evaluation: dict | None, evaluated_with: dict | None) -> bool:
     """Whether the folder's metrics.json holds an evaluation of its current weights with these settings."""
     if not evaluation:
         return True
-    if evaluated_with != evaluation:
+    if evaluated_with is None or canonical_evaluation(evaluated_with) != evaluation:
         return False
     from ..evaluate import model_sha256
 
@@ -237,10 +247,10 @@ def evaluation_done(folder: Path, evaluation: dict | None, evaluated_with: dict 
 
 
 def evaluation_kwargs(evaluation: dict) -> dict:
-    e = dict(evaluation)
-    out = {"S": e.pop("k")}
-    if "noise_scale" in e:
-        out["noise_scales"] = [float(t) for t in e.pop("noise_scale")]
+    e = canonical_evaluation(evaluation)
+    out = {"S": e.pop("S")}
+    if "tau" in e:
+        out["taus"] = [float(t) for t in e.pop("tau")]
     out.update(e)
     return out
 
@@ -573,7 +583,7 @@ def sweep_table(folder: str | os.PathLike, tau: str = "1", seed_key: str = "seed
     import math
 
     from ..checkpoint import CheckpointError, read_tensors
-    from ..evaluate import stale_evaluation
+    from ..evaluate import per_image_name, stale_evaluation
 
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -594,7 +604,7 @@ def sweep_table(folder: str | os.PathLike, tau: str = "1", seed_key: str = "seed
             g["missing"].append(f"{t['folder']} ({t['status']})")
             continue
         try:
-            per_image = read_tensors(e.path / "test_ll.safetensors").get(f"tau={tau}")
+            per_image = read_tensors(e.path / "test_ll.safetensors").get(per_image_name(tau))
         except CheckpointError:
             per_image = None
         g["trials"][seed] = {"mean": test["mean"], "stderr": test.get("stderr"), "per_image": per_image,
