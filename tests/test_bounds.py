@@ -1,4 +1,4 @@
-"""Closed-form checks of the pure functions on log weights (iwae_core/bounds.py): logmeanexp, ESS and the
+"""Closed-form checks of the pure functions on log weights (iwae_core/maths/bounds.py): logmeanexp, ESS and the
 Gaussian and Bernoulli log densities."""
 
 import math

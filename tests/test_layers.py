@@ -1,4 +1,4 @@
-"""BayesLinear (iwae_core/layers.py): each granularity draws weights as specified; KL closed form against Monte
+"""BayesLinear (iwae_core/maths/layers.py): each granularity draws weights as specified; KL closed form against Monte
 Carlo; a bfloat16 noise path stays close to float32."""
 
 import math

@@ -1,4 +1,4 @@
-"""The IWAE model (iwae_core/model.py): its log weights against log p(x|z) + log p(z) - log q(z|x) computed in
+"""The IWAE model (iwae_core/maths/model.py): its log weights against log p(x|z) + log p(z) - log q(z|x) computed in
 closed form from the z it returns, L_1 as the ELBO from its parts, and L_k rising with k."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""The element-wise functions and products with hand-written backward passes (iwae_core/ops.py): values
+"""The element-wise functions and products with hand-written backward passes (iwae_core/maths/ops.py): values
 against float64 references, gradients by gradcheck."""
 
 import math
