@@ -15,12 +15,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import history
+from . import SOURCE_ROOT, history
 from .checkpoint import CheckpointError, load_model
 from .config import RunConfig
 from .folders import Broken, FileError, check_weights_header, read_metrics, read_run_config
 
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+PRETRAINED_DIR = SOURCE_ROOT / "pretrained"
 MODEL_FILES = ("model.safetensors", "config.json", "metrics.json")  # any of them makes a folder a model folder
 IMAGE_PIXELS = 784  # the dashboard draws 28x28 images
 

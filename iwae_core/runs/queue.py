@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import SOURCE_ROOT
 from ..checkpoint import write_json
 from ..config import RunConfig
 from .store import (
@@ -264,7 +265,7 @@ def _launch(path: Path) -> bool:
         write_json(path / OPTIONS, options)
         _update(path, status="starting", message="starting the worker process", pid=None, heartbeat=time.time())
         threads = str(RunConfig.from_json((path / CONFIG).read_text()).train.threads or 1)
-        package_parent = str(Path(__file__).resolve().parent.parent)
+        package_parent = str(SOURCE_ROOT)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
         with open(path / LOG, "a") as log:

@@ -192,11 +192,11 @@ def _halve(points: list) -> list:
 def save_grid(images, path: Path, grid: int = GRID, pad: int = 2, scale: int = 2) -> None:
     """Write [n, 784] grey values in [0, 1] as a grid x grid PNG (white ink on black, white gaps), atomically."""
     import numpy as np
+    import torch
     from PIL import Image
 
     from ..checkpoint import atomic_write
     from ..explore import tile
-    import torch
 
     canvas = torch.nn.functional.pad(tile(images[: grid * grid].float().clamp(0, 1), grid, pad, fill=1.0),
                                      (pad, pad, pad, pad), value=1.0)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from pathlib import Path
+
+from .. import SOURCE_ROOT
 
 
 def import_ray():
@@ -47,7 +48,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     else:
         # a local Ray's worker processes inherit this environment: let them import this very package,
         # also when it runs from a source checkout that is not installed
-        package_parent = str(Path(__file__).resolve().parent.parent)
+        package_parent = str(SOURCE_ROOT)
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         if package_parent not in paths:
             os.environ["PYTHONPATH"] = os.pathsep.join([package_parent, *paths])
