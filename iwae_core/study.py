@@ -11,6 +11,8 @@ Everything is resumable: a trial resumes from its checkpoint (bit-exact), a budg
 its folder is skipped, and results/study.csv and study.md are rebuilt from the folders on disk.
 
   python -m iwae_core.study --root runs/study --datasets mnist --seeds 0 1 2 --workers 2
+
+The trials run as Ray tasks, as `iwae sweep`'s do (a local Ray, or a cluster with --address).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -144,7 +145,7 @@ def run_task(cfg: StudyConfig, dataset: str, arm: str, seed: int, budget: int) -
     return f"{snap.name} of {trial.name}: evaluated"
 
 
-def _task(args) -> tuple[tuple, str | None]:
+def _task(args) -> tuple[tuple, str]:
     cfg, key = args
     try:
         return key, run_task(cfg, *key)
@@ -152,18 +153,30 @@ def _task(args) -> tuple[tuple, str | None]:
         return key, f"failed: {type(err).__name__}: {err}"
 
 
-def run_study(cfg: StudyConfig) -> None:
-    """Every budget of every trial, budget by budget (so that the early budgets of all seeds come first)."""
+def run_study(cfg: StudyConfig, address: str | None = None) -> None:
+    """Every budget of every trial as Ray tasks of one CPU (and one torch thread) each, budget by budget, so
+    that the early budgets of all seeds come first. On a local Ray of cfg.workers CPUs, or on the cluster at
+    `address` (whose nodes must see cfg.root at the same path). A trial that fails is reported and the
+    others go on; a worker that dies is retried, resuming from the trial's checkpoint."""
     from tqdm import tqdm
 
+    from .scale.cluster import ray_session, say
+
     keys = [(d, a, s) for d in cfg.datasets for s in cfg.seeds for a in cfg.arms]
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(cfg.workers, maxtasksperchild=1) as pool:
+    with ray_session(address, num_cpus=None if address else cfg.workers) as (ray, where):
+        say(f"study: {len(keys)} trials x {len(cfg.budgets)} budgets on {where}")
+        task = ray.remote(_task).options(num_cpus=1, max_retries=3)
         for budget in cfg.budgets:
-            tasks = [(cfg, (*key, budget)) for key in keys]
-            bar = tqdm(total=len(tasks), desc=f"study, {budget} epochs", unit="trial", file=sys.stderr)
-            for key, message in pool.imap_unordered(_task, tasks):
-                bar.write(f"{trial_name(*key[:3])} @ {key[3]} epochs: {message}")
+            pending = {task.remote((cfg, (*key, budget))): key for key in keys}
+            bar = tqdm(total=len(pending), desc=f"study, {budget} epochs", unit="trial", file=sys.stderr)
+            while pending:
+                [ready], _ = ray.wait(list(pending), num_returns=1)
+                key = pending.pop(ready)
+                try:
+                    message = ray.get(ready)[1]
+                except Exception as err:  # the worker died more often than Ray retries
+                    message = f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0]}"
+                bar.write(f"{trial_name(*key)} @ {budget} epochs: {message}")
                 bar.update(1)
                 write_results(cfg.root, cfg.results)
             bar.close()
@@ -353,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mixture-init-sigma", type=float, default=1e-2)
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--S", type=int, default=5000)
-    p.add_argument("--workers", type=int, default=2, help="trials trained at once, one thread each")
+    p.add_argument("--workers", type=int, default=2, help="trials trained at once on a local Ray, one thread each")
+    p.add_argument("--address", default=None, help="a Ray cluster to run the trials on (default: $RAY_ADDRESS, "
+                                                  "else a local Ray of --workers CPUs)")
     p.add_argument("--data-dir")
     p.add_argument("--summarize", action="store_true", help="only rebuild study.csv and study.md")
     p.add_argument("--note", help="a status paragraph for study.md (what the results cover, what is missing)")
@@ -363,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                       mixture_init_sigma=args.mixture_init_sigma, images=args.images, S=args.S,
                       workers=args.workers, data_dir=args.data_dir)
     if not args.summarize:
-        run_study(cfg)
+        run_study(cfg, args.address)
     rows = write_results(cfg.root, cfg.results, args.note)
     print(f"{len(rows)} result rows in {cfg.results / 'study.csv'}")
     return 0

@@ -93,3 +93,12 @@ print(len(names))
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert int(out.stdout.split()[-1]) >= 25  # every module was imported, not an empty walk
+
+
+def test_no_script_folder_shadows_a_package():
+    """bench/ and tests/ go on sys.path (the browser tests import bench/'s helpers): a module there named
+    like a package of the project would hide it from every later import in the same process."""
+    packages = {"iwae_core", "dashboard", "app", "pages"}
+    for folder in ("bench", "tests", "scripts"):
+        clash = {p.stem for p in (ROOT / folder).glob("*.py")} & packages
+        assert not clash, f"{folder}/ has modules named like the project's packages: {sorted(clash)}"

@@ -10,7 +10,16 @@ from safetensors.torch import load_file
 
 from iwae_core import checkpoint as ckpt
 from iwae_core.data import load_dataset
-from iwae_core.study import StudyConfig, read_csv, run_task, summarize, trial_name, trial_run, write_results
+from iwae_core.study import (
+    StudyConfig,
+    read_csv,
+    run_study,
+    run_task,
+    summarize,
+    trial_name,
+    trial_run,
+    write_results,
+)
 from iwae_core.train import Trainer
 from support import require_data
 
@@ -22,15 +31,8 @@ def tiny_study(tmp_path_factory):
     cfg = StudyConfig(root=root / "runs", results=root / "results", datasets=("mnist",), seeds=(0, 1),
                       arms=("iwae", "iwae-r-mixture"),
                       budgets=(1, 2), hidden=(16,), z_dim=4, k=3, batch_size=50, train_images=200, images=30,
-                      S=20, mixture_init_sigma=0.05)
-    threads = torch.get_num_threads()
-    try:
-        for budget in cfg.budgets:
-            for seed in cfg.seeds:
-                for arm in cfg.arms:
-                    run_task(cfg, "mnist", arm, seed, budget)
-    finally:
-        torch.set_num_threads(threads)
+                      S=20, mixture_init_sigma=0.05, workers=2)
+    run_study(cfg)  # on a local Ray of two CPUs, as the real study runs
     return cfg
 
 

@@ -1,6 +1,6 @@
 """Dashboard latency in a real browser: cold start, first paint of every page, slider-to-update times, and k -> 5000.
 
-Usage: IWAE_DATA_DIR=DIR python bench/dashboard.py [--zoo DIR ...] [--repeats 3]
+Usage: IWAE_DATA_DIR=DIR python bench/dashboard_speed.py [--zoo DIR ...] [--repeats 3]
 (Bound vs k needs the test images: without IWAE_DATA_DIR that page shows an error and the run stalls.)
 Starts `streamlit run app.py` on a free port (the zoo: pretrained/ + finished runs, or the --zoo folders),
 drives the system Chromium with Playwright, and prints every time and the ratios between them, all from one run.
