@@ -21,6 +21,7 @@ from pathlib import Path
 from ..checkpoint import write_json
 from ..config import RunConfig
 from .queue import dispatch
+from .snapshots import Keeper
 from .store import CONFIG, OPTIONS, PROGRESS, SAMPLES, STOP, read_state, try_lock
 
 MAX_POINTS = 1000  # per-step curve points kept in progress.json (older ones are merged pairwise)
@@ -50,6 +51,7 @@ class Worker:
         self._last_sample = 0.0
         self._rate = (time.monotonic(), 0)
         self._done = threading.Event()
+        self.snapshots = Keeper(path)  # snapshots/: the model at steps of the run, for the views
 
     # progress.json is written by the heartbeat thread only (and once at the end), from self.state.
     def write(self) -> None:
@@ -134,7 +136,8 @@ class Worker:
         code, final = 0, {}
         try:
             self.write()
-            hooks = Hooks(on_step=[self.on_step], on_epoch=[self.on_epoch])
+            hooks = Hooks(on_step=[self.on_step, self.snapshots.on_step],
+                          on_epoch=[self.on_epoch, self.snapshots.on_epoch])
             self.trainer = t = Trainer(self.run, out=self.path, data=self.load_data(), hooks=hooks)
             resumed = t.resume()
             with self.lock:
@@ -146,12 +149,14 @@ class Worker:
                      history=list(t.history), resumed_from=t.step if resumed else None, device=str(t.device),
                      message=f"{'resumed at' if resumed else 'started at'} step {t.step}")
             self._rate = (time.monotonic(), t.step)
+            self.snapshots.start(t)
             self.write_samples()
             if (self.path / STOP).exists():
                 t.request_stop()
                 reason = "stopped"
             else:
                 reason = t.fit()
+            self.snapshots.save(t)
             self.write_samples()
             if reason == "stopped":
                 if not (self.path / "checkpoint").exists():
