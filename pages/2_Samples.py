@@ -14,7 +14,7 @@ VIEWS = {
 st.set_page_config(page_title="Samples · Bayesian IWAE", layout="wide")
 st.title("Samples")
 
-models = widgets.pick_models("samples")
+models = widgets.pick_models("samples", snapshots=True)
 first_dataset = models[next(iter(models))].dataset if models else None
 test = compute.test_set(first_dataset) if models else {"error": "no model chosen"}
 # without test images the reconstructions cannot be shown: the prior samples are the default then
@@ -25,7 +25,7 @@ tau = widgets.tau_slider("samples", models=models)
 draws = widgets.int_slider("samples", "draws", "Weight draws θ", 1, 12, 4)
 n = widgets.int_slider("samples", "n", "Test images" if view == "reconstructions" else "Latent draws z", 2, 16, 8)
 seed = widgets.seed_input("samples")
-widgets.sync_url(model=list(models), view=view, tau=tau, draws=draws, n=n, seed=seed)
+widgets.sync_url(**widgets.model_params("samples", models), view=view, tau=tau, draws=draws, n=n, seed=seed)
 if not models:
     st.info("Choose at least one model in the sidebar.")
     st.stop()

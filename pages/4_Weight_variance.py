@@ -13,7 +13,7 @@ st.caption("First encoder layer: each hidden unit's 784 incoming weights; last d
            "784 outgoing weights, both drawn as 28×28 tiles (one tile per unit). σ is the posterior standard "
            "deviation of a weight, |μ|/σ its signal-to-noise ratio (log10 colour scales).")
 
-label, entry = next(iter(widgets.pick_models("weights", multi=False, prefer="iwae-r").items()))
+label, entry = next(iter(widgets.pick_models("weights", multi=False, prefer="iwae-r", snapshots=True).items()))
 model_ref = zoo.ref(entry)
 model = zoo.load_model(model_ref)
 maps = compute.weight_maps(model_ref)
@@ -22,7 +22,7 @@ n_max = min(hidden.values())
 count = widgets.int_slider("weights", "units", "Units shown", 1, min(n_max, 144), min(64, n_max)) if n_max > 1 else 1
 start = widgets.int_slider("weights", "first", "First unit", 0, n_max - count, 0) if n_max > count else 0
 ncol = widgets.int_slider("weights", "cols", "Tiles per row", 2, 16, 8)
-widgets.sync_url(model=label, units=count, first=start, cols=ncol)
+widgets.sync_url(**widgets.model_params("weights", {label: entry}), units=count, first=start, cols=ncol)
 units = slice(start, start + count)
 titles = {"encoder": f"first encoder layer (units {start}–{start + count - 1})",
           "decoder": f"last decoder layer (units {start}–{start + count - 1})"}
@@ -44,7 +44,7 @@ sigma = {titles[net]: maps[net]["sigma"][units] for net in maps if maps[net]["si
 if sigma:
     # one colour scale for every model and unit: log10 sigma from the smallest initial sigma of the zoo's random
     # networks to the prior std, so a map whose sigma barely moved looks flat instead of like structure
-    inits = [e.run.model.init_sigma for e in zoo.entries().values() if e.variant != "iwae"] or [model.config.init_sigma]
+    inits = [e.run.model.init_sigma for e in zoo.entries().values() if e.variant != "iwae"] + [model.config.init_sigma]
     lo, hi = math.log10(min(inits)), math.log10(model.config.prior_std)
     zrange = (lo, hi) if hi > lo else None
     range_text = (f"from {lo:.2f} (smallest initial σ, {min(inits):g})<br>to {hi:.2f} (prior std)"
