@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from iwae_core.runs import is_locked
 from iwae_core.zoo import ZooEntry
 
 from . import zoo
@@ -375,12 +376,9 @@ def _clock(key: str, run_path: str, training: bool, interval: float) -> None:
     if time.monotonic() - state.get(f"{key}:drawn", 0.0) < 0.5 * interval:
         return  # the page's own run, just drawn
     steps = list(zoo.snapshot_files(run_path))
-    from iwae_core.runs import is_locked
-
     training_now = is_locked(run_path)
     if state.get(f"{key}:playing"):
-        due = _frame_due(key) and (
-            any(s > state.get(key, 0) for s in steps) or not training_now)
+        due = _frame_due(key) and (any(s > state.get(key, 0) for s in steps) or not training_now)
     else:
         due = steps[-1:] != [state.get(f"{key}:latest")] or training_now != training
     if due:
@@ -410,8 +408,6 @@ def pick_snapshot(page: str) -> dict[str, ZooEntry]:
         st.stop()
     steps = list(files)
     key, state = f"{page}:step", st.session_state
-    from iwae_core.runs import is_locked
-
     training = is_locked(info.path)
     _settle_step(key, name, steps, training)
     _init(key, "step", lambda raw: _nearest(steps, int(raw)), steps[-1], lambda v: v in steps,
