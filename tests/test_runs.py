@@ -101,6 +101,97 @@ def test_start_progress_stop_resume_finish_then_in_the_zoo(root):
     assert again.returncode == 4 and "is finished" in again.stderr
 
 
+def test_a_short_run_validates_about_fifteen_times_within_its_epoch(root):
+    """One epoch of 20 steps: the page's runs ask for about 15 validation points (start_run's valid_points), so
+    the worker sets valid_every = ceil(20 / 15) = 2 and progress.json's curve gets a validation bound after
+    steps 2, 4, ..., 20, while history.csv keeps its one row per epoch."""
+    assert worker.valid_every_for(20, 20) == 2 and worker.valid_every_for(600, 600) == 40
+    assert worker.valid_every_for(100 * 20, 20) == 0  # 100 epochs give enough points of their own
+    info = runs.start_run(tiny(epochs=1), train_images=400, name="short")
+    assert info.options["valid_points"] == queue.VALID_POINTS == 15
+    done = wait_for(info.path, lambda r: r.status in ("finished", "failed") and not runs.is_locked(r.path))
+    assert done.status == "finished", done.message
+    assert [s for s, _ in done.progress["valid"]] == list(range(2, 21, 2)) and done.progress["valid_every"] == 2
+    assert done.progress["valid"][-1][1] == done.progress["history"][-1]["valid_bound"]
+    assert [r["step"] for r in done.curve_rows() if "valid_bound" in r] == list(range(2, 21, 2))
+    assert json.loads((info.path / "config.json").read_text())["train"]["valid_every"] == 2
+    assert len((info.path / "history.csv").read_text().splitlines()) == 2  # header + one epoch
+    explicit = runs.start_run(tiny(epochs=1), train_images=400, name="per-epoch", valid_points=None)
+    done = wait_for(explicit.path, lambda r: r.status in ("finished", "failed") and not runs.is_locked(r.path))
+    assert [s for s, _ in done.progress["valid"]] == [20] and done.progress["valid_every"] == 0
+
+
+def finished_run(name: str, variant: str = "iwae-r") -> runs.RunInfo:
+    info = runs.start_run(tiny(epochs=1, variant=variant), train_images=400, name=name)
+    done = wait_for(info.path, lambda r: r.status in ("finished", "failed") and not runs.is_locked(r.path))
+    assert done.status == "finished", done.message
+    return done
+
+
+def test_evaluating_a_finished_run_in_a_job_writes_its_test_log_likelihood(root):
+    """The evaluation job computes what evaluate_folder computes in this process (S = 7 on the first 30 test
+    images, tau 1 and 0 with Monte-Carlo repeats: 6 passes of 30 images, all counted in its progress), writes
+    it to metrics.json so the run gets its test log-likelihood in the zoo, and reports done."""
+    from iwae_core.evaluate import evaluate_folder
+
+    info = finished_run("evaluated")
+    assert "test" not in json.loads((info.path / "metrics.json").read_text())
+    started = runs.start_evaluation(info.path, S=7, images=30)
+    assert started.status == "finished" and started.evaluation["status"] in ("starting", "running", "done")
+    done = wait_for(info.path, lambda r: r.evaluation.get("status") not in runs.EVALUATION_BUSY
+                    and not runs.is_locked(r.path))
+    ev = done.evaluation
+    assert ev["status"] == "done", ev
+    assert ev["done"] == ev["total"] == 6 * 30 and ev["S"] == 7 and ev["images"] == 30
+    test = json.loads((info.path / "metrics.json").read_text())["test"]
+    assert test["S"] == 7 and test["n_images"] == 30 and set(test["by_tau"]) == {"1", "0"}
+    expected = evaluate_folder(info.path, S=7, limit=30, write=False)
+    assert test["test_ll"] == expected["test_ll"] == ev["test_ll"]
+    assert test["by_tau"]["0"]["mean"] == expected["by_tau"]["0"]["mean"]
+    assert test["by_tau"]["1"]["mc_sd_per_image"] == expected["by_tau"]["1"]["mc_sd_per_image"]
+    assert f"{expected['test_ll']:.2f}" in ev["message"]
+    entry = next(e for e in runs.finished_models(root) if e.name == "evaluated")
+    assert entry.metrics["test"]["test_ll"] == expected["test_ll"]
+    assert done.status == "finished" and done.progress["step"] == 20  # the training's state is untouched
+
+
+def test_an_evaluation_can_be_cancelled_and_bad_requests_are_refused(root, tmp_path, monkeypatch):
+    """Bad S, no images, no data, an unfinished run, a second evaluation and deleting meanwhile are refused
+    with their reason; a cancelled evaluation leaves metrics.json as it was and the run finished."""
+    info = finished_run("cancel", variant="iwae")
+    with pytest.raises(runs.RunError, match="S must be a positive integer"):
+        runs.start_evaluation(info.path, S=0, images=10)
+    with pytest.raises(runs.RunError, match="test images must be at least 1"):
+        runs.start_evaluation(info.path, S=10, images=0)
+    data_dir = os.environ["IWAE_DATA_DIR"]
+    monkeypatch.setenv("IWAE_DATA_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(runs.RunError, match=r"no mnist test images: the data is not in .*nothing.*IWAE_DATA_DIR"):
+        runs.start_evaluation(info.path, S=10, images=10)
+    monkeypatch.setenv("IWAE_DATA_DIR", data_dir)
+    stopped = root / "stopped"
+    stopped.mkdir()
+    (stopped / runs.CONFIG).write_text(tiny().to_json())
+    (stopped / runs.OPTIONS).write_text("{}")
+    (stopped / runs.PROGRESS).write_text(json.dumps({"status": "stopped", "message": "stopped", "step": 3}))
+    with pytest.raises(runs.RunError, match="run stopped is stopped; only a finished run can be evaluated"):
+        runs.start_evaluation(stopped, S=10, images=10)
+
+    runs.start_evaluation(info.path, S=50_000, images=10_000)  # hours: cancelled long before
+    running = wait_for(info.path, lambda r: r.evaluation.get("status") == "running" and r.evaluation.get("total"))
+    assert running.evaluation["total"] == 10_000 + 2 * 500 and runs.is_locked(info.path)  # + Monte-Carlo repeats
+    assert runs.active_runs(root) == ["cancel"]  # it takes a training slot
+    with pytest.raises(runs.RunError, match="being evaluated already"):
+        runs.start_evaluation(info.path, S=10, images=10)
+    with pytest.raises(runs.RunError, match="cancel the evaluation before deleting"):
+        runs.delete_run(info.path)
+    runs.cancel_evaluation(info.path)
+    done = wait_for(info.path, lambda r: r.evaluation.get("status") not in runs.EVALUATION_BUSY
+                    and not runs.is_locked(r.path), timeout=60)
+    assert done.evaluation["status"] == "cancelled", done.evaluation
+    assert "test" not in json.loads((info.path / "metrics.json").read_text())
+    assert not (info.path / runs.STOP).exists() and done.status == "finished"
+
+
 def test_worker_refuses_a_run_whose_lock_is_held(tmp_path):
     """The exclusive flock alone decides: with it held elsewhere the worker exits without touching the run."""
     path = tmp_path / "held"
