@@ -376,7 +376,7 @@ def test_train_live_page_starts_shows_and_stops_a_run(root):
     at.number_input(key="tl_epochs").set_value(1000)
     at.number_input(key="tl_batch").set_value(20)
     at.number_input(key="tl_images").set_value(400)
-    at.button(key="FormSubmitter:tl_form-Start training").click()
+    at.button(key="tl_start").click()
     at.run()
     assert not at.exception, at.exception
     started = runs.list_runs(root)
@@ -412,3 +412,87 @@ def test_train_live_page_starts_shows_and_stops_a_run(root):
     at.button(key="tl_resume").click().run()
     assert not at.exception
     wait_for(info.path, lambda r: r.status == "running" and r.progress.get("resumed_from") == stopped.progress["step"])
+
+
+FORM = [("selectbox", "tl_dataset", "omniglot", "dataset", "omniglot"),
+        ("selectbox", "tl_variant", "iwae-rrec", "variant", "iwae-rrec"),
+        ("number_input", "tl_k", 7, "k", "7"), ("number_input", "tl_hidden", 33, "hidden", "33"),
+        ("number_input", "tl_z", 3, "z", "3"), ("number_input", "tl_lr", 2.5e-4, "lr", "0.00025"),
+        ("number_input", "tl_epochs", 2, "epochs", "2"), ("number_input", "tl_batch", 25, "batch", "25"),
+        ("selectbox", "tl_device", "cpu", "device", "cpu"), ("number_input", "tl_images", 400, "images", "400"),
+        ("number_input", "tl_seed", 11, "seed", "11"), ("number_input", "tl_threads", 2, "threads", "2")]
+
+
+def link_of(at: AppTest) -> dict:
+    return {name: (v[0] if isinstance(v, list) else v) for name, v in at.query_params.items()}
+
+
+def test_train_live_form_keeps_every_field_in_the_url(tmp_path, monkeypatch):
+    """Each field of the new-run form is written to the URL as it changes; a fresh page opened from that URL shows
+    the same values, and a link's unusable values get the default and a notice naming them; nothing starts."""
+    monkeypatch.setenv("IWAE_RUNS_DIR", str(tmp_path / "runs"))
+    at = page(tmp_path)
+    at.run()
+    assert not at.exception
+    for kind, key, value, _, _ in FORM:
+        getattr(at, kind)(key=key).set_value(value)
+        at.run()
+        assert not at.exception, at.exception
+    link = link_of(at)
+    assert {param: link[param] for _, _, _, param, _ in FORM} == {param: text for _, _, _, param, text in FORM}
+    fresh = page(tmp_path)
+    fresh.query_params.update(link)
+    fresh.run()
+    assert not fresh.exception
+    assert [getattr(fresh, kind)(key=key).value for kind, key, *_ in FORM] == [value for _, _, value, *_ in FORM]
+    assert not [w.value for w in fresh.warning if "The link asked for" in w.value]
+    assert not runs.list_runs()
+
+    bad = page(tmp_path)
+    bad.query_params.update({**link, "k": "0", "lr": "nan", "variant": "vae", "epochs": "2.5"})
+    bad.run()
+    assert not bad.exception
+    assert bad.number_input(key="tl_k").value == 5 and bad.number_input(key="tl_lr").value == 1e-3
+    assert bad.selectbox(key="tl_variant").value == "iwae" and bad.number_input(key="tl_epochs").value == 5
+    assert bad.number_input(key="tl_batch").value == 25  # the good values of the link are kept
+    notices = " ".join(w.value for w in bad.warning)
+    for shown in ("k = 0", "lr = nan", "variant = vae", "epochs = 2.5"):
+        assert f"**{shown}**" in notices.replace("\\", ""), (shown, notices)
+    assert link_of(bad)["k"] == "5" and link_of(bad)["lr"] == "0.001"
+
+
+def test_train_live_evaluates_a_finished_run_from_the_page(root):
+    """A finished run offers Evaluate (S, test images): the job's progress shows while it runs, Cancel stops it,
+    and a finished evaluation shows the test log-likelihood metrics.json now holds."""
+    info = finished_run("ui-eval", variant="iwae")
+    at = page(root)
+    at.query_params["run"] = "ui-eval"
+    at.run()
+    assert not at.exception and at.selectbox(key="tl_run").value == "ui-eval"
+    assert any("Not evaluated yet" in c.value for c in at.caption)
+    at.number_input(key="tl_eval_S").set_value(50_000)
+    at.number_input(key="tl_eval_images").set_value(10_000)
+    at.button(key="tl_evaluate").click().run()
+    assert not at.exception, at.exception
+    wait_for(info.path, lambda r: r.evaluation.get("status") == "running" and r.evaluation.get("total"))
+    at.run()
+    bars = [b.proto.text for b in at.get("progress")]
+    assert any(re.match(r"evaluating: [\d,]+ of 11,000 image passes · S = 50,000 on 10,000 test images", t)
+               for t in bars), bars
+    assert at.button(key="tl_delete").disabled  # not while the evaluation holds the run
+    at.button(key="tl_eval_cancel").click().run()
+    wait_for(info.path, lambda r: r.evaluation.get("status") == "cancelled" and not runs.is_locked(r.path))
+    at.run()
+    assert any("cancelled" in i.value for i in at.info)
+
+    at.number_input(key="tl_eval_S").set_value(5)
+    at.number_input(key="tl_eval_images").set_value(20)
+    at.button(key="tl_evaluate").click().run()
+    assert not at.exception
+    wait_for(info.path, lambda r: r.evaluation.get("status") == "done" and not runs.is_locked(r.path))
+    at.run()
+    test = json.loads((info.path / "metrics.json").read_text())["test"]
+    assert test["S"] == 5 and test["n_images"] == 20
+    shown = " ".join(m.value for m in at.markdown)
+    assert f"log p(x) ≈ **{test['by_tau']['1']['mean']:.2f} ± {test['by_tau']['1']['stderr']:.2f}**" in shown
+    assert "on 20 test images with S = 5 joint draws" in shown
