@@ -245,6 +245,42 @@ def test_resume_and_delete_wait_for_a_worker_that_is_releasing_its_lock(tmp_path
     assert not path.exists()
 
 
+def test_an_evaluation_waits_for_a_free_slot_and_a_bad_evaluation_state_is_reported(tmp_path, monkeypatch):
+    """With the one slot held by a training worker, an evaluation is queued (or refused with queue=False) and
+    launched by the dispatch once the slot is free; an evaluation state no worker writes makes the folder a
+    broken run whose reason names the field."""
+    require_data("MNIST", "raw")
+    monkeypatch.setenv("IWAE_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("IWAE_MAX_RUNS", "1")
+    launched = []
+    monkeypatch.setattr(queue, "_launch_evaluation", lambda p: launched.append(Path(p).name) or True)
+
+    def folder(name, progress):
+        path = tmp_path / name
+        path.mkdir()
+        (path / runs.CONFIG).write_text(tiny().to_json())
+        (path / runs.OPTIONS).write_text(json.dumps({"created": "2026-01-01 00:00:00"}))
+        (path / runs.PROGRESS).write_text(json.dumps(progress))
+        return path
+
+    training = folder("training", {"status": "running", "heartbeat": time.time()})
+    done = folder("done", {"status": "finished", "step": 20})
+    with open(training / runs.LOCK, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(runs.RunLimitError, match="IWAE_MAX_RUNS"):
+            runs.start_evaluation(done, S=10, images=10, queue=False)
+        info = runs.start_evaluation(done, S=10, images=10)
+        assert info.evaluation["status"] == "queued" and "1 run(s) training or evaluating" in info.evaluation["message"]
+        assert info.status == "finished" and launched == []
+    assert runs.dispatch(tmp_path) == ["done"] and launched == ["done"]
+    assert runs.read_run(done).evaluation["S"] == 10
+
+    folder("bad-status", {"status": "finished", "evaluation": {"status": "bogus"}})
+    folder("bad-point", {"status": "finished", "valid": [[1]]})
+    broken = {b.name: b.error for b in runs.scan_runs(tmp_path)[1]}
+    assert "evaluation.status is 'bogus'" in broken["bad-status"] and "valid[0]" in broken["bad-point"]
+
+
 @pytest.mark.slow
 def test_limit_queues_or_refuses_and_a_queued_run_starts_when_a_slot_frees(root, monkeypatch):
     monkeypatch.setenv("IWAE_MAX_RUNS", "1")
