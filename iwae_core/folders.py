@@ -234,9 +234,11 @@ def read_progress(path: Path, statuses: tuple[str, ...]) -> dict:
     if not isinstance(points, list):
         raise FileError(f"{path}: points is {_show(points)}, not a list")
     for i, point in enumerate(points):
-        # [step, bound, kl]; the bound and KL of a diverging run may be NaN or infinite (JSON NaN)
+        # [step, bound, kl]; the bound and KL of a diverging run may be NaN or infinite (JSON NaN); the KL is
+        # null for an objective without one (beta = 0, the mixture objective)
         if (not isinstance(point, list) or len(point) != 3
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point[:2])
+                or not (point[2] is None or isinstance(point[2], (int, float)) and not isinstance(point[2], bool))):
             raise FileError(f"{path}: points[{i}] is {_show(point)}, not [step, bound, KL]")
     history = p.get("history") or []
     if not isinstance(history, list):

@@ -8,12 +8,13 @@ import streamlit as st
 
 from dashboard import figures, widgets
 from iwae_core import folders, runs
-from iwae_core.config import DATASETS, MAX_K, VARIANTS, ModelConfig, RunConfig, TrainConfig, to_dict
+from iwae_core.config import DATASETS, MAX_K, OBJECTIVES, VARIANTS, ModelConfig, RunConfig, TrainConfig, to_dict
 from iwae_core.data import locate
 
 REFRESH_SECONDS = 1.5
 VARIANT_LABELS = {"iwae": "IWAE (deterministic weights)", "iwae-r": "IWAE-R (random encoder and decoder)",
                   "iwae-rrec": "IWAE-Rrec (random encoder only)"}
+OBJECTIVE_LABELS = {"bayes": "bayes (weights per image, minus KL)", "mixture": "mixture (weights per sample, no KL)"}
 
 st.set_page_config(page_title="Train live", layout="wide")
 st.title("Train live")
@@ -23,6 +24,7 @@ st.caption("Each run trains in its own process and writes its progress to disk: 
 runs.dispatch()  # start queued runs whose slot has freed up (say, after a worker crashed)
 
 form_col, run_col = st.columns([1, 3], gap="medium")
+
 
 def form_int(param: str, label: str, lo: int, hi: int, default: int, key: str, help: str | None = None) -> int:
     """A whole-number field of the form, kept in the URL as ?param= (a reload or a link reopens the form)."""
@@ -50,19 +52,35 @@ with form_col:
         with st.expander("More"):
             train_images = form_int("images", "Training images (0 = all)", 0, 100_000, 0, "tl_images",
                                     help="Train on the first N training images only, for a quick run.")
+            objective = widgets.choice_input(
+                "tl", "objective", "Objective (random weights)", list(OBJECTIVES), key="tl_objective", sidebar=False,
+                format_func=OBJECTIVE_LABELS.get,
+                help="bayes: weights drawn once per image, minus the weights' KL / N (a bound on log p(x) under the "
+                     "prior); mixture: each importance sample draws its own weights, no KL term. Nothing changes "
+                     "for IWAE (deterministic weights). Shared in the URL as ?objective=")
+            init_sigma = widgets.float_input("tl", "sigma", "Initial σ of the random weights", 1e-6, 1.0, 1e-3,
+                                             step=1e-4, fmt="%.1e", key="tl_sigma", sidebar=False,
+                                             help="Every random weight starts at this spread (IWAE has none). "
+                                                  "Shared in the URL as ?sigma=")
             seed = form_int("seed", "Seed", 0, 2**31 - 1, 0, "tl_seed")
             threads = form_int("threads", "CPU threads", 1, 64, 1, "tl_threads",
                                help="Threads of this run's process; one keeps several runs from fighting over the "
                                     "cores.")
         widgets.sync_url(dataset=dataset, variant=variant, k=k, hidden=hidden, z=z_dim, lr=lr, epochs=epochs,
-                         batch=batch_size, device=device, images=train_images, seed=seed, threads=threads)
+                         batch=batch_size, device=device, images=train_images, objective=objective, sigma=init_sigma,
+                         seed=seed, threads=threads)
         submitted = st.button("Start training", key="tl_start", type="primary")
     if submitted:
         try:
+            # the mixture objective draws the weights per importance sample and has no KL term (as iwae train's)
+            mixture = objective == "mixture"
+            per_sample = {"encoder_granularity": "sample", "decoder_granularity": "sample"} if mixture else {}
             run = RunConfig(
-                model=ModelConfig.for_variant(variant, hidden=(int(hidden),), z_dim=int(z_dim)),
+                model=ModelConfig.for_variant(variant, hidden=(int(hidden),), z_dim=int(z_dim),
+                                              init_sigma=float(init_sigma), **per_sample),
                 train=TrainConfig(dataset=dataset, k=int(k), lr=float(lr), epochs=int(epochs),
-                                  batch_size=int(batch_size), device=device, seed=int(seed), threads=int(threads)))
+                                  batch_size=int(batch_size), device=device, seed=int(seed), threads=int(threads),
+                                  objective=objective, beta=0.0 if mixture else 1.0))
             started = runs.start_run(run, train_images=int(train_images) or None)
         except (runs.RunError, ValueError, RuntimeError) as err:
             st.error(f"Not started: {err}")
@@ -79,6 +97,7 @@ with form_col:
         budget = f" {err}."
     st.caption(f"At most {runs.max_runs()} run(s) train at once (IWAE_MAX_RUNS); more wait in a queue. "
                f"Runs are kept in {runs.runs_dir()}.{budget}")
+
 
 def count(n) -> str:
     return f"{n:,}" if isinstance(n, int) else "?"
@@ -113,9 +132,9 @@ def evaluation_panel(info: runs.RunInfo) -> None:
             st.rerun()
         return
     if status == "failed" or status == "interrupted":
-        st.error(f"The last evaluation {status}: {ev.get('message', '')}")
+        st.error(widgets.escape_markdown(f"The last evaluation {status}: {ev.get('message', '')}"))
     elif status == "cancelled":
-        st.info(f"The last evaluation was cancelled ({ev.get('message', '')}).")
+        st.info(widgets.escape_markdown(f"The last evaluation was cancelled ({ev.get('message', '')})."))
     found, where = locate(info.run.train.dataset, info.options.get("data_dir"))
     if not found:
         st.warning(widgets.escape_markdown(f"No {info.run.train.dataset} test images in {where}: set IWAE_DATA_DIR "
@@ -130,7 +149,7 @@ def evaluation_panel(info: runs.RunInfo) -> None:
         try:
             runs.start_evaluation(info.path, S=int(S), images=int(images))
         except runs.RunError as err:
-            st.error(f"Not evaluated: {err}")
+            st.error(widgets.escape_markdown(f"Not evaluated: {err}"))
         else:
             st.rerun()
 
