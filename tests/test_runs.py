@@ -88,6 +88,8 @@ def test_start_progress_stop_resume_finish_then_in_the_zoo(root):
     assert done.progress["step"] == 6000 and done.progress["resumed_from"] == state["step"]
     assert [p[0] for p in done.progress["points"]] == sorted(p[0] for p in done.progress["points"])
     assert len(done.progress["history"]) == 300
+    # one validation point per epoch (300 epochs need no more), kept across the stop and the resume, none twice
+    assert [s for s, _ in done.progress["valid"]] == list(range(20, 6001, 20)) and done.progress["valid_every"] == 0
     assert info.name in [e.name for e in find_models(root)]
     assert info.name in [e.name for e in runs.finished_models(root)]
     model, run = load_model(info.path)
