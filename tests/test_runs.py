@@ -501,9 +501,10 @@ def test_train_live_form_keeps_every_field_in_the_url(tmp_path, monkeypatch):
     assert link_of(bad)["k"] == "5" and link_of(bad)["lr"] == "0.001"
 
 
-def test_train_live_evaluates_a_finished_run_from_the_page(root):
+def test_train_live_evaluates_a_finished_run_from_the_page(root, monkeypatch):
     """A finished run offers Evaluate (S, test images): the job's progress shows while it runs, Cancel stops it,
-    and a finished evaluation shows the test log-likelihood metrics.json now holds."""
+    and a finished evaluation shows the test log-likelihood metrics.json now holds, as the home page's zoo does."""
+    monkeypatch.delenv("IWAE_ZOO_DIRS", raising=False)
     info = finished_run("ui-eval", variant="iwae")
     at = page(root)
     at.query_params["run"] = "ui-eval"
@@ -536,6 +537,11 @@ def test_train_live_evaluates_a_finished_run_from_the_page(root):
     shown = " ".join(m.value for m in at.markdown)
     assert f"log p(x) ≈ **{test['by_tau']['1']['mean']:.2f} ± {test['by_tau']['1']['stderr']:.2f}**" in shown
     assert "on 20 test images with S = 5 joint draws" in shown
+    home = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)  # the zoo: shipped models and finished runs
+    home.run()
+    row = home.dataframe[0].value.set_index("model").loc["ui-eval"]
+    one = test["by_tau"]["1"]
+    assert row["test LL (τ=1)"] == f"{one['mean']:.3f} ± {one['stderr']:.3f}" and row["S"] == 5
 
 
 def test_a_mixture_run_started_from_the_form_trains_and_shows_its_curve(root):
