@@ -26,8 +26,9 @@ def home() -> None:
         st.dataframe(tables.zoo_table(entries, broken), hide_index=True, key="zoo-table",
                      column_config={"folder": st.column_config.TextColumn(width="small"),
                                     "problem": st.column_config.TextColumn(width="large")})
-        st.caption("Test LL: log p(x) estimated from 5000 joint draws per test image (`iwae eval`); "
-                   "“not evaluated yet” until that has run. Valid L_k: the last validation bound seen in training. "
+        st.caption("Test LL: log p(x) estimated from 5000 joint draws per test image (`iwae eval`, or Evaluate on "
+                   "Train live for a finished run); “not evaluated yet” until that has run. "
+                   "Valid L_k: the last validation bound seen in training. "
                    "Problem: a file of the folder that cannot be read (its numbers are missing).")
     else:
         st.info("No trained model yet (looked in "

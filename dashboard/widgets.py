@@ -218,6 +218,25 @@ def int_input(page: str, param: str, label: str, lo: int, hi: int, default: int,
     return value
 
 
+def float_input(page: str, param: str, label: str, lo: float, hi: float, default: float, step: float | None = None,
+                fmt: str | None = None, key: str | None = None, sidebar: bool = True, help: str | None = None) -> float:
+    """A number from lo to hi typed into a box, whose value lives in the URL as ?param=; a link's value outside
+    that range (or no finite number) gets the default and a notice."""
+    key = key or f"{page}:{param}"
+    default = float(min(max(default, lo), hi))
+
+    def valid(v) -> bool:
+        return isinstance(v, float) and math.isfinite(v) and lo <= v <= hi
+
+    _init(key, param, lambda raw: float(raw) if valid(float(raw)) else None, default, valid,
+          f"a number from {lo:g} to {hi:g}")
+    where = st.sidebar if sidebar else st
+    value = float(where.number_input(label, float(lo), float(hi), step=step, format=fmt, key=key,
+                                     help=help or f"Shared in the URL as ?{param}="))
+    _url_notice(key)
+    return value
+
+
 def int_slider(page: str, param: str, label: str, lo: int, hi: int, default: int, step: int = 1,
                key: str | None = None, help: str | None = None) -> int:
     """A sidebar slider of whole numbers lo..hi (on the step grid from lo) whose value lives in the URL as ?param=;

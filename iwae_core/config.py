@@ -123,6 +123,9 @@ class TrainConfig:
     checkpoint_every: float = 60.0  # seconds of training between checkpoints
     eval_k: int = 100
     eval_images: int = 400  # validation images for the per-epoch bound
+    # also compute the validation bound every this many steps within an epoch (0: once per epoch only), so
+    # a short run's curve has more than one validation point; it never changes the training (own RNG stream)
+    valid_every: int = 0
     # a trained model folder whose weights start this run: a new training stage with its own schedule
     # (fresh Adam state), counted on from that model's epochs, steps and history
     init_from: str | None = None
@@ -158,6 +161,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+        if not is_int(self.valid_every) or self.valid_every < 0:
+            raise ValueError(f"valid_every must be a whole number of steps, 0 or more, got {self.valid_every!r:.40}")
 
 
 MAX_K = 100_000

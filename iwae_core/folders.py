@@ -212,6 +212,7 @@ def read_options(path: Path) -> dict:
     _text(options, "data_dir", path)
     _number(options, "train_images", path, "", integer=True, minimum=1)
     _number(options, "launches", path, "", integer=True, minimum=0)
+    _number(options, "valid_points", path, "", integer=True, minimum=1)
     return options
 
 
@@ -233,9 +234,11 @@ def read_progress(path: Path, statuses: tuple[str, ...]) -> dict:
     if not isinstance(points, list):
         raise FileError(f"{path}: points is {_show(points)}, not a list")
     for i, point in enumerate(points):
-        # [step, bound, kl]; the bound and KL of a diverging run may be NaN or infinite (JSON NaN)
+        # [step, bound, kl]; the bound and KL of a diverging run may be NaN or infinite (JSON NaN); the KL is
+        # null for an objective without one (beta = 0, the mixture objective)
         if (not isinstance(point, list) or len(point) != 3
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point[:2])
+                or not (point[2] is None or isinstance(point[2], (int, float)) and not isinstance(point[2], bool))):
             raise FileError(f"{path}: points[{i}] is {_show(point)}, not [step, bound, KL]")
     history = p.get("history") or []
     if not isinstance(history, list):
@@ -246,6 +249,21 @@ def read_progress(path: Path, statuses: tuple[str, ...]) -> dict:
         step = _number(row, "step", path, f"history[{i}].", integer=True, minimum=0)
         if _number(row, "valid_bound", path, f"history[{i}].") is not None and step is None:
             raise FileError(f"{path}: history[{i}] has a valid_bound but no step")
+    _number(p, "valid_every", path, "", integer=True, minimum=0)
+    valid = p.get("valid") or []
+    if not isinstance(valid, list):
+        raise FileError(f"{path}: valid is {_show(valid)}, not a list")
+    for i, point in enumerate(valid):  # [step, validation bound]
+        if (not isinstance(point, list) or len(point) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
+            raise FileError(f"{path}: valid[{i}] is {_show(point)}, not [step, bound]")
+    evaluation = _object(p, "evaluation", path, "")  # a test log-likelihood job on the finished run
+    for key in ("status", "message", "requested"):
+        _text(evaluation, key, path, "evaluation.")
+    for key in ("S", "images", "done", "total", "pid"):
+        _number(evaluation, key, path, "evaluation.", integer=True, minimum=0)
+    for key in ("heartbeat", "started_at", "test_ll", "stderr", "seconds"):
+        _number(evaluation, key, path, "evaluation.")
     return p
 
 

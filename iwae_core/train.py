@@ -228,6 +228,8 @@ class Trainer:
                 self.seconds += time.perf_counter() - t0
                 for hook in self.hooks.on_step:
                     hook(self, metrics)
+                if self.valid_due():
+                    self.validate()
                 done = self.max_steps_reached
                 if done and self.batch_in_epoch == self.steps_per_epoch:
                     self.end_epoch()  # the last step closed an epoch: record it before stopping
@@ -315,12 +317,26 @@ class Trainer:
             return sig.mean().item()
         return mean_sigma(self.model.encoder), mean_sigma(self.model.decoder)
 
+    def valid_due(self) -> bool:
+        """Whether valid_every asks for a validation bound after this step; the last step of an epoch has its
+        own (end_epoch), so it is not computed twice."""
+        every = self.cfg.valid_every
+        return bool(every) and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch
+
+    def validate(self) -> float:
+        """The validation bound now, within an epoch, handed to the on_eval hooks (history.csv keeps one row
+        per epoch). It draws from its own seeded stream, so the training goes on exactly as without it."""
+        valid = self.validation_bound()
+        for hook in self.hooks.on_eval:
+            hook(self, {"epoch": self.epoch, "step": self.before["steps"] + self.step, "valid_bound": valid})
+        return valid
+
     def end_epoch(self) -> None:
         self.epoch += 1
         self.batch_in_epoch, self.perm = 0, None
         valid = self.validation_bound()
         for hook in self.hooks.on_eval:
-            hook(self, {"epoch": self.epoch, "valid_bound": valid})
+            hook(self, {"epoch": self.epoch, "step": self.before["steps"] + self.step, "valid_bound": valid})
         n = max(self._epoch_sums["n"], 1)
         kl = self.kl_per_datapoint().item() if self.has_kl else None  # no KL in the objective: none to report
         train_bound = self._epoch_sums["bound"] / n
@@ -516,7 +532,8 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 # settings a resumed run may change: how long, where and how fast it runs, and how it is watched
-RESUMABLE_SETTINGS = ("epochs", "max_steps", "device", "threads", "checkpoint_every", "eval_k", "eval_images")
+RESUMABLE_SETTINGS = ("epochs", "max_steps", "device", "threads", "checkpoint_every", "eval_k", "eval_images",
+                      "valid_every")
 
 
 def changed_settings(saved: TrainConfig, asked: TrainConfig) -> list[tuple[str, object, object]]:

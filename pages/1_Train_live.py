@@ -8,11 +8,13 @@ import streamlit as st
 
 from dashboard import figures, widgets
 from iwae_core import folders, runs
-from iwae_core.config import DATASETS, VARIANTS, ModelConfig, RunConfig, TrainConfig, to_dict
+from iwae_core.config import DATASETS, MAX_K, OBJECTIVES, VARIANTS, ModelConfig, RunConfig, TrainConfig, to_dict
+from iwae_core.data import locate
 
 REFRESH_SECONDS = 1.5
 VARIANT_LABELS = {"iwae": "IWAE (deterministic weights)", "iwae-r": "IWAE-R (random encoder and decoder)",
                   "iwae-rrec": "IWAE-Rrec (random encoder only)"}
+OBJECTIVE_LABELS = {"bayes": "bayes (weights per image, minus KL)", "mixture": "mixture (weights per sample, no KL)"}
 
 st.set_page_config(page_title="Train live", layout="wide")
 st.title("Train live")
@@ -23,32 +25,62 @@ runs.dispatch()  # start queued runs whose slot has freed up (say, after a worke
 
 form_col, run_col = st.columns([1, 3], gap="medium")
 
+
+def form_int(param: str, label: str, lo: int, hi: int, default: int, key: str, help: str | None = None) -> int:
+    """A whole-number field of the form, kept in the URL as ?param= (a reload or a link reopens the form)."""
+    shared = f"Shared in the URL as ?{param}="
+    return widgets.int_input("tl", param, label, lo, hi, default, key=key, sidebar=False,
+                             help=f"{help} {shared}" if help else shared)
+
+
 with form_col:
-    with st.form("tl_form"):
+    # the form's fields live in the URL like every page's controls, so a reload or a shared link reopens it as it was
+    with st.container(border=True):
         st.subheader("New run")
-        dataset = st.selectbox("Dataset", DATASETS, key="tl_dataset")
-        variant = st.selectbox("Variant", list(VARIANTS), key="tl_variant", format_func=VARIANT_LABELS.get)
-        k = st.number_input("Importance samples k", 1, 5000, 5, key="tl_k")
-        hidden = st.number_input("Hidden units (one layer)", 1, 2000, 200, key="tl_hidden")
-        z_dim = st.number_input("Latent size", 1, 200, 20, key="tl_z")
-        lr = st.number_input("Learning rate", 1e-6, 10.0, 1e-3, step=1e-4, format="%.1e", key="tl_lr")
-        epochs = st.number_input("Epochs", 1, 5000, 5, key="tl_epochs")
-        batch_size = st.number_input("Batch size", 1, 2000, 100, key="tl_batch")
-        device = st.selectbox("Device", runs.available_devices(), key="tl_device")
+        dataset = widgets.choice_input("tl", "dataset", "Dataset", list(DATASETS), key="tl_dataset", sidebar=False)
+        variant = widgets.choice_input("tl", "variant", "Variant", list(VARIANTS), key="tl_variant", sidebar=False,
+                                       format_func=VARIANT_LABELS.get)
+        k = form_int("k", "Importance samples k", 1, 5000, 5, "tl_k")
+        hidden = form_int("hidden", "Hidden units (one layer)", 1, 2000, 200, "tl_hidden")
+        z_dim = form_int("z", "Latent size", 1, 200, 20, "tl_z")
+        lr = widgets.float_input("tl", "lr", "Learning rate", 1e-6, 10.0, 1e-3, step=1e-4, fmt="%.1e", key="tl_lr",
+                                 sidebar=False)
+        epochs = form_int("epochs", "Epochs", 1, 5000, 5, "tl_epochs")
+        batch_size = form_int("batch", "Batch size", 1, 2000, 100, "tl_batch")
+        device = widgets.choice_input("tl", "device", "Device", runs.available_devices(), key="tl_device",
+                                      sidebar=False)
         with st.expander("More"):
-            train_images = st.number_input("Training images (0 = all)", 0, 100_000, 0, key="tl_images",
-                                           help="Train on the first N training images only, for a quick run.")
-            seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="tl_seed")
-            threads = st.number_input("CPU threads", 1, 64, 1, key="tl_threads",
-                                      help="Threads of this run's process; one keeps several runs from "
-                                           "fighting over the cores.")
-        submitted = st.form_submit_button("Start training", type="primary")
+            train_images = form_int("images", "Training images (0 = all)", 0, 100_000, 0, "tl_images",
+                                    help="Train on the first N training images only, for a quick run.")
+            objective = widgets.choice_input(
+                "tl", "objective", "Objective (random weights)", list(OBJECTIVES), key="tl_objective", sidebar=False,
+                format_func=OBJECTIVE_LABELS.get,
+                help="bayes: weights drawn once per image, minus the weights' KL / N (a bound on log p(x) under the "
+                     "prior); mixture: each importance sample draws its own weights, no KL term. Nothing changes "
+                     "for IWAE (deterministic weights). Shared in the URL as ?objective=")
+            init_sigma = widgets.float_input("tl", "sigma", "Initial σ of the random weights", 1e-6, 1.0, 1e-3,
+                                             step=1e-4, fmt="%.1e", key="tl_sigma", sidebar=False,
+                                             help="Every random weight starts at this spread (IWAE has none). "
+                                                  "Shared in the URL as ?sigma=")
+            seed = form_int("seed", "Seed", 0, 2**31 - 1, 0, "tl_seed")
+            threads = form_int("threads", "CPU threads", 1, 64, 1, "tl_threads",
+                               help="Threads of this run's process; one keeps several runs from fighting over the "
+                                    "cores.")
+        widgets.sync_url(dataset=dataset, variant=variant, k=k, hidden=hidden, z=z_dim, lr=lr, epochs=epochs,
+                         batch=batch_size, device=device, images=train_images, objective=objective, sigma=init_sigma,
+                         seed=seed, threads=threads)
+        submitted = st.button("Start training", key="tl_start", type="primary")
     if submitted:
         try:
+            # the mixture objective draws the weights per importance sample and has no KL term (as iwae train's)
+            mixture = objective == "mixture"
+            per_sample = {"encoder_granularity": "sample", "decoder_granularity": "sample"} if mixture else {}
             run = RunConfig(
-                model=ModelConfig.for_variant(variant, hidden=(int(hidden),), z_dim=int(z_dim)),
+                model=ModelConfig.for_variant(variant, hidden=(int(hidden),), z_dim=int(z_dim),
+                                              init_sigma=float(init_sigma), **per_sample),
                 train=TrainConfig(dataset=dataset, k=int(k), lr=float(lr), epochs=int(epochs),
-                                  batch_size=int(batch_size), device=device, seed=int(seed), threads=int(threads)))
+                                  batch_size=int(batch_size), device=device, seed=int(seed), threads=int(threads),
+                                  objective=objective, beta=0.0 if mixture else 1.0))
             started = runs.start_run(run, train_images=int(train_images) or None)
         except (runs.RunError, ValueError, RuntimeError) as err:
             st.error(f"Not started: {err}")
@@ -65,6 +97,62 @@ with form_col:
         budget = f" {err}."
     st.caption(f"At most {runs.max_runs()} run(s) train at once (IWAE_MAX_RUNS); more wait in a queue. "
                f"Runs are kept in {runs.runs_dir()}.{budget}")
+
+
+def count(n) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"
+
+
+def evaluation_panel(info: runs.RunInfo) -> None:
+    """A finished run's test log-likelihood: what metrics.json holds, the evaluation job's progress, and the
+    controls to start (S draws per image, first N test images) or cancel one, run by a detached process."""
+    st.markdown("**Test log-likelihood**")
+    ev = info.evaluation
+    status = ev.get("status")
+    busy = status in runs.EVALUATION_BUSY
+    try:
+        test = folders.read_metrics(info.path / "metrics.json").get("test") or {}
+    except folders.FileError as err:
+        test = {}
+        st.warning(f"metrics.json cannot be read: {err}")
+    at_one = (test.get("by_tau") or {}).get("1") or {}
+    if at_one.get("mean") is not None:
+        stderr = f" ± {at_one['stderr']:.2f}" if at_one.get("stderr") is not None else ""
+        st.markdown(f"log p(x) ≈ **{at_one['mean']:.2f}{stderr}** nats (τ = 1) on {count(test.get('n_images'))} "
+                    f"test images with S = {count(test.get('S'))} joint draws each (metrics.json).")
+    elif not busy:
+        st.caption("Not evaluated yet: its row of the model zoo says so until it is.")
+    if busy:
+        done, total = ev.get("done") or 0, ev.get("total")
+        text = (f"evaluating: {done:,} of {total:,} image passes · S = {count(ev.get('S'))} on "
+                f"{count(ev.get('images'))} test images" if total else f"evaluation {status}: {ev.get('message', '')}")
+        st.progress(min(1.0, done / total) if total else 0.0, text=text)
+        if st.button("Cancel evaluation", key="tl_eval_cancel", disabled=status == "stopping"):
+            runs.cancel_evaluation(info.path)
+            st.rerun()
+        return
+    if status == "failed" or status == "interrupted":
+        st.error(widgets.escape_markdown(f"The last evaluation {status}: {ev.get('message', '')}"))
+    elif status == "cancelled":
+        st.info(widgets.escape_markdown(f"The last evaluation was cancelled ({ev.get('message', '')})."))
+    found, where = locate(info.run.train.dataset, info.options.get("data_dir"))
+    if not found:
+        st.warning(widgets.escape_markdown(f"No {info.run.train.dataset} test images in {where}: set IWAE_DATA_DIR "
+                                           "to the folder holding them to evaluate this run."))
+    s_col, n_col = st.columns(2)
+    S = s_col.number_input("S (joint draws per image)", 1, MAX_K, 1000, key="tl_eval_S",
+                           help="The zoo's shipped models use S = 5000; the cost grows with S × images.")
+    images = n_col.number_input("Test images (the first N)", 1, 10_000, 1000, key="tl_eval_images")
+    if st.button("Evaluate", key="tl_evaluate", disabled=not found,
+                 help="Runs in a process of its own (it takes a training slot); the result goes to metrics.json "
+                      "and the model zoo."):
+        try:
+            runs.start_evaluation(info.path, S=int(S), images=int(images))
+        except runs.RunError as err:
+            st.error(widgets.escape_markdown(f"Not evaluated: {err}"))
+        else:
+            st.rerun()
+
 
 with run_col:
     all_runs, broken_runs = runs.scan_runs()
@@ -90,14 +178,15 @@ with run_col:
     choice = st.selectbox("Run", names, key="tl_run",
                           format_func=lambda n: f"{n}  ({next(r.status for r in all_runs if r.name == n)})")
     st.query_params["run"] = choice
-    statuses = {r.name: r.status for r in all_runs}
-    watching = any(r.active or r.status == "queued" for r in all_runs)
+    statuses = {r.name: (r.status, r.evaluation.get("status")) for r in all_runs}
+    watching = any(r.active or r.status == "queued" or r.evaluation.get("status") in runs.EVALUATION_BUSY
+                   for r in all_runs)
 
     @st.fragment(run_every=REFRESH_SECONDS if watching else None)
     def live_view(name: str) -> None:
         """Re-read the runs from disk every refresh; when a status changes, redraw the whole page once."""
         now = runs.list_runs()
-        if {r.name: r.status for r in now} != statuses:
+        if {r.name: (r.status, r.evaluation.get("status")) for r in now} != statuses:
             st.rerun()
         info = next(r for r in now if r.name == name)
         path = info.path
@@ -149,21 +238,28 @@ with run_col:
                 st.error(str(err))
             else:
                 st.rerun()
-        if delete_col.button("Delete", key="tl_delete", disabled=info.active or info.status == "queued"):
+        busy = info.active or info.status == "queued" or info.evaluation.get("status") in runs.EVALUATION_BUSY
+        if delete_col.button("Delete", key="tl_delete", disabled=busy,
+                             help="Stop the run or cancel its evaluation first." if busy else None):
             st.session_state["tl_confirm_delete"] = info.name
-        if st.session_state.get("tl_confirm_delete") == info.name and not (info.active or info.status == "queued"):
+        if st.session_state.get("tl_confirm_delete") == info.name and not busy:
             st.warning(widgets.escape_markdown(f"Delete {info.name} and everything in its folder (weights, history, "
                                           "checkpoint)? This cannot be undone."), icon=":material/delete:")
             yes, no = st.columns(2)
             if yes.button(f"Yes, delete {info.name}", key="tl_delete_yes", type="primary"):
                 del st.session_state["tl_confirm_delete"]
-                runs.delete_run(path)
-                st.rerun()
+                try:
+                    runs.delete_run(path)
+                except runs.RunError as err:  # a worker took the run meanwhile
+                    st.error(f"Not deleted: {err}")
+                else:
+                    st.rerun()
             if no.button("Cancel", key="tl_delete_no"):
                 del st.session_state["tl_confirm_delete"]
                 st.rerun()
         if info.status == "finished":
             st.success(f"Finished: {info.name} is in the model zoo; pick it on the other pages.")
+            evaluation_panel(info)
         elif info.status == "failed":
             st.error(info.message)
         st.caption("All runs")

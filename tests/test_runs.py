@@ -88,6 +88,8 @@ def test_start_progress_stop_resume_finish_then_in_the_zoo(root):
     assert done.progress["step"] == 6000 and done.progress["resumed_from"] == state["step"]
     assert [p[0] for p in done.progress["points"]] == sorted(p[0] for p in done.progress["points"])
     assert len(done.progress["history"]) == 300
+    # one validation point per epoch (300 epochs need no more), kept across the stop and the resume, none twice
+    assert [s for s, _ in done.progress["valid"]] == list(range(20, 6001, 20)) and done.progress["valid_every"] == 0
     assert info.name in [e.name for e in find_models(root)]
     assert info.name in [e.name for e in runs.finished_models(root)]
     model, run = load_model(info.path)
@@ -99,6 +101,97 @@ def test_start_progress_stop_resume_finish_then_in_the_zoo(root):
     again = subprocess.run([sys.executable, "-m", "iwae_core.runs.worker", str(info.path)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 4 and "is finished" in again.stderr
+
+
+def test_a_short_run_validates_about_fifteen_times_within_its_epoch(root):
+    """One epoch of 20 steps: the page's runs ask for about 15 validation points (start_run's valid_points), so
+    the worker sets valid_every = ceil(20 / 15) = 2 and progress.json's curve gets a validation bound after
+    steps 2, 4, ..., 20, while history.csv keeps its one row per epoch."""
+    assert worker.valid_every_for(20, 20) == 2 and worker.valid_every_for(600, 600) == 40
+    assert worker.valid_every_for(100 * 20, 20) == 0  # 100 epochs give enough points of their own
+    info = runs.start_run(tiny(epochs=1), train_images=400, name="short")
+    assert info.options["valid_points"] == queue.VALID_POINTS == 15
+    done = wait_for(info.path, lambda r: r.status in ("finished", "failed") and not runs.is_locked(r.path))
+    assert done.status == "finished", done.message
+    assert [s for s, _ in done.progress["valid"]] == list(range(2, 21, 2)) and done.progress["valid_every"] == 2
+    assert done.progress["valid"][-1][1] == done.progress["history"][-1]["valid_bound"]
+    assert [r["step"] for r in done.curve_rows() if "valid_bound" in r] == list(range(2, 21, 2))
+    assert json.loads((info.path / "config.json").read_text())["train"]["valid_every"] == 2
+    assert len((info.path / "history.csv").read_text().splitlines()) == 2  # header + one epoch
+    explicit = runs.start_run(tiny(epochs=1), train_images=400, name="per-epoch", valid_points=None)
+    done = wait_for(explicit.path, lambda r: r.status in ("finished", "failed") and not runs.is_locked(r.path))
+    assert [s for s, _ in done.progress["valid"]] == [20] and done.progress["valid_every"] == 0
+
+
+def finished_run(name: str, variant: str = "iwae-r") -> runs.RunInfo:
+    info = runs.start_run(tiny(epochs=1, variant=variant), train_images=400, name=name)
+    done = wait_for(info.path, lambda r: r.status in ("finished", "failed") and not runs.is_locked(r.path))
+    assert done.status == "finished", done.message
+    return done
+
+
+def test_evaluating_a_finished_run_in_a_job_writes_its_test_log_likelihood(root):
+    """The evaluation job computes what evaluate_folder computes in this process (S = 7 on the first 30 test
+    images, tau 1 and 0 with Monte-Carlo repeats: 6 passes of 30 images, all counted in its progress), writes
+    it to metrics.json so the run gets its test log-likelihood in the zoo, and reports done."""
+    from iwae_core.evaluate import evaluate_folder
+
+    info = finished_run("evaluated")
+    assert "test" not in json.loads((info.path / "metrics.json").read_text())
+    started = runs.start_evaluation(info.path, S=7, images=30)
+    assert started.status == "finished" and started.evaluation["status"] in ("starting", "running", "done")
+    done = wait_for(info.path, lambda r: r.evaluation.get("status") not in runs.EVALUATION_BUSY
+                    and not runs.is_locked(r.path))
+    ev = done.evaluation
+    assert ev["status"] == "done", ev
+    assert ev["done"] == ev["total"] == 6 * 30 and ev["S"] == 7 and ev["images"] == 30
+    test = json.loads((info.path / "metrics.json").read_text())["test"]
+    assert test["S"] == 7 and test["n_images"] == 30 and set(test["by_tau"]) == {"1", "0"}
+    expected = evaluate_folder(info.path, S=7, limit=30, write=False)
+    assert test["test_ll"] == expected["test_ll"] == ev["test_ll"]
+    assert test["by_tau"]["0"]["mean"] == expected["by_tau"]["0"]["mean"]
+    assert test["by_tau"]["1"]["mc_sd_per_image"] == expected["by_tau"]["1"]["mc_sd_per_image"]
+    assert f"{expected['test_ll']:.2f}" in ev["message"]
+    entry = next(e for e in runs.finished_models(root) if e.name == "evaluated")
+    assert entry.metrics["test"]["test_ll"] == expected["test_ll"]
+    assert done.status == "finished" and done.progress["step"] == 20  # the training's state is untouched
+
+
+def test_an_evaluation_can_be_cancelled_and_bad_requests_are_refused(root, tmp_path, monkeypatch):
+    """Bad S, no images, no data, an unfinished run, a second evaluation and deleting meanwhile are refused
+    with their reason; a cancelled evaluation leaves metrics.json as it was and the run finished."""
+    info = finished_run("cancel", variant="iwae")
+    with pytest.raises(runs.RunError, match="S must be a positive integer"):
+        runs.start_evaluation(info.path, S=0, images=10)
+    with pytest.raises(runs.RunError, match="test images must be at least 1"):
+        runs.start_evaluation(info.path, S=10, images=0)
+    data_dir = os.environ["IWAE_DATA_DIR"]
+    monkeypatch.setenv("IWAE_DATA_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(runs.RunError, match=r"no mnist test images: the data is not in .*nothing.*IWAE_DATA_DIR"):
+        runs.start_evaluation(info.path, S=10, images=10)
+    monkeypatch.setenv("IWAE_DATA_DIR", data_dir)
+    stopped = root / "stopped"
+    stopped.mkdir()
+    (stopped / runs.CONFIG).write_text(tiny().to_json())
+    (stopped / runs.OPTIONS).write_text("{}")
+    (stopped / runs.PROGRESS).write_text(json.dumps({"status": "stopped", "message": "stopped", "step": 3}))
+    with pytest.raises(runs.RunError, match="run stopped is stopped; only a finished run can be evaluated"):
+        runs.start_evaluation(stopped, S=10, images=10)
+
+    runs.start_evaluation(info.path, S=50_000, images=10_000)  # hours: cancelled long before
+    running = wait_for(info.path, lambda r: r.evaluation.get("status") == "running" and r.evaluation.get("total"))
+    assert running.evaluation["total"] == 10_000 + 2 * 500 and runs.is_locked(info.path)  # + Monte-Carlo repeats
+    assert runs.active_runs(root) == ["cancel"]  # it takes a training slot
+    with pytest.raises(runs.RunError, match="being evaluated already"):
+        runs.start_evaluation(info.path, S=10, images=10)
+    with pytest.raises(runs.RunError, match="cancel the evaluation before deleting"):
+        runs.delete_run(info.path)
+    runs.cancel_evaluation(info.path)
+    done = wait_for(info.path, lambda r: r.evaluation.get("status") not in runs.EVALUATION_BUSY
+                    and not runs.is_locked(r.path), timeout=60)
+    assert done.evaluation["status"] == "cancelled", done.evaluation
+    assert "test" not in json.loads((info.path / "metrics.json").read_text())
+    assert not (info.path / runs.STOP).exists() and done.status == "finished"
 
 
 def test_worker_refuses_a_run_whose_lock_is_held(tmp_path):
@@ -152,6 +245,42 @@ def test_resume_and_delete_wait_for_a_worker_that_is_releasing_its_lock(tmp_path
     threading.Timer(0.5, held.close).start()
     runs.delete_run(path)
     assert not path.exists()
+
+
+def test_an_evaluation_waits_for_a_free_slot_and_a_bad_evaluation_state_is_reported(tmp_path, monkeypatch):
+    """With the one slot held by a training worker, an evaluation is queued (or refused with queue=False) and
+    launched by the dispatch once the slot is free; an evaluation state no worker writes makes the folder a
+    broken run whose reason names the field."""
+    require_data("MNIST", "raw")
+    monkeypatch.setenv("IWAE_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("IWAE_MAX_RUNS", "1")
+    launched = []
+    monkeypatch.setattr(queue, "_launch_evaluation", lambda p: launched.append(Path(p).name) or True)
+
+    def folder(name, progress):
+        path = tmp_path / name
+        path.mkdir()
+        (path / runs.CONFIG).write_text(tiny().to_json())
+        (path / runs.OPTIONS).write_text(json.dumps({"created": "2026-01-01 00:00:00"}))
+        (path / runs.PROGRESS).write_text(json.dumps(progress))
+        return path
+
+    training = folder("training", {"status": "running", "heartbeat": time.time()})
+    done = folder("done", {"status": "finished", "step": 20})
+    with open(training / runs.LOCK, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(runs.RunLimitError, match="IWAE_MAX_RUNS"):
+            runs.start_evaluation(done, S=10, images=10, queue=False)
+        info = runs.start_evaluation(done, S=10, images=10)
+        assert info.evaluation["status"] == "queued" and "1 run(s) training or evaluating" in info.evaluation["message"]
+        assert info.status == "finished" and launched == []
+    assert runs.dispatch(tmp_path) == ["done"] and launched == ["done"]
+    assert runs.read_run(done).evaluation["S"] == 10
+
+    folder("bad-status", {"status": "finished", "evaluation": {"status": "bogus"}})
+    folder("bad-point", {"status": "finished", "valid": [[1]]})
+    broken = {b.name: b.error for b in runs.scan_runs(tmp_path)[1]}
+    assert "evaluation.status is 'bogus'" in broken["bad-status"] and "valid[0]" in broken["bad-point"]
 
 
 @pytest.mark.slow
@@ -285,7 +414,7 @@ def test_train_live_page_starts_shows_and_stops_a_run(root):
     at.number_input(key="tl_epochs").set_value(1000)
     at.number_input(key="tl_batch").set_value(20)
     at.number_input(key="tl_images").set_value(400)
-    at.button(key="FormSubmitter:tl_form-Start training").click()
+    at.button(key="tl_start").click()
     at.run()
     assert not at.exception, at.exception
     started = runs.list_runs(root)
@@ -321,3 +450,120 @@ def test_train_live_page_starts_shows_and_stops_a_run(root):
     at.button(key="tl_resume").click().run()
     assert not at.exception
     wait_for(info.path, lambda r: r.status == "running" and r.progress.get("resumed_from") == stopped.progress["step"])
+
+
+FORM = [("selectbox", "tl_dataset", "omniglot", "dataset", "omniglot"),
+        ("selectbox", "tl_variant", "iwae-rrec", "variant", "iwae-rrec"),
+        ("number_input", "tl_k", 7, "k", "7"), ("number_input", "tl_hidden", 33, "hidden", "33"),
+        ("number_input", "tl_z", 3, "z", "3"), ("number_input", "tl_lr", 2.5e-4, "lr", "0.00025"),
+        ("number_input", "tl_epochs", 2, "epochs", "2"), ("number_input", "tl_batch", 25, "batch", "25"),
+        ("selectbox", "tl_device", "cpu", "device", "cpu"), ("number_input", "tl_images", 400, "images", "400"),
+        ("selectbox", "tl_objective", "mixture", "objective", "mixture"),
+        ("number_input", "tl_sigma", 0.02, "sigma", "0.02"),
+        ("number_input", "tl_seed", 11, "seed", "11"), ("number_input", "tl_threads", 2, "threads", "2")]
+
+
+def link_of(at: AppTest) -> dict:
+    return {name: (v[0] if isinstance(v, list) else v) for name, v in at.query_params.items()}
+
+
+def test_train_live_form_keeps_every_field_in_the_url(tmp_path, monkeypatch):
+    """Each field of the new-run form is written to the URL as it changes; a fresh page opened from that URL shows
+    the same values, and a link's unusable values get the default and a notice naming them; nothing starts."""
+    monkeypatch.setenv("IWAE_RUNS_DIR", str(tmp_path / "runs"))
+    at = page(tmp_path)
+    at.run()
+    assert not at.exception
+    for kind, key, value, _, _ in FORM:
+        getattr(at, kind)(key=key).set_value(value)
+        at.run()
+        assert not at.exception, at.exception
+    link = link_of(at)
+    assert {param: link[param] for _, _, _, param, _ in FORM} == {param: text for _, _, _, param, text in FORM}
+    fresh = page(tmp_path)
+    fresh.query_params.update(link)
+    fresh.run()
+    assert not fresh.exception
+    assert [getattr(fresh, kind)(key=key).value for kind, key, *_ in FORM] == [value for _, _, value, *_ in FORM]
+    assert not [w.value for w in fresh.warning if "The link asked for" in w.value]
+    assert not runs.list_runs()
+
+    bad = page(tmp_path)
+    bad.query_params.update({**link, "k": "0", "lr": "nan", "variant": "vae", "epochs": "2.5"})
+    bad.run()
+    assert not bad.exception
+    assert bad.number_input(key="tl_k").value == 5 and bad.number_input(key="tl_lr").value == 1e-3
+    assert bad.selectbox(key="tl_variant").value == "iwae" and bad.number_input(key="tl_epochs").value == 5
+    assert bad.number_input(key="tl_batch").value == 25  # the good values of the link are kept
+    notices = " ".join(w.value for w in bad.warning)
+    for shown in ("k = 0", "lr = nan", "variant = vae", "epochs = 2.5"):
+        assert f"**{shown}**" in notices.replace("\\", ""), (shown, notices)
+    assert link_of(bad)["k"] == "5" and link_of(bad)["lr"] == "0.001"
+
+
+def test_train_live_evaluates_a_finished_run_from_the_page(root, monkeypatch):
+    """A finished run offers Evaluate (S, test images): the job's progress shows while it runs, Cancel stops it,
+    and a finished evaluation shows the test log-likelihood metrics.json now holds, as the home page's zoo does."""
+    monkeypatch.delenv("IWAE_ZOO_DIRS", raising=False)
+    info = finished_run("ui-eval", variant="iwae")
+    at = page(root)
+    at.query_params["run"] = "ui-eval"
+    at.run()
+    assert not at.exception and at.selectbox(key="tl_run").value == "ui-eval"
+    assert any("Not evaluated yet" in c.value for c in at.caption)
+    at.number_input(key="tl_eval_S").set_value(50_000)
+    at.number_input(key="tl_eval_images").set_value(10_000)
+    at.button(key="tl_evaluate").click().run()
+    assert not at.exception, at.exception
+    wait_for(info.path, lambda r: r.evaluation.get("status") == "running" and r.evaluation.get("total"))
+    at.run()
+    bars = [b.proto.text for b in at.get("progress")]
+    assert any(re.match(r"evaluating: [\d,]+ of 11,000 image passes · S = 50,000 on 10,000 test images", t)
+               for t in bars), bars
+    assert at.button(key="tl_delete").disabled  # not while the evaluation holds the run
+    at.button(key="tl_eval_cancel").click().run()
+    wait_for(info.path, lambda r: r.evaluation.get("status") == "cancelled" and not runs.is_locked(r.path))
+    at.run()
+    assert any("cancelled" in i.value for i in at.info)
+
+    at.number_input(key="tl_eval_S").set_value(5)
+    at.number_input(key="tl_eval_images").set_value(20)
+    at.button(key="tl_evaluate").click().run()
+    assert not at.exception
+    wait_for(info.path, lambda r: r.evaluation.get("status") == "done" and not runs.is_locked(r.path))
+    at.run()
+    test = json.loads((info.path / "metrics.json").read_text())["test"]
+    assert test["S"] == 5 and test["n_images"] == 20
+    shown = " ".join(m.value for m in at.markdown)
+    assert f"log p(x) ≈ **{test['by_tau']['1']['mean']:.2f} ± {test['by_tau']['1']['stderr']:.2f}**" in shown
+    assert "on 20 test images with S = 5 joint draws" in shown
+    home = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)  # the zoo: shipped models and finished runs
+    home.run()
+    row = home.dataframe[0].value.set_index("model").loc["ui-eval"]
+    one = test["by_tau"]["1"]
+    assert row["test LL (τ=1)"] == f"{one['mean']:.3f} ± {one['stderr']:.3f}" and row["S"] == 5
+
+
+def test_a_mixture_run_started_from_the_form_trains_and_shows_its_curve(root):
+    """objective = mixture from the form: each importance sample draws its own weights (granularity sample) and
+    there is no KL term (beta 0), with the form's initial sigma; its progress (no KL in the curve points) reads
+    back and the page draws it."""
+    at = page(root)
+    for name, value in {"variant": "iwae-r", "objective": "mixture", "sigma": "0.01", "k": "2", "hidden": "16",
+                        "z": "2", "epochs": "1", "batch": "20", "images": "400"}.items():
+        at.query_params[name] = value
+    at.run()
+    assert not at.exception
+    at.button(key="tl_start").click().run()
+    assert not at.exception, at.exception
+    (info,) = runs.list_runs(root)
+    m, t = info.run.model, info.run.train
+    assert (t.objective, t.beta, m.encoder_granularity, m.decoder_granularity) == ("mixture", 0.0, "sample", "sample")
+    assert m.init_sigma == 0.01 and m.variant == "iwae-r" and t.k == 2
+    done = wait_for(info.path, lambda r: r.status in ("finished", "failed") and not runs.is_locked(r.path))
+    assert done.status == "finished", done.message
+    assert done.progress["points"] and all(kl is None for _, _, kl in done.progress["points"])
+    at.run()
+    assert not at.exception
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {"train L_k", "valid L_k"} <= {trace.get("name") for trace in spec["data"]}

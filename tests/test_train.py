@@ -62,6 +62,36 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(small_mnist, tmp_path):
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
 
 
+def test_valid_every_adds_validation_points_within_epochs_and_changes_nothing_else(small_mnist, tmp_path):
+    """valid_every = 30 on 2 epochs of 100 steps: a validation bound after steps 30, 60, 90, 120, 150, 180 and at
+    each epoch's end (100, 200), not twice at an epoch's end; the weights, Adam's state and history.csv (one row
+    per epoch) are those of the default run, which validates at the epochs' ends only, as before."""
+    def trained(name, **train):
+        seen = []
+        hooks = Hooks(on_eval=[lambda t, m: seen.append((m["step"], m["valid_bound"]))])
+        trainer = Trainer(tiny_run("iwae-r", epochs=2, **train), out=tmp_path / name, data=small_mnist, hooks=hooks)
+        assert trainer.fit() == "finished" and trainer.step == 200
+        return trainer, seen
+
+    default, per_epoch = trained("default")
+    often, points = trained("often", valid_every=30)
+    assert [s for s, _ in per_epoch] == [100, 200]
+    assert [s for s, _ in points] == [30, 60, 90, 100, 120, 150, 180, 200]
+    assert dict(points)[100] == dict(per_epoch)[100] and dict(points)[200] == dict(per_epoch)[200]
+    assert len({v for _, v in points}) == len(points)  # each point measures the model of its step
+    a, b = default.model.state_dict(), often.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = default.optimizer.state_dict()["state"], often.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    assert [{**r, "seconds": 0} for r in default.history] == [{**r, "seconds": 0} for r in often.history]
+    assert len((tmp_path / "often" / "history.csv").read_text().splitlines()) == 3  # header + one row per epoch
+    old = json.loads(often.run.to_json())
+    del old["train"]["valid_every"]  # a config written before the setting existed: validates per epoch
+    assert RunConfig.from_json(json.dumps(old)).train.valid_every == 0
+    with pytest.raises(ValueError, match="valid_every"):
+        TrainConfig(valid_every=-1)
+
+
 def test_a_done_run_trains_no_further_when_resumed(small_mnist, tmp_path):
     run = tiny_run(max_steps=3)
     first = Trainer(run, out=tmp_path, data=small_mnist)

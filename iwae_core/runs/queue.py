@@ -25,6 +25,7 @@ from ..checkpoint import write_json
 from ..config import RunConfig
 from .store import (
     CONFIG,
+    EVALUATION_BUSY,
     LOG,
     OPTIONS,
     PROGRESS,
@@ -45,6 +46,7 @@ from .store import (
 
 RELEASE_SECONDS = 5.0  # how long Resume waits for a worker that has just finished to let go of its lock
 MAX_QUEUED = 8  # more waiting runs than this is refused: many tabs cannot pile up work
+VALID_POINTS = 15  # validation bounds a run started here asks for over its course (see worker.valid_every_for)
 
 
 # ---- how big a run may be ---------------------------------------------------------------------------
@@ -105,10 +107,13 @@ def check_run_size(run: RunConfig) -> None:
 # ---- starting, queueing, stopping -------------------------------------------------------------------
 
 def start_run(run: RunConfig, *, name: str | None = None, train_images: int | None = None,
-              data_dir: str | None = None, queue: bool = True, root: str | os.PathLike | None = None) -> RunInfo:
+              data_dir: str | None = None, queue: bool = True, root: str | os.PathLike | None = None,
+              valid_points: int | None = VALID_POINTS) -> RunInfo:
     """Create a run folder and start its worker now, or queue it when IWAE_MAX_RUNS runs are training.
 
     train_images keeps only the first N training images (a quick run); queue=False refuses instead of waiting.
+    valid_points: about how many validation bounds the live curve gets; a run of fewer epochs than that
+    also validates within epochs (its worker sets valid_every), unless run.train.valid_every is set already.
     """
     from ..train import pick_device
 
@@ -124,7 +129,7 @@ def start_run(run: RunConfig, *, name: str | None = None, train_images: int | No
         path = _new_folder(root, name or _default_name(run))
         (path / CONFIG).write_text(run.to_json())
         write_json(path / OPTIONS, {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "train_images": train_images,
-                                    "data_dir": data_dir, "launches": 0})
+                                    "data_dir": data_dir, "launches": 0, "valid_points": valid_points})
         write_json(path / PROGRESS, {"status": "queued", "message": "waiting for a free training slot",
                                      "step": 0, "total_steps": None, "points": [], "history": []})
         _dispatch_locked(root)
@@ -194,6 +199,8 @@ def _kill_worker(info: RunInfo) -> None:
 def delete_run(path: str | os.PathLike) -> None:
     """Remove a run folder that no worker is training."""
     info = read_run(path)
+    if info.evaluation.get("status") in EVALUATION_BUSY:
+        raise RunError(f"run {info.name} is being evaluated; cancel the evaluation before deleting it")
     busy = info.active or info.status == "queued"
     fd = None if busy else try_lock_within(info.path, RELEASE_SECONDS)
     if fd is None:
@@ -231,20 +238,32 @@ def _check_capacity(root: Path, queue: bool) -> None:
 
 
 def _dispatch_locked(root: Path) -> list[str]:
+    """Launch waiting jobs, oldest first, into the free slots: queued runs (a training worker) and finished
+    runs whose evaluation is queued (an evaluation worker, see evaluation.py); both hold the run's lock."""
     free = max_runs() - len(active_runs(root))
-    waiting = sorted((r for r in list_runs(root) if r.status == "queued"),
-                     key=lambda r: (r.options.get("created", ""), r.name))
+    waiting = sorted((r for r in list_runs(root) if r.status == "queued" or _evaluation_queued(r)),
+                     key=lambda r: (r.evaluation.get("requested", "") if _evaluation_queued(r)
+                                    else r.options.get("created", ""), r.name))
     started = []
     for info in waiting:
+        evaluation = _evaluation_queued(info)
         if free <= 0:
             ahead = waiting.index(info)
-            _update(info.path, message=f"queued: {max_runs()} run(s) training (IWAE_MAX_RUNS={max_runs()}), "
-                                       f"{ahead} ahead of this one; it starts when a slot frees up")
+            message = (f"queued: {max_runs()} run(s) training or evaluating (IWAE_MAX_RUNS={max_runs()}), "
+                       f"{ahead} ahead of this one; it starts when a slot frees up")
+            if evaluation:
+                _update(info.path, evaluation={**info.evaluation, "message": message})
+            else:
+                _update(info.path, message=message)
             continue
-        if _launch(info.path):
+        if _launch_evaluation(info.path) if evaluation else _launch(info.path):
             started.append(info.name)
             free -= 1
     return started
+
+
+def _evaluation_queued(info: RunInfo) -> bool:
+    return info.status == "finished" and info.evaluation.get("status") == "queued"
 
 
 def _update(path: Path, **changes) -> None:
@@ -264,21 +283,108 @@ def _launch(path: Path) -> bool:
         options["launches"] = int(options.get("launches", 0)) + 1
         write_json(path / OPTIONS, options)
         _update(path, status="starting", message="starting the worker process", pid=None, heartbeat=time.time())
-        threads = str(RunConfig.from_json((path / CONFIG).read_text()).train.threads or 1)
-        package_parent = str(SOURCE_ROOT)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-               "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
-        with open(path / LOG, "a") as log:
-            log.write(f"--- launch {options['launches']} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            log.flush()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "iwae_core.runs.worker", str(path), "--lock-fd", str(fd)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(fd,),
-                start_new_session=True, cwd=str(path))
-        threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends: no zombies
+        _spawn(path, fd, "iwae_core.runs.worker", f"launch {options['launches']}")
         return True
     finally:
         os.close(fd)  # the worker keeps its own copy of the locked descriptor
+
+
+def _spawn(path: Path, fd: int, module: str, what: str) -> None:
+    """Start `python -m module DIR --lock-fd FD` detached, handing it the locked fd, its output in worker.log."""
+    threads = str(RunConfig.from_json((path / CONFIG).read_text()).train.threads or 1)
+    package_parent = str(SOURCE_ROOT)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
+    with open(path / LOG, "a") as log:
+        log.write(f"--- {what} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(path), "--lock-fd", str(fd)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(fd,),
+            start_new_session=True, cwd=str(path))
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends: no zombies
+
+
+# ---- evaluating a finished run (a job of its own: evaluation.py) ------------------------------------
+
+def start_evaluation(path: str | os.PathLike, *, S: int, images: int, queue: bool = True) -> RunInfo:
+    """Estimate a finished run's test log-likelihood (evaluate.evaluate_folder, S joint draws per image on the
+    first `images` test images) in a detached process, now or when a slot frees up; it takes a slot like a
+    training run. Its state is progress.json's "evaluation"; the result goes to metrics.json, as `iwae eval`."""
+    from ..config import check_k
+    from ..data import locate
+
+    info = read_run(path)
+    if info.status != "finished":
+        raise RunError(f"run {info.name} is {info.status}; only a finished run can be evaluated")
+    if info.evaluation.get("status") in EVALUATION_BUSY:
+        raise RunError(f"run {info.name} is being evaluated already ({info.evaluation.get('status')}); "
+                       "cancel that first")
+    try:
+        check_k(S, "S")
+    except ValueError as err:
+        raise RunError(str(err)) from err
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise RunError(f"the number of test images must be at least 1, got {images!r}")
+    dataset = info.run.train.dataset
+    found, where = locate(dataset, info.options.get("data_dir"))
+    if not found:
+        raise RunError(f"no {dataset} test images: the data is not in {where} (set IWAE_DATA_DIR to the folder "
+                       "holding it)")
+    root = info.path.parent
+    with dispatch_lock(root):
+        _check_capacity(root, queue)
+        fd = try_lock_within(info.path, RELEASE_SECONDS)
+        if fd is None:
+            raise RunError(f"run {info.name} is in use by another worker; try again when it is done")
+        try:
+            (info.path / STOP).unlink(missing_ok=True)
+            _update(info.path, evaluation={"status": "queued", "message": "waiting for a free slot", "S": S,
+                                           "images": images, "requested": time.strftime("%Y-%m-%d %H:%M:%S")})
+        finally:
+            os.close(fd)
+        _dispatch_locked(root)
+    return read_run(info.path)
+
+
+def cancel_evaluation(path: str | os.PathLike) -> RunInfo:
+    """Stop a queued or running evaluation; metrics.json keeps what it had (the result is written at the end)."""
+    info = read_run(path)
+    status = info.evaluation.get("status")
+    if status == "queued":
+        with dispatch_lock(info.path.parent):
+            fd = try_lock(info.path)
+            if fd is not None:
+                try:
+                    fresh = read_state(info.path / PROGRESS)
+                    evaluation = fresh.get("evaluation") or {}
+                    if evaluation.get("status") == "queued":
+                        fresh["evaluation"] = {**evaluation, "status": "cancelled",
+                                               "message": "cancelled before it started"}
+                        write_json(info.path / PROGRESS, fresh)
+                finally:
+                    os.close(fd)
+    elif status in EVALUATION_BUSY:
+        (info.path / STOP).touch()
+    return read_run(info.path)
+
+
+def _launch_evaluation(path: Path) -> bool:
+    """As _launch, for a queued evaluation: take the run's lock, mark the job starting, hand both to the worker."""
+    try:
+        fd = try_lock(path)
+    except OSError:
+        return False
+    if fd is None:
+        return False
+    try:
+        evaluation = read_state(path / PROGRESS).get("evaluation") or {}
+        _update(path, evaluation={**evaluation, "status": "starting", "message": "starting the evaluation process",
+                                  "pid": None, "heartbeat": time.time()})
+        _spawn(path, fd, "iwae_core.runs.evaluation", f"evaluation with S = {evaluation.get('S')}")
+        return True
+    finally:
+        os.close(fd)
 
 
 def _default_name(run: RunConfig) -> str:

@@ -26,6 +26,9 @@ from ..zoo import ZooEntry
 ACTIVE = ("starting", "running", "stopping")  # a worker owns the run
 RESUMABLE = ("stopped", "interrupted")
 STATUSES = ("queued", *ACTIVE, "stopped", "finished", "failed", "interrupted", "unresponsive")
+# a finished run's evaluation job (progress.json's "evaluation"); the middle three: its worker holds the lock
+EVALUATION_STATUSES = ("queued", "starting", "running", "stopping", "done", "failed", "cancelled", "interrupted")
+EVALUATION_BUSY = EVALUATION_STATUSES[:4]
 STALE_SECONDS = 60.0  # no heartbeat for this long while the lock is held: the worker is hung
 CONFIG, OPTIONS, PROGRESS, SAMPLES = "config.json", "run.json", "progress.json", "samples.png"
 LOCK, STOP, LOG = "worker.lock", "stop", "worker.log"
@@ -106,16 +109,25 @@ class RunInfo:
         return self.status in RESUMABLE
 
     @property
+    def evaluation(self) -> dict:
+        """The state of the test log-likelihood job on this (finished) run: {} when none was asked for."""
+        return self.progress.get("evaluation") or {}
+
+    @property
     def samples(self) -> Path | None:
         path = self.path / SAMPLES
         return path if path.exists() else None
 
     def curve_rows(self) -> list[dict]:
         """The live curves as rows for figures.training_curves, all against the step: per-step training
-        bound and KL (merged into at most MAX_POINTS points) and the per-epoch validation bound."""
+        bound and KL (merged into at most MAX_POINTS points) and the validation bound, per epoch and every
+        valid_every steps (progress.json's valid; a worker that wrote none: history's per-epoch bounds)."""
         rows = [{"step": s, "train_bound": b, "kl_per_datapoint": kl} for s, b, kl in self.progress.get("points", [])]
-        rows += [{"step": r["step"], "valid_bound": r["valid_bound"]} for r in self.progress.get("history", [])
-                 if r.get("valid_bound") is not None]
+        if self.progress.get("valid"):
+            rows += [{"step": s, "valid_bound": v} for s, v in self.progress["valid"]]
+        else:
+            rows += [{"step": r["step"], "valid_bound": r["valid_bound"]} for r in self.progress.get("history", [])
+                     if r.get("valid_bound") is not None]
         return rows
 
     def summary(self) -> dict:
@@ -144,6 +156,12 @@ def read_run(path: str | os.PathLike) -> RunInfo:
     info = RunInfo(path.name, path, run, options, progress)
     if info.status in ACTIVE:
         info.progress = _check_worker(path, info.progress)
+    status = info.evaluation.get("status")
+    if status is not None and status not in EVALUATION_STATUSES:
+        raise RunError(f"{path / PROGRESS}: evaluation.status is {status!r:.40}, not one of "
+                       f"{', '.join(EVALUATION_STATUSES)}")
+    if status in EVALUATION_BUSY[1:]:
+        info.progress = _check_evaluation(path, info.progress)
     return info
 
 
@@ -218,6 +236,34 @@ def _check_worker(path: Path, progress: dict) -> dict:
                      message=(f"the worker (pid {fresh.get('pid')}) ended without finishing"
                               + (f" (last log line: {last})" if last else "")
                               + f"; Resume continues from the last checkpoint (step {_checkpoint_step(path)})"))
+        write_json(path / PROGRESS, fresh)
+        return fresh
+    finally:
+        os.close(fd)
+
+
+def _check_evaluation(path: Path, progress: dict) -> dict:
+    """As _check_worker, for the evaluation job: a worker that holds the lock but has not reported for
+    STALE_SECONDS is said to be unresponsive; one that is gone leaves the evaluation interrupted."""
+    fd = try_lock(path)
+    if fd is None:
+        evaluation = progress.get("evaluation") or {}
+        age = time.time() - evaluation.get("heartbeat", time.time())
+        if age > STALE_SECONDS:
+            return {**progress, "evaluation": {
+                **evaluation, "message": f"the evaluation process (pid {evaluation.get('pid')}) has not reported "
+                                         f"for {age:.0f} s"}}
+        return progress
+    try:
+        fresh = read_state(path / PROGRESS)
+        evaluation = fresh.get("evaluation") or {}
+        if evaluation.get("status") not in EVALUATION_BUSY[1:]:
+            return fresh
+        last = _last_log_line(path)
+        fresh["evaluation"] = {**evaluation, "status": "interrupted",
+                               "message": f"the evaluation process (pid {evaluation.get('pid')}) ended without "
+                                          f"finishing" + (f" (last log line: {last})" if last else "")
+                                          + "; metrics.json is as it was"}
         write_json(path / PROGRESS, fresh)
         return fresh
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from ..checkpoint import write_json
 from ..config import RunConfig
-from .queue import dispatch
+from .queue import VALID_POINTS, dispatch
 from .snapshots import Keeper
 from .store import CONFIG, OPTIONS, PROGRESS, SAMPLES, STOP, read_state, try_lock
 
@@ -44,7 +45,7 @@ class Worker:
                       "started_at": time.time(), "step": 0, "total_steps": None, "epoch": 0,
                       "epochs": self.run.train.epochs, "steps_per_epoch": None,
                       "points": old.get("points", []), "stride": old.get("stride", 1), "history": [],
-                      "samples_step": None, "steps_per_second": None}
+                      "samples_step": None, "steps_per_second": None, "valid": old.get("valid", [])}
         self.lock = threading.Lock()
         self.trainer = None
         self._sums = [0.0, 0.0, 0]  # bound, KL, count since the last stored point
@@ -99,6 +100,21 @@ class Worker:
         if time.monotonic() - self._last_sample > SAMPLE_SECONDS:
             self.write_samples()
 
+    def on_eval(self, trainer, m: dict) -> None:
+        """A validation bound (per epoch, and every valid_every steps): a [step, bound] point of the live curve."""
+        with self.lock:
+            self.state["valid"].append([m["step"], m["valid_bound"]])
+
+    def setup_validation(self, trainer, resumed: bool) -> None:
+        """Keep the validation points up to the checkpoint's step (none for a fresh start), and give a run that
+        asked for valid_points (and set no valid_every) a valid_every for about that many points."""
+        wanted = self.options.get("valid_points")
+        if wanted and not trainer.cfg.valid_every:
+            trainer.cfg.valid_every = valid_every_for(self.state["total_steps"], trainer.steps_per_epoch, wanted)
+        with self.lock:
+            self.state["valid"] = [p for p in self.state["valid"] if p[0] <= trainer.step] if resumed else []
+        self.set(valid_every=trainer.cfg.valid_every)
+
     def on_epoch(self, trainer, row: dict) -> None:
         self.set(history=list(trainer.history), epoch=trainer.epoch)
 
@@ -137,7 +153,7 @@ class Worker:
         try:
             self.write()
             hooks = Hooks(on_step=[self.on_step, self.snapshots.on_step],
-                          on_epoch=[self.on_epoch, self.snapshots.on_epoch])
+                          on_epoch=[self.on_epoch, self.snapshots.on_epoch], on_eval=[self.on_eval])
             self.trainer = t = Trainer(self.run, out=self.path, data=self.load_data(), hooks=hooks)
             resumed = t.resume()
             with self.lock:
@@ -148,6 +164,7 @@ class Worker:
             self.set(total_steps=total, steps_per_epoch=t.steps_per_epoch, step=t.step, epoch=t.epoch,
                      history=list(t.history), resumed_from=t.step if resumed else None, device=str(t.device),
                      message=f"{'resumed at' if resumed else 'started at'} step {t.step}")
+            self.setup_validation(t, resumed)
             self._rate = (time.monotonic(), t.step)
             self.snapshots.start(t)
             self.write_samples()
@@ -184,6 +201,14 @@ class Worker:
             with contextlib.suppress(Exception):
                 dispatch(self.path.parent)
         return code
+
+
+def valid_every_for(total_steps: int, steps_per_epoch: int, points: int = VALID_POINTS) -> int:
+    """A valid_every giving about `points` validation bounds over a run of total_steps (steps_per_epoch each):
+    0 (per epoch only) when the epochs alone give at least two thirds of that many."""
+    if total_steps // max(steps_per_epoch, 1) >= 2 * points / 3:
+        return 0
+    return max(1, math.ceil(total_steps / points))
 
 
 def _halve(points: list) -> list:
