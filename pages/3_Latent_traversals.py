@@ -53,8 +53,7 @@ units = candidates[:n_units]
 z0 = compute.start_point(model_ref, entry.dataset, compute.data_key(), index, tau, seed)
 offsets = tuple(float(o) for o in np.linspace(-span, span, steps))
 start = tuple(float(v) for v in z0)
-images = np.stack([compute.traversal(model_ref, start, (u,), offsets, tau, seed)[0] for u in units]) if units \
-    else np.zeros((0, steps, 784))
+images = compute.traversal(model_ref, start, tuple(units), offsets, tau, seed)  # one weight draw for every unit
 
 settings = downloads.view_settings({label: entry}, start="prior draw" if index is None else f"test image {index}",
                                    tau=tau, seed=seed, units=units, offsets=list(offsets))
