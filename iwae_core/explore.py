@@ -6,8 +6,11 @@ another view's stream. Images are Bernoulli means shaped [..., 784].
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
+from .maths.layers import BayesLinear
 from .maths.model import IWAE, BayesMLP
 
 SIDE = 28  # images are SIDE x SIDE pixels
@@ -30,10 +33,27 @@ def _seeded(seed: int, *parts: int) -> int:
 _Noise = list  # per layer: (weight noise, bias noise), or None where the layer draws nothing
 
 
+_SIGMAS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> ((rho, its version) x 2, sigmas)
+
+
+def _sigmas(layer: BayesLinear) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random layer's (weight sigma, bias sigma) = softplus(rho), kept while rho is unchanged: a view's
+    weights do not move, and softplus of every weight was most of a tau move's work. An in-place change of rho
+    (an optimiser step, load_state_dict) bumps its version; a new tensor has another address, since the kept
+    one holds on to the old memory: either recomputes."""
+    rhos = (layer.weight_rho, layer.bias_rho)
+    kept = _SIGMAS.get(layer)
+    if kept is None or any(rho.data_ptr() != old.data_ptr() or rho._version != version
+                           for rho, (old, version) in zip(rhos, kept[0], strict=True)):
+        with torch.no_grad():
+            kept = (tuple((rho.detach(), rho._version) for rho in rhos), (layer.weight_sigma, layer.bias_sigma))
+        _SIGMAS[layer] = kept
+    return kept[1]
+
+
 def _scaled_sigmas(net: BayesMLP, tau: float) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
     """Each layer's (tau * weight sigma, tau * bias sigma), None where it draws nothing (deterministic, or tau 0)."""
-    return [(tau * layer.weight_sigma, tau * layer.bias_sigma) if layer.random and tau != 0 else None
-            for layer in net.layers]
+    return [tuple(tau * s for s in _sigmas(layer)) if layer.random and tau != 0 else None for layer in net.layers]
 
 
 def _draw(sigmas: list, generator: torch.Generator) -> _Noise:

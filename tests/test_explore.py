@@ -173,3 +173,22 @@ def test_a_traversal_row_does_not_depend_on_the_other_units_asked_for():
     rows = explore.traversal(m, z0, [5, 1, 2], offsets, tau=1.0, seed=1)
     assert torch.equal(rows[1], explore.traversal(m, z0, [1], offsets, tau=1.0, seed=1)[0])
     assert not torch.equal(rows[0], rows[1])
+
+
+def test_kept_sigmas_follow_changes_of_the_weights():
+    """softplus(rho) is kept between views; an in-place change of rho (an optimiser step, a state dict loaded)
+    or a new rho tensor must still show in the next view, equal to one model call per draw."""
+    m = shipped_size_model("iwae-r")
+    z = explore.latent_draws(40, 4, seed=3)
+    before = explore.decoder_samples(m, z, 2, 1.0, seed=3)
+    layer = m.decoder.layers[0]
+    with torch.no_grad():
+        layer.weight_rho.add_(1.0)
+    moved = explore.decoder_samples(m, z, 2, 1.0, seed=3)
+    assert not torch.equal(moved, before)
+    assert torch.equal(moved, reference_decoder_samples(m, z, 2, 1.0, seed=3))
+    m.load_state_dict(shipped_size_model("iwae-r").state_dict())  # copies the original rho back in place
+    assert torch.equal(explore.decoder_samples(m, z, 2, 1.0, seed=3), before)
+    layer.weight_rho = torch.nn.Parameter(layer.weight_rho.detach() - 1.0)  # a new tensor
+    assert torch.equal(explore.decoder_samples(m, z, 2, 1.0, seed=3), reference_decoder_samples(m, z, 2, 1.0, 3))
+    assert not torch.equal(explore.decoder_samples(m, z, 2, 1.0, seed=3), before)
