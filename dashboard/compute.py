@@ -312,3 +312,17 @@ def retry_data_button(key: str) -> None:
     if st.button("Look for the data again", key=key):
         _test_set.clear()
         st.rerun()
+
+
+def figure(build: Callable, *args, **kwargs):
+    """build(*args, **kwargs), a dashboard.figures builder, made once per value of its arguments: building a
+    plotly figure (its validation) was most of a rerun whose numbers were all cached, e.g. moving back to a k or
+    tau seen before. The figure is shared by every session showing the same view, so it must not be changed after
+    (st.plotly_chart and the exports only read it)."""
+    return _figure(f"{build.__module__}.{build.__qualname__}", build, args, kwargs)
+
+
+# plotly figures of at most a few 5,000-point traces: below 2 MB each
+@st.cache_resource(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
+def _figure(name: str, _build: Callable, args: tuple, kwargs: dict):
+    return _build(*args, **kwargs)

@@ -363,6 +363,34 @@ def test_weight_variance_says_when_sigma_has_not_moved(zoo, tmp_path, monkeypatc
 
 # ---- bound vs k ----------------------------------------------------------------------------------------
 
+def test_bound_vs_k_back_at_a_setting_seen_before_builds_no_figure_and_shows_the_same(zoo, mnist, monkeypatch):
+    """Every figure of Bound vs k is built once per setting: moving back to a k (or image) seen before builds
+    none (building them was most of such a rerun) and shows exactly the figures of the first time. The seed is
+    one no other test uses, so nothing is cached before."""
+    import functools
+
+    from dashboard import figures
+
+    built = []
+    for name in ("bound_vs_k", "importance_weights", "posterior_scatter", "image_grid"):
+        real = getattr(figures, name)
+        counted = functools.wraps(real)(lambda *a, _real=real, _name=name, **kw: built.append(_name) or _real(*a, **kw))
+        monkeypatch.setattr(figures, name, counted)
+    at = open_app("5_Bound_vs_k.py", seed="918273")
+    first = charts(at)
+    assert sorted(built) == ["bound_vs_k", "bound_vs_k", "image_grid", "importance_weights", "posterior_scatter"]
+    at.select_slider(key="bound:k").set_value(25)
+    rerun(at)
+    assert sorted(built[5:]) == ["bound_vs_k", "bound_vs_k", "importance_weights", "posterior_scatter"]
+    assert charts(at) != first  # a new k: new figures, but the test image's is the same and reused
+    built.clear()
+    at.select_slider(key="bound:k").set_value(100)
+    assert charts(rerun(at)) == first and built == []
+    at.number_input(key="bound:index").set_value(3)
+    rerun(at)
+    assert sorted(built) == ["image_grid", "importance_weights", "posterior_scatter"]  # the curves did not change
+
+
 def curve_means(spec: dict) -> dict[str, list]:
     return {t["name"]: (list(array(t["x"])), list(array(t["y"]))) for t in spec["data"]
             if t.get("mode") == "lines+markers" and not t["name"].startswith("paper")}
