@@ -112,8 +112,9 @@ def traversal(model_ref: ModelRef, z0: tuple[float, ...], units: tuple[int, ...]
     return _traversal(model_ref, z0, units, offsets, _tau_for(model_ref, tau, decoder=True), seed)
 
 
-# [units <= z_dim, steps <= 15, 784] floats: at most 1.9 MB each for the shipped models (z_dim 40)
-@st.cache_data(max_entries=256, ttl=CACHE_SECONDS, show_spinner=False)
+# [units <= z_dim, steps <= 15, 784] floats: at most 1.9 MB each for the shipped models (z_dim 40), usually
+# 0.2 MB (8 units, 9 steps)
+@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
 def _traversal(model_ref: ModelRef, z0: tuple[float, ...], units: tuple[int, ...], offsets: tuple[float, ...],
                tau: float, seed: int) -> np.ndarray:
     model = model_at(*model_ref)
@@ -322,7 +323,7 @@ def figure(build: Callable, *args, **kwargs):
     return _figure(f"{build.__module__}.{build.__qualname__}", build, args, kwargs)
 
 
-# plotly figures of at most a few 5,000-point traces: below 2 MB each
-@st.cache_resource(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
+# plotly figures: up to about 5 MB for Samples at 12 weight draws of 16 images in four panels, usually below 1 MB
+@st.cache_resource(max_entries=32, ttl=CACHE_SECONDS, show_spinner=False)
 def _figure(name: str, _build: Callable, args: tuple, kwargs: dict):
     return _build(*args, **kwargs)
