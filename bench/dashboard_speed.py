@@ -6,7 +6,8 @@ Starts `streamlit run app.py` on a free port (the zoo: pretrained/ + finished ru
 drives the system Chromium with Playwright, and prints every time and the ratios between them, all from one run.
 A "new" slider value has never been computed; a "cached" one has (the view must not recompute it).
 Ends with the targets of the dashboard issue, each measured in this run: k -> 5000 for three models on 100 images
-<= 20 s, first paint of every page <= 5 s, a cached update <= 0.5 s.
+<= 20 s, first paint of every page <= 5 s, a cached update <= 0.5 s, a new τ on Samples and on Latent traversals
+<= 0.5 s (a model with random weights, IWAE-R, on Latent traversals).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import statistics
 import sys
 import time
 
-from browser_support import IDLE, Server, chromium_path, launch, move_slider, wait_idle
+from browser_support import IDLE, ROOT, Server, chromium_path, launch, move_slider, wait_idle
 
 CHART = "[data-testid=stPlotlyChart] .js-plotly-plot"
 DATA_JS = "el => JSON.stringify(el.data.map(t => [t.x, t.y, t.z]))"  # what the chart shows
@@ -41,7 +42,7 @@ def slider_update(page, label: str, key: str, index: int = 0) -> tuple[float, fl
     return changed, time.perf_counter() - t0
 
 
-TARGETS = {"k -> 5000": 20.0, "first paint": 5.0, "cached update": 0.5}  # seconds, from the dashboard issue
+TARGETS = {"k -> 5000": 20.0, "first paint": 5.0, "cached update": 0.5, "new τ": 0.5}  # seconds, the dashboard issue
 PAGES = ("Samples", "Latent_traversals", "Weight_variance", "Bound_vs_k", "Reproduction", "Train_live")
 CHARTLESS = ("Reproduction", "Train_live")  # may show no chart (no study results, no runs yet)
 
@@ -78,6 +79,26 @@ def bound_to_5000(page) -> tuple[float, str]:
     page.wait_for_function(CURVE_AT_5000, arg=CHART, timeout=1_800_000, polling=100)
     wait_idle(page, timeout=1_800_000, settle=0.05)
     return time.perf_counter() - t0, how
+
+
+def random_weight_model(zoo: list[str] | None) -> str | None:
+    """The label of the zoo's first IWAE-R model (random encoder and decoder: a τ move changes every traversal
+    image), or None when there is none; the default zoo's shipped models are looked at."""
+    sys.path.insert(0, str(ROOT))
+    from iwae_core.zoo import PRETRAINED_DIR, scan_models
+
+    entries, _ = scan_models(*(zoo or [PRETRAINED_DIR]))
+    return next((e.name for e in entries if e.variant == "iwae-r"), None)
+
+
+def tau_moves(page, repeats: int, chart: int, new_key: str, back_key: str, name: str, results: dict) -> None:
+    """`repeats` τ moves to values never shown (new_key), then as many back over them (cached), on chart `chart`."""
+    moves = {"new value": [], "cached value": []}
+    for kind, key in (("new value", new_key), ("cached value", back_key)):
+        for _ in range(repeats):
+            moves[kind].append(slider_update(page, "τ", key, index=chart))
+        results[f"{name} τ, {kind}: chart updated"] = statistics.median(c for c, _ in moves[kind])
+        results[f"{name} τ, {kind}: script done"] = statistics.median(d for _, d in moves[kind])
 
 
 class Results(dict):
@@ -118,20 +139,12 @@ def main() -> int:
             results["Samples: first paint (models load, cold cache)"] = open_page(page, f"{server.url}/Samples")
             for name in PAGES:  # every page again, models loaded: what a user opening a link waits for
                 results[f"first paint: {name}"] = open_page(page, f"{server.url}/{name}", name not in CHARTLESS)
-            open_page(page, f"{server.url}/Samples")
-            new, new_done, back, back_done = [], [], [], []
-            for _ in range(args.repeats):
-                changed, done = slider_update(page, "τ", "ArrowLeft")
-                new.append(changed)
-                new_done.append(done)
-            for _ in range(args.repeats):
-                changed, done = slider_update(page, "τ", "ArrowRight")
-                back.append(changed)
-                back_done.append(done)
-            results["Samples τ, new value: chart updated"] = statistics.median(new)
-            results["Samples τ, new value: script done"] = statistics.median(new_done)
-            results["Samples τ, cached value: chart updated"] = statistics.median(back)
-            results["Samples τ, cached value: script done"] = statistics.median(back_done)
+            open_page(page, f"{server.url}/Samples")  # from τ = 1 down to values never shown, then back up
+            tau_moves(page, args.repeats, 0, "ArrowLeft", "ArrowRight", "Samples", results)
+            random_model = random_weight_model(args.zoo)
+            if random_model:  # from τ = 0 up; chart 1 is the traversal grid (0 the start image)
+                open_page(page, f"{server.url}/Latent_traversals?model={random_model}")
+                tau_moves(page, args.repeats, 1, "ArrowRight", "ArrowLeft", "Latent traversals", results)
 
             results["Bound vs k: first paint (k ≤ 100, cold cache)"] = open_page(page, f"{server.url}/Bound_vs_k")
             changed, done = slider_update(page, "largest k", "ArrowRight")
@@ -171,6 +184,13 @@ def main() -> int:
         "Bound vs k first paint / k update (new L_500)": r["Bound vs k: first paint (k ≤ 100, cold cache)"]
         / r["Bound vs k, k 100→500 (new L_500): chart updated"],
     }
+    if "Latent traversals τ, new value: chart updated" in r:
+        ratios["Latent traversals τ: new / cached value"] = (r["Latent traversals τ, new value: chart updated"]
+                                                             / r["Latent traversals τ, cached value: chart updated"])
+        ratios["Latent traversals τ / Samples τ (new values)"] = (r["Latent traversals τ, new value: chart updated"]
+                                                                  / r["Samples τ, new value: chart updated"])
+    else:
+        print("warning: no IWAE-R model in the zoo, so no τ move on Latent traversals was measured", file=sys.stderr)
     print("Ratios")
     for name, value in ratios.items():
         print(f"  {name:<{width}} {value:8.2f}x")
@@ -179,8 +199,12 @@ def main() -> int:
                r[f"Bound vs k, k -> 5000 (default models, 100 images, seed {seed})"], TARGETS["k -> 5000"])
               for seed in (0, 1)]
     checks += [(f"first paint of {name}", r[f"first paint: {name}"], TARGETS["first paint"]) for name in PAGES]
+    traversals = ("Latent traversals",) if "Latent traversals τ, new value: chart updated" in r else ()
     checks += [(f"cached update: {name}", r[f"{name}: chart updated"], TARGETS["cached update"])
-               for name in ("Samples τ, cached value", "Bound vs k, k moved to a cached value")]
+               for name in ("Samples τ, cached value", "Bound vs k, k moved to a cached value",
+                            *(f"{t} τ, cached value" for t in traversals))]
+    checks += [(f"new τ: {name}", r[f"{name} τ, new value: chart updated"], TARGETS["new τ"])
+               for name in ("Samples", *traversals)]
     for name, seconds, target in checks:
         print(f"  {name:<{width}} {seconds:8.3f} s  target <= {target:g} s  {'met' if seconds <= target else 'MISSED'}")
     if errors:

@@ -52,10 +52,23 @@ def test_set(dataset: str) -> dict:
     return _test_set(dataset, data_key())
 
 
-# [draws <= 12, n <= 16, 784] floats: at most 0.6 MB each
-@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
+def _tau_for(model_ref: ModelRef, tau: float, encoder: bool = False, decoder: bool = False) -> float:
+    """The tau a view of these networks (the encoder's, the decoder's) computes with: tau itself when one of them
+    has random weights, else 0.0. A deterministic network ignores tau (its layers return their means and draw
+    nothing), so its images are the same for every tau: keyed at 0.0, one cache entry serves every tau and a tau
+    move recomputes nothing for it."""
+    config = model_at(*model_ref).config
+    return float(tau) if (encoder and config.random_encoder) or (decoder and config.random_decoder) else 0.0
+
+
 def samples(model_ref: ModelRef, n: int, draws: int, tau: float, seed: int) -> np.ndarray:
     """Bernoulli means for n latent draws (from the seed) under `draws` decoder draws: [draws, n, 784]."""
+    return _samples(model_ref, n, draws, _tau_for(model_ref, tau, decoder=True), seed)
+
+
+# [draws <= 12, n <= 16, 784] floats: at most 0.6 MB each
+@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
+def _samples(model_ref: ModelRef, n: int, draws: int, tau: float, seed: int) -> np.ndarray:
     model = model_at(*model_ref)
     with TORCH_LOCK:
         z = explore.latent_draws(model.config.z_dim, n, seed)
@@ -74,9 +87,16 @@ def activity(model_ref: ModelRef, dataset: str, root: str) -> dict | None:
         return evaluate.active_units(model, test["x"][:ACTIVITY_IMAGES])
 
 
-@st.cache_data(max_entries=256, ttl=CACHE_SECONDS, show_spinner=False)
 def start_point(model_ref: ModelRef, dataset: str, root: str, index: int | None, tau: float, seed: int) -> np.ndarray:
-    """The traversal's starting z: E_q[z|x] of test image `index`, or a prior draw when index is None."""
+    """The traversal's starting z: E_q[z|x] of test image `index`, or a prior draw when index is None (which no
+    tau changes)."""
+    return _start_point(model_ref, dataset, root, index,
+                        _tau_for(model_ref, tau, encoder=True) if index is not None else 0.0, seed)
+
+
+@st.cache_data(max_entries=256, ttl=CACHE_SECONDS, show_spinner=False)
+def _start_point(model_ref: ModelRef, dataset: str, root: str, index: int | None, tau: float,
+                 seed: int) -> np.ndarray:
     model = model_at(*model_ref)
     with TORCH_LOCK:
         if index is None:
@@ -85,29 +105,48 @@ def start_point(model_ref: ModelRef, dataset: str, root: str, index: int | None,
         return explore.encoded_mean(model, x, tau, weight_draws=10, seed=seed).numpy()
 
 
-@st.cache_data(max_entries=256, ttl=CACHE_SECONDS, show_spinner=False)
 def traversal(model_ref: ModelRef, z0: tuple[float, ...], units: tuple[int, ...], offsets: tuple[float, ...],
               tau: float, seed: int) -> np.ndarray:
-    """Traversal images [units, offsets, 784]: unit u set to z0[u] + offset, the rest at z0."""
+    """Traversal images [units, offsets, 784]: unit u set to z0[u] + offset, the rest at z0; one decoder weight
+    draw for all units, so ask for all of them in one call."""
+    return _traversal(model_ref, z0, units, offsets, _tau_for(model_ref, tau, decoder=True), seed)
+
+
+# [units <= z_dim, steps <= 15, 784] floats: at most 1.9 MB each for the shipped models (z_dim 40), usually
+# 0.2 MB (8 units, 9 steps)
+@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
+def _traversal(model_ref: ModelRef, z0: tuple[float, ...], units: tuple[int, ...], offsets: tuple[float, ...],
+               tau: float, seed: int) -> np.ndarray:
     model = model_at(*model_ref)
     with TORCH_LOCK:
         return explore.traversal(model, torch.tensor(z0), list(units), torch.tensor(offsets), tau, seed).numpy()
 
 
-@st.cache_data(max_entries=256, ttl=CACHE_SECONDS, show_spinner=False)
 def reconstruction(model_ref: ModelRef, dataset: str, root: str, index: int, tau: float, seed: int) -> np.ndarray:
     """Test image `index` and its reconstruction: [2, 784]."""
+    return _reconstruction(model_ref, dataset, root, index, _tau_for(model_ref, tau, encoder=True, decoder=True),
+                           seed)
+
+
+@st.cache_data(max_entries=256, ttl=CACHE_SECONDS, show_spinner=False)
+def _reconstruction(model_ref: ModelRef, dataset: str, root: str, index: int, tau: float, seed: int) -> np.ndarray:
     model = model_at(*model_ref)
     x = _test_set(dataset, root)["x"][index]
     with TORCH_LOCK:
         return torch.stack([x, explore.reconstruction(model, x, tau, seed)]).numpy()
 
 
-# [draws <= 12, n <= 16, 784] floats: at most 0.6 MB each
-@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
 def reconstructions(model_ref: ModelRef, dataset: str, root: str, first: int, n: int, draws: int, tau: float,
                     seed: int) -> np.ndarray:
     """Test images first .. first + n - 1 reconstructed under `draws` weight draws: [draws, n, 784]."""
+    return _reconstructions(model_ref, dataset, root, first, n, draws,
+                            _tau_for(model_ref, tau, encoder=True, decoder=True), seed)
+
+
+# [draws <= 12, n <= 16, 784] floats: at most 0.6 MB each
+@st.cache_data(max_entries=64, ttl=CACHE_SECONDS, show_spinner=False)
+def _reconstructions(model_ref: ModelRef, dataset: str, root: str, first: int, n: int, draws: int, tau: float,
+                     seed: int) -> np.ndarray:
     model = model_at(*model_ref)
     x = _test_set(dataset, root)["x"][first:first + n]
     with TORCH_LOCK:
@@ -274,3 +313,17 @@ def retry_data_button(key: str) -> None:
     if st.button("Look for the data again", key=key):
         _test_set.clear()
         st.rerun()
+
+
+def figure(build: Callable, *args, **kwargs):
+    """build(*args, **kwargs), a dashboard.figures builder, made once per value of its arguments: building a
+    plotly figure (its validation) was most of a rerun whose numbers were all cached, e.g. moving back to a k or
+    tau seen before. The figure is shared by every session showing the same view, so it must not be changed after
+    (st.plotly_chart and the exports only read it)."""
+    return _figure(f"{build.__module__}.{build.__qualname__}", build, args, kwargs)
+
+
+# plotly figures: up to about 5 MB for Samples at 12 weight draws of 16 images in four panels, usually below 1 MB
+@st.cache_resource(max_entries=32, ttl=CACHE_SECONDS, show_spinner=False)
+def _figure(name: str, _build: Callable, args: tuple, kwargs: dict):
+    return _build(*args, **kwargs)

@@ -57,9 +57,10 @@ if view == "reconstructions":
     grids |= {names[label]: compute.reconstructions(refs[label], first_dataset, compute.data_key(), first, n, draws,
                                                     tau, seed)
               for label in same}
-    figs["reconstructions"] = figures.sample_grids(
-        grids, title=f"Reconstructions of {first_dataset} test images {first}–{first + n - 1} ({settings}"
-                     f"{downloads.objectives_text({m: models[m] for m in same})}); rows: weight draws")
+    figs["reconstructions"] = compute.figure(
+        figures.sample_grids, grids,
+        title=f"Reconstructions of {first_dataset} test images {first}–{first + n - 1} ({settings}"
+              f"{downloads.objectives_text({m: models[m] for m in same})}); rows: weight draws")
     tables["reconstructions"] = lambda: export.images_csv(
         grids, axes=("draw", "test image"), labels={"test image": list(range(first, first + n))})
     shown = {label: models[label] for label in same}
@@ -76,9 +77,10 @@ elif view == "ab":
         st.info(f"{label} has deterministic weights (IWAE): A and B are the same images.")
     grids = {f"A: {names[label]}, τ = 0": compute.samples(refs[label], n, draws, 0.0, seed),
              f"B: {names[label]}, τ = {tau:g}": compute.samples(refs[label], n, draws, tau, seed)}
-    figs["ab"] = figures.sample_grids(grids, title=f"{label}: the same z decoded at τ = 0 (A) and τ = {tau:g} (B), "
-                                                   f"seed {seed}{downloads.objectives_text({label: models[label]})}; "
-                                                   "rows: weight draws")
+    figs["ab"] = compute.figure(figures.sample_grids, grids,
+                                title=f"{label}: the same z decoded at τ = 0 (A) and τ = {tau:g} (B), "
+                                      f"seed {seed}{downloads.objectives_text({label: models[label]})}; "
+                                      "rows: weight draws")
     tables["ab"] = lambda: export.images_csv(grids)
     shown = {label: models[label]}
     spread_of = grids
@@ -89,9 +91,10 @@ else:
                "image by image. Each row is one draw of the decoder weights; a deterministic decoder gives "
                "identical rows.")
     grids = {names[label]: compute.samples(r, n, draws, tau, seed) for label, r in refs.items()}
-    figs["samples"] = figures.sample_grids(grids, title=f"Prior samples, not aligned across models ({settings}"
-                                                        f"{downloads.objectives_text(models)}); "
-                                                        "rows: weight draws, columns: latent draws z")
+    figs["samples"] = compute.figure(figures.sample_grids, grids,
+                                     title=f"Prior samples, not aligned across models ({settings}"
+                                           f"{downloads.objectives_text(models)}); "
+                                           "rows: weight draws, columns: latent draws z")
     tables["samples"] = lambda: export.images_csv(grids)
     spread_of = grids
     index_axis = ("z index", list(range(n)))
@@ -106,8 +109,8 @@ downloads.export_buttons(figs[main], main, tables[main], view_settings)
 st.subheader("Spread across weight draws")
 if draws < 2:
     st.caption("With one weight draw there is no spread: raise *Weight draws θ* in the sidebar.")
-figs["spread"] = figures.spread_map(spread_of, title=f"Per-pixel spread of p(x|z) across {draws} weight draws "
-                                                     f"({settings})")
+figs["spread"] = compute.figure(figures.spread_map, spread_of,
+                                title=f"Per-pixel spread of p(x|z) across {draws} weight draws ({settings})")
 st.plotly_chart(figs["spread"], key="samples-spread")
 tables["spread"] = lambda: export.images_csv(
     {name: (g.std(0, ddof=1) if len(g) > 1 else g[0] * 0) for name, g in spread_of.items()},

@@ -53,8 +53,7 @@ units = candidates[:n_units]
 z0 = compute.start_point(model_ref, entry.dataset, compute.data_key(), index, tau, seed)
 offsets = tuple(float(o) for o in np.linspace(-span, span, steps))
 start = tuple(float(v) for v in z0)
-images = np.stack([compute.traversal(model_ref, start, (u,), offsets, tau, seed)[0] for u in units]) if units \
-    else np.zeros((0, steps, 784))
+images = compute.traversal(model_ref, start, tuple(units), offsets, tau, seed)  # one weight draw for every unit
 
 settings = downloads.view_settings({label: entry}, start="prior draw" if index is None else f"test image {index}",
                                    tau=tau, seed=seed, units=units, offsets=list(offsets))
@@ -64,10 +63,10 @@ col_img, col_info = st.columns([1, 3])
 with col_img:
     if index is not None:
         pair = compute.reconstruction(model_ref, entry.dataset, compute.data_key(), index, tau, seed)
-        fig_start = figures.image_grid(pair, nrow=2, title=f"test image {index} and reconstruction")
+        fig_start = compute.figure(figures.image_grid, pair, nrow=2, title=f"test image {index} and reconstruction")
     else:
-        fig_start = figures.image_grid(compute.traversal(model_ref, start, (0,), (0.0,), tau, seed)[0], nrow=1,
-                                       title=f"prior draw (seed {seed})")
+        fig_start = compute.figure(figures.image_grid, compute.traversal(model_ref, start, (0,), (0.0,), tau, seed)[0],
+                                   nrow=1, title=f"prior draw (seed {seed})")
     st.plotly_chart(fig_start, key="traversals-start")
     downloads.export_buttons(fig_start, "start", settings=settings)
 with col_info:
@@ -78,16 +77,16 @@ with col_info:
         st.markdown(f"Active units: **{len(active)} of {model.config.z_dim}** "
                     f"(activity > {act['threshold']:g} on {compute.ACTIVITY_IMAGES} test images).")
 
-fig_trav = figures.traversal_grid(images, units, offsets,
-                                  title=f"Latent traversals of {label} from "
-                                        + ("a prior draw" if index is None else f"test image {index}")
-                                        + f", τ = {tau:g}, seed {seed}{downloads.objectives_text({label: entry})} "
-                                          "(columns: offset from the starting value)")
+fig_trav = compute.figure(figures.traversal_grid, images, units, offsets,
+                          title=f"Latent traversals of {label} from "
+                                + ("a prior draw" if index is None else f"test image {index}")
+                                + f", τ = {tau:g}, seed {seed}{downloads.objectives_text({label: entry})} "
+                                  "(columns: offset from the starting value)")
 st.plotly_chart(fig_trav, key="traversals-grid")
 downloads.export_buttons(fig_trav, "traversals", tables["traversals"], settings)
 figs = {"traversals": fig_trav, "start": fig_start}
 if act:
-    fig_act = figures.activity_bar(act["activity"], act["threshold"])
+    fig_act = compute.figure(figures.activity_bar, act["activity"], act["threshold"])
     st.plotly_chart(fig_act, key="traversals-activity")
     tables["activity"] = lambda: export.table_csv([
         {"model": label, "unit": j, "activity": float(a), "threshold": act["threshold"],

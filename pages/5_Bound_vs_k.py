@@ -92,9 +92,9 @@ def curve_table(rows_by_model: dict, **extra) -> str:
 
 
 if curves:
-    fig_bound = figures.bound_vs_k(curves, references=references, k_max=k_max, colors=colors,
-                                   title=f"L_k against k, τ = {tau:g}, seed {seed}, first {n_images} test images"
-                                         f"{downloads.objectives_text(models)} (band ± 1 s.e. over images)")
+    fig_bound = compute.figure(figures.bound_vs_k, curves, references=references, k_max=k_max, colors=colors,
+                               title=f"L_k against k, τ = {tau:g}, seed {seed}, first {n_images} test images"
+                                     f"{downloads.objectives_text(models)} (band ± 1 s.e. over images)")
     st.plotly_chart(fig_bound, key="bound-curve")
     tables["bound_vs_k"] = lambda: curve_table(curves)
     downloads.export_buttons(fig_bound, "bound_vs_k", tables["bound_vs_k"], settings)
@@ -112,8 +112,8 @@ if curves:
         {"k": k, **evaluate.summarize(torch.as_tensor(per_image[label][j] - per_image[reference][j]))}
         for j, k in enumerate(ks)] for label in same_data if label != reference}
     if paired:
-        fig_paired = figures.bound_vs_k(
-            paired, k_max=k_max, zero_line=True, y_title=f"mean L_k − L_k of {reference} (nats)",
+        fig_paired = compute.figure(
+            figures.bound_vs_k, paired, k_max=k_max, zero_line=True, y_title=f"mean L_k − L_k of {reference} (nats)",
             colors={f"{label} − {reference}": colors[label] for label in same_data},
             title=f"L_k minus {reference}'s on the same {n_images} images, τ = {tau:g}, seed {seed}"
                   f"{downloads.objectives_text(models)} (band ± 1 paired s.e.)")
@@ -146,9 +146,10 @@ weights = {label: compute.importance(r, models[label].dataset, compute.data_key(
 st.markdown(" · ".join(f"**{label}**: L_{k_max} = {w['bound']:.2f}, ESS = {w['ess']:.1f} of {k_max}"
                        for label, w in weights.items()))
 first = next(iter(models))
-fig_image = figures.image_grid(tests[first]["x"][index][None], nrow=1, title=f"test image {index}")
-fig_weights = figures.importance_weights(weights)
-fig_post = figures.posterior_scatter(weights, dims=(dim_a, dim_b))
+fig_image = compute.figure(figures.image_grid, tests[first]["x"][index][None].numpy(), nrow=1,
+                           title=f"test image {index}")
+fig_weights = compute.figure(figures.importance_weights, weights)
+fig_post = compute.figure(figures.posterior_scatter, weights, dims=(dim_a, dim_b))
 settings |= {"test_image": index, "k_importance": k_max}
 tables["test_image"] = lambda: export.images_csv({"test image": tests[first]["x"][index][None]},
                                                   axes=("test image",), labels={"test image": [index]})

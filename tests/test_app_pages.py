@@ -145,6 +145,43 @@ def test_samples_tau_changes_only_the_random_decoder_and_draws_add_rows(zoo, no_
     np.testing.assert_array_equal(fewer[:28, :28], before["tiny-iwae (IWAE)"][:28, :28])  # same z, same seed
 
 
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Record which networks of its model are random at every call of module.name, then make the call."""
+    calls, real = [], getattr(module, name)
+
+    def counted(model, *args, **kwargs):
+        calls.append((model.config.random_encoder, model.config.random_decoder))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_a_tau_move_recomputes_only_the_networks_with_random_weights(zoo, no_data, monkeypatch):
+    """A tau the deterministic decoders (IWAE, IWAE-Rrec) ignore is served from their cached images; only the
+    random decoder (IWAE-R) is decoded again. The seed is one no other test uses, so nothing is cached before."""
+    from iwae_core import explore
+
+    samples = count_calls(monkeypatch, explore, "decoder_samples")
+    traversal = count_calls(monkeypatch, explore, "traversal")
+    at = open_app("2_Samples.py", view="prior", seed="918273")
+    assert sorted(samples) == [(False, False), (True, False), (True, True)]  # one call per model
+    before = panels(charts(at)[0])
+    samples.clear()
+    at.slider(key="samples:tau").set_value(0.4)
+    after = panels(charts(rerun(at))[0])
+    assert samples == [(True, True)]  # IWAE-R only
+    for name in ("tiny-iwae (IWAE)", "tiny-iwae-rrec (IWAE-Rrec)"):
+        np.testing.assert_array_equal(after[name], before[name])
+
+    at = open_app("3_Latent_traversals.py", model="tiny-iwae-rrec", seed="918273")
+    assert traversal == [(True, False), (True, False)]  # the grid (every unit in one call) and the start image
+    traversal.clear()
+    at.slider(key="traversals:tau").set_value(0.4)
+    rerun(at)
+    assert traversal == []  # a prior draw decoded by a deterministic decoder: nothing depends on tau
+
+
 def test_samples_spread_is_zero_for_deterministic_decoders_and_at_tau_zero(zoo, no_data):
     at = open_app("2_Samples.py", view="prior")
     spread = charts(at)[1]
@@ -325,6 +362,34 @@ def test_weight_variance_says_when_sigma_has_not_moved(zoo, tmp_path, monkeypatc
 
 
 # ---- bound vs k ----------------------------------------------------------------------------------------
+
+def test_bound_vs_k_back_at_a_setting_seen_before_builds_no_figure_and_shows_the_same(zoo, mnist, monkeypatch):
+    """Every figure of Bound vs k is built once per setting: moving back to a k (or image) seen before builds
+    none (building them was most of such a rerun) and shows exactly the figures of the first time. The seed is
+    one no other test uses, so nothing is cached before."""
+    import functools
+
+    from dashboard import figures
+
+    built = []
+    for name in ("bound_vs_k", "importance_weights", "posterior_scatter", "image_grid"):
+        real = getattr(figures, name)
+        counted = functools.wraps(real)(lambda *a, _real=real, _name=name, **kw: built.append(_name) or _real(*a, **kw))
+        monkeypatch.setattr(figures, name, counted)
+    at = open_app("5_Bound_vs_k.py", seed="918273")
+    first = charts(at)
+    assert sorted(built) == ["bound_vs_k", "bound_vs_k", "image_grid", "importance_weights", "posterior_scatter"]
+    at.select_slider(key="bound:k").set_value(25)
+    rerun(at)
+    assert sorted(built[5:]) == ["bound_vs_k", "bound_vs_k", "importance_weights", "posterior_scatter"]
+    assert charts(at) != first  # a new k: new figures, but the test image's is the same and reused
+    built.clear()
+    at.select_slider(key="bound:k").set_value(100)
+    assert charts(rerun(at)) == first and built == []
+    at.number_input(key="bound:index").set_value(3)
+    rerun(at)
+    assert sorted(built) == ["image_grid", "importance_weights", "posterior_scatter"]  # the curves did not change
+
 
 def curve_means(spec: dict) -> dict[str, list]:
     return {t["name"]: (list(array(t["x"])), list(array(t["y"]))) for t in spec["data"]

@@ -194,3 +194,124 @@ def test_train_live_starts_a_run_and_shows_progress(page, server):
         time.sleep(0.5)
     assert "status stopped" in page.locator("[data-testid=stMain]").inner_text()
     assert runs.read_run(started.path).status == "stopped"
+
+
+FIGURES_JS = """els => els.map(el => JSON.stringify({
+    title: el.layout.title && el.layout.title.text,
+    annotations: (el.layout.annotations || []).map(a => a.text),
+    data: el.data.map(t => ({type: t.type, name: t.name, x: t.x, y: t.y, z: t.z})),
+}, (key, value) => ArrayBuffer.isView(value) ? Array.from(value) : value))"""
+
+
+def view_state(page) -> dict:
+    """What the page shows, read from the browser: every sidebar widget's label and value (sliders, number
+    inputs, selectboxes, radios, the multiselect's chosen models) and every plotly figure's title, annotations
+    and trace data."""
+    sidebar = page.locator("[data-testid=stSidebarUserContent]")
+    widgets = {}
+
+    def label(el) -> str:
+        return el.locator("[data-testid=stWidgetLabel]").first.inner_text().strip()
+
+    for el in sidebar.locator("[data-testid=stSlider]").all():
+        widgets[label(el)] = [s.input_value() for s in el.get_by_role("slider").all()]
+    for el in sidebar.locator("[data-testid=stNumberInput]").all():
+        widgets[label(el)] = el.locator("input").input_value()
+    for el in sidebar.locator("[data-testid=stSelectbox]").all():
+        widgets[label(el)] = el.get_by_role("combobox").input_value()
+    for el in sidebar.locator("[data-testid=stRadio]").all():
+        widgets[label(el)] = el.locator("[data-testid=stRadioOption]").filter(
+            has=page.locator("input:checked")).inner_text().strip()
+    for el in sidebar.locator("[data-testid=stMultiSelect]").all():
+        widgets[label(el)] = [tag.get_attribute("aria-label")
+                              for tag in el.locator("[data-testid=stMultiSelectTagsContainer] [data-tag]").all()]
+    figures = page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").evaluate_all(FIGURES_JS)
+    return {"widgets": widgets, "figures": figures}
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick an option of a selectbox, as a user would."""
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    wait_idle(page)
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def reopen_in_a_fresh_context(page, url: str) -> dict:
+    """The view a second user gets from `url`: a new browser context (no cookies, no session state)."""
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        fresh = context.new_page()
+        fresh.set_default_timeout(120_000)
+        fresh.goto(url)
+        fresh.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
+        wait_idle(fresh)
+        assert_no_exception(fresh, f"the shared link {url}")
+        return view_state(fresh)
+    finally:
+        context.close()
+
+
+def assert_same_view(shared: dict, changed: dict, default: dict, changes: list[str]) -> None:
+    """The shared link shows the changed view: every widget and figure, and the changed controls really moved
+    away from the page's defaults (else the comparison could not tell a link that drops them)."""
+    for label in changes:
+        assert changed["widgets"][label] != default["widgets"][label], f"{label} did not change"
+    assert changed["figures"] != default["figures"]
+    assert shared["widgets"] == changed["widgets"]
+    assert len(shared["figures"]) == len(changed["figures"])
+    for i, (a, b) in enumerate(zip(shared["figures"], changed["figures"], strict=True)):
+        assert a == b, f"figure {i} differs: shared link {a[:300]} against the changed view {b[:300]}"
+
+
+def test_a_shared_link_reproduces_the_samples_view_in_a_fresh_browser(page, server):
+    """Samples with the model choice, view, τ, weight draws and seed all changed: the page's URL, opened in a
+    fresh browser context, shows the same widgets and the same figures (titles, images, spreads)."""
+    open_page(page, server, "Samples")
+    page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
+    default = view_state(page)
+    choose(page, "View", "Prior samples (not aligned across models)")
+    page.get_by_role("button", name="Remove tiny-iwae-rrec (bayes)").click()
+    wait_idle(page)
+    move_slider(page, "τ", presses=5, key="ArrowLeft")  # 1 -> 0.75
+    wait_idle(page)
+    move_slider(page, "Weight draws", presses=2, key="ArrowLeft")  # 4 -> 2
+    wait_idle(page)
+    set_number(page, "Seed", 17)
+    page.wait_for_url(re.compile(r"seed=17"))
+    wait_idle(page)
+    assert_no_exception(page, "Samples after the changes")
+    changed = view_state(page)
+    assert changed["widgets"]["Models"] == ["tiny-iwae", "tiny-iwae-r (bayes)"]
+    assert "τ = 0.75, seed 17, 2 weight draws" in changed["figures"][0]
+    assert_same_view(reopen_in_a_fresh_context(page, page.url), changed, default,
+                     ["Models", "View", "τ (weight-noise scale)", "Weight draws θ", "Seed"])
+
+
+def test_a_shared_link_reproduces_the_latent_traversal_in_a_fresh_browser(page, server):
+    """Latent traversals with another model, the start, τ, the seed and the steps changed: the URL opened in a
+    fresh browser context shows the same widgets, start image and traversal grid."""
+    open_page(page, server, "Latent traversals")
+    page.wait_for_selector("[data-testid=stPlotlyChart] .js-plotly-plot")
+    default = view_state(page)
+    choose(page, "Model", "tiny-iwae-r (bayes)")
+    page.locator("[data-testid=stSidebarUserContent] [data-testid=stRadio]").get_by_text("Prior draw").click()
+    wait_idle(page)
+    move_slider(page, "τ", presses=10, key="ArrowRight")  # 0 -> 0.5
+    wait_idle(page)
+    move_slider(page, "Steps", presses=2, key="ArrowLeft")  # 9 -> 5
+    wait_idle(page)
+    set_number(page, "Seed", 5)
+    page.wait_for_url(re.compile(r"seed=5"))
+    wait_idle(page)
+    assert_no_exception(page, "Latent traversals after the changes")
+    changed = view_state(page)
+    assert "prior draw (seed 5)" in changed["figures"][0] and "τ = 0.5, seed 5" in changed["figures"][1]
+    assert_same_view(reopen_in_a_fresh_context(page, page.url), changed, default,
+                     ["Model", "Start from", "τ (weight-noise scale)", "Steps", "Seed"])
