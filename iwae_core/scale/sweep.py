@@ -591,7 +591,7 @@ def sweep_table(folder: str | os.PathLike, tau: str = "1", seed_key: str = "seed
         raise FileNotFoundError(f"{folder} is not a sweep folder (no {MANIFEST})")
     from ..zoo import find_models
 
-    entries = {e.name: e for e in find_models(folder)}
+    entries = {e.path.name: e for e in find_models(folder)}  # a sweep's entries are named SWEEP/TRIAL
     groups: dict[str, dict] = {}
     for t in manifest["trials"]:
         config = {k: v for k, v in t["params"].items() if k != seed_key}
