@@ -10,37 +10,31 @@ A `stop` file cancels it; metrics.json is then left as it was.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
 from ..checkpoint import write_json
-from .queue import dispatch
+from .job import Job
 from .store import OPTIONS, PROGRESS, STOP, read_state
-
-HEARTBEAT_SECONDS = 1.0
 
 
 class Cancelled(Exception):
     """The page asked the evaluation to stop (a `stop` file in the run folder)."""
 
 
-class Evaluation:
+class Evaluation(Job):
     """One evaluation of a finished run folder, reporting in progress.json's "evaluation"."""
 
     def __init__(self, path: Path, lock_fd: int) -> None:
-        self.path, self.lock_fd = path, lock_fd
+        super().__init__(path, lock_fd)
         self.options = read_state(path / OPTIONS)
         asked = read_state(path / PROGRESS).get("evaluation") or {}
         self.S, self.images = int(asked.get("S") or 0), int(asked.get("images") or 0)
         self.state = {**asked, "status": "running", "message": "loading the model and the test images",
                       "pid": os.getpid(), "started_at": time.time(), "done": 0, "total": None}
-        self.lock = threading.Lock()
-        self._done = threading.Event()
 
     def write(self) -> None:
         """progress.json with this job's state (the training's part is as the training worker left it)."""
@@ -49,15 +43,9 @@ class Evaluation:
             state = dict(self.state)
         write_json(self.path / PROGRESS, {**read_state(self.path / PROGRESS), "evaluation": state})
 
-    def set(self, **changes) -> None:
-        with self.lock:
-            self.state.update(changes)
-
-    def heartbeat(self) -> None:
-        while not self._done.wait(HEARTBEAT_SECONDS):
-            if (self.path / STOP).exists():
-                self.set(status="stopping", message="cancelling")
-            self.write()
+    def on_beat(self) -> None:
+        if (self.path / STOP).exists():
+            self.set(status="stopping", message="cancelling")
 
     def evaluate(self) -> dict:
         """evaluate_folder on the first `images` test images with S draws each; every pass it makes (each tau,
@@ -91,8 +79,7 @@ class Evaluation:
         return evaluate.evaluate_folder(self.path, S=self.S, limit=n, data=data, passes=one_pass)
 
     def main(self) -> int:
-        beat = threading.Thread(target=self.heartbeat, daemon=True)
-        beat.start()
+        beat = self.start_heartbeat()
         code, final = 0, None
         try:
             self.write()
@@ -110,14 +97,7 @@ class Evaluation:
             final = {"status": "failed", "message": f"{type(err).__name__}: {err}"}
             code = 1
         finally:
-            self._done.set()
-            beat.join()
-            (self.path / STOP).unlink(missing_ok=True)
-            self.set(**(final or {"status": "failed", "message": "the evaluation was interrupted"}))
-            self.write()
-            os.close(self.lock_fd)  # release the run, then let a queued job take the slot
-            with contextlib.suppress(Exception):
-                dispatch(self.path.parent)
+            self.finish(beat, final, "the evaluation was interrupted")
         return code
 
 

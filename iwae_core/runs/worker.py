@@ -8,36 +8,34 @@ asked (a `stop` file or SIGTERM), and on its way out dispatches the next queued 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
 from ..checkpoint import write_json
 from ..config import RunConfig
-from .queue import VALID_POINTS, dispatch
+from .job import Job
+from .queue import VALID_POINTS
 from .snapshots import Keeper
 from .store import CONFIG, OPTIONS, PROGRESS, SAMPLES, STOP, read_state, try_lock
 
 MAX_POINTS = 1000  # per-step curve points kept in progress.json (older ones are merged pairwise)
-HEARTBEAT_SECONDS = 1.0
 SAMPLE_SECONDS = 3.0
 GRID = 8  # samples.png is GRID x GRID images from fixed z
 
 
 # ---- the worker --------------------------------------------------------------------------------------
 
-class Worker:
+class Worker(Job):
     """Trains one run folder with the Trainer and reports progress, samples and status on disk."""
 
     def __init__(self, path: Path, lock_fd: int) -> None:
-        self.path, self.lock_fd = path, lock_fd
+        super().__init__(path, lock_fd)
         self.run = RunConfig.from_json((path / CONFIG).read_text())
         self.options = read_state(path / OPTIONS)
         old = read_state(path / PROGRESS)
@@ -46,12 +44,10 @@ class Worker:
                       "epochs": self.run.train.epochs, "steps_per_epoch": None,
                       "points": old.get("points", []), "stride": old.get("stride", 1), "history": [],
                       "samples_step": None, "steps_per_second": None, "valid": old.get("valid", [])}
-        self.lock = threading.Lock()
         self.trainer = None
         self._sums = [0.0, 0.0, 0]  # bound, KL, count since the last stored point
         self._last_sample = 0.0
         self._rate = (time.monotonic(), 0)
-        self._done = threading.Event()
         self.snapshots = Keeper(path)  # snapshots/: the model at steps of the run, for the views
 
     # progress.json is written by the heartbeat thread only (and once at the end), from self.state.
@@ -61,19 +57,13 @@ class Worker:
             snapshot = json.loads(json.dumps(self.state))
         write_json(self.path / PROGRESS, snapshot)
 
-    def set(self, **changes) -> None:
-        with self.lock:
-            self.state.update(changes)
-
-    def heartbeat(self) -> None:
-        while not self._done.wait(HEARTBEAT_SECONDS):
-            if (self.path / STOP).exists() and self.trainer is not None:
-                self.trainer.request_stop()
-                with self.lock:
-                    if self.state["status"] == "running":
-                        self.state.update(status="stopping",
-                                          message="stopping after the current step (saving a checkpoint)")
-            self.write()
+    def on_beat(self) -> None:
+        if (self.path / STOP).exists() and self.trainer is not None:
+            self.trainer.request_stop()
+            with self.lock:
+                if self.state["status"] == "running":
+                    self.state.update(status="stopping",
+                                      message="stopping after the current step (saving a checkpoint)")
 
     def on_step(self, trainer, m: dict) -> None:
         sums = self._sums
@@ -146,8 +136,7 @@ class Worker:
     def main(self) -> int:
         from ..train import Hooks, Trainer, TrainingDiverged
 
-        beat = threading.Thread(target=self.heartbeat, daemon=True)
-        beat.start()
+        beat = self.start_heartbeat()
         signal.signal(signal.SIGTERM, lambda *_: (self.path / STOP).touch())
         code, final = 0, {}
         try:
@@ -192,14 +181,7 @@ class Worker:
             final = {"status": "failed", "message": f"{type(err).__name__}: {err}"}
             code = 1
         finally:
-            self._done.set()
-            beat.join()
-            (self.path / STOP).unlink(missing_ok=True)
-            self.set(**(final or {"status": "failed", "message": "the worker was interrupted"}))
-            self.write()
-            os.close(self.lock_fd)  # release the run, then let a queued run take the slot
-            with contextlib.suppress(Exception):
-                dispatch(self.path.parent)
+            self.finish(beat, final, "the worker was interrupted")
         return code
 
 
