@@ -141,18 +141,8 @@ def resume_run(path: str | os.PathLike, *, queue: bool = True) -> RunInfo:
     info = read_run(path)
     if not info.resumable:
         raise RunError(f"run {info.name} is {info.status}; only stopped or interrupted runs can be resumed")
-    root = info.path.parent
-    with dispatch_lock(root):
-        _check_capacity(root, queue)
-        fd = try_lock_within(info.path, RELEASE_SECONDS)
-        if fd is None:
-            raise RunError(f"run {info.name} is being trained by another worker already")
-        try:
-            (info.path / STOP).unlink(missing_ok=True)
-            _update(info.path, status="queued", message="waiting for a free training slot")
-        finally:
-            os.close(fd)
-        _dispatch_locked(root)
+    _enqueue(info, queue, f"run {info.name} is being trained by another worker already",
+             status="queued", message="waiting for a free training slot")
     return read_run(info.path)
 
 
@@ -266,6 +256,24 @@ def _evaluation_queued(info: RunInfo) -> bool:
     return info.status == "finished" and info.evaluation.get("status") == "queued"
 
 
+def _enqueue(info: RunInfo, queue: bool, busy: str, **changes) -> None:
+    """Queue a job on a run: with the dispatch lock held and a free slot (or room to wait), take the run's lock
+    (RunError `busy` when a worker holds it), clear an old stop request, record `changes` in progress.json,
+    then start whatever may start."""
+    root = info.path.parent
+    with dispatch_lock(root):
+        _check_capacity(root, queue)
+        fd = try_lock_within(info.path, RELEASE_SECONDS)
+        if fd is None:
+            raise RunError(busy)
+        try:
+            (info.path / STOP).unlink(missing_ok=True)
+            _update(info.path, **changes)
+        finally:
+            os.close(fd)
+        _dispatch_locked(root)
+
+
 def _update(path: Path, **changes) -> None:
     write_json(path / PROGRESS, {**read_state(path / PROGRESS), **changes})
 
@@ -331,19 +339,9 @@ def start_evaluation(path: str | os.PathLike, *, S: int, images: int, queue: boo
     if not found:
         raise RunError(f"no {dataset} test images: the data is not in {where} (set IWAE_DATA_DIR to the folder "
                        "holding it)")
-    root = info.path.parent
-    with dispatch_lock(root):
-        _check_capacity(root, queue)
-        fd = try_lock_within(info.path, RELEASE_SECONDS)
-        if fd is None:
-            raise RunError(f"run {info.name} is in use by another worker; try again when it is done")
-        try:
-            (info.path / STOP).unlink(missing_ok=True)
-            _update(info.path, evaluation={"status": "queued", "message": "waiting for a free slot", "S": S,
-                                           "images": images, "requested": time.strftime("%Y-%m-%d %H:%M:%S")})
-        finally:
-            os.close(fd)
-        _dispatch_locked(root)
+    _enqueue(info, queue, f"run {info.name} is in use by another worker; try again when it is done",
+             evaluation={"status": "queued", "message": "waiting for a free slot", "S": S, "images": images,
+                         "requested": time.strftime("%Y-%m-%d %H:%M:%S")})
     return read_run(info.path)
 
 
