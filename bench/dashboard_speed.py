@@ -22,21 +22,22 @@ import time
 from browser_support import IDLE, ROOT, Server, chromium_path, launch, move_slider, wait_idle
 
 CHART = "[data-testid=stPlotlyChart] .js-plotly-plot"
-DATA_JS = "el => JSON.stringify(el.data.map(t => [t.x, t.y, t.z]))"  # what the chart shows
-
-
-def chart_state(page, index: int = 0) -> str:
-    return page.locator(CHART).nth(index).evaluate(DATA_JS)
+# Polls whether chart `i` shows other data than remembered by REMEMBER_JS. The data is compared only when the
+# chart's data object was replaced (Plotly swaps it on every update): serialising a megabyte of image tiles on
+# every poll would keep the browser's main thread busy and slow down the very update being timed.
+REMEMBER_JS = ("el => { window.__benchData = el.data; "
+               "window.__benchJSON = JSON.stringify(el.data.map(t => [t.x, t.y, t.z])); }")
+CHANGED_JS = ("([sel, i]) => { const el = document.querySelectorAll(sel)[i]; "
+              "if (!el || !el.data || el.data === window.__benchData) return false; window.__benchData = el.data; "
+              "return JSON.stringify(el.data.map(t => [t.x, t.y, t.z])) !== window.__benchJSON; }")
 
 
 def slider_update(page, label: str, key: str, index: int = 0) -> tuple[float, float]:
     """Press one arrow key on a slider: seconds until the chart shows new data, and until the script is done."""
-    before = chart_state(page, index)
+    page.locator(CHART).nth(index).evaluate(REMEMBER_JS)
     t0 = time.perf_counter()
     move_slider(page, label, presses=1, key=key)
-    page.wait_for_function("([sel, i, old]) => { const el = document.querySelectorAll(sel)[i]; return el && "
-                           "el.data && JSON.stringify(el.data.map(t => [t.x, t.y, t.z])) !== old; }",
-                           arg=[CHART, index, before], timeout=300_000, polling=20)
+    page.wait_for_function(CHANGED_JS, arg=[CHART, index], timeout=300_000, polling=20)
     changed = time.perf_counter() - t0
     wait_idle(page, timeout=300_000, settle=0.05)
     return changed, time.perf_counter() - t0

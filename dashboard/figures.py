@@ -47,7 +47,7 @@ def _colorscale(scale) -> list:
 
 def _heatmap(z: np.ndarray, colorscale="gray", zmin=0.0, zmax=1.0, showscale=False, name="", colorbar=None,
              value_label="value", customdata=None, hovertemplate: str | None = None) -> go.Heatmap:
-    z = np.round(z, 4)
+    z = np.round(z, 4).astype(np.float32)
     return go.Heatmap(z=z, colorscale=_colorscale(colorscale), zmin=zmin, zmax=zmax, showscale=showscale, name=name,
                       colorbar=colorbar, zsmooth=False, hoverongaps=False, customdata=customdata,
                       hovertemplate=hovertemplate
@@ -379,6 +379,10 @@ def study_curves(summary: Sequence[Mapping], rows: Sequence[Mapping], paper: Map
 FLOOR = 1e-15  # smallest normalised weight the importance-weight axis shows
 
 
+MARKERS_UP_TO = 25  # draws per curve drawn with markers: beyond, a sorted weight curve is a line, and markers
+# cost the browser about 0.2 s per redraw at k = 500
+
+
 def importance_weights(results: Mapping[str, Mapping], title: str | None = None) -> go.Figure:
     """Normalised importance weights of one image, sorted, per model (log y), ESS in the legend.
 
@@ -389,7 +393,8 @@ def importance_weights(results: Mapping[str, Mapping], title: str | None = None)
     for i, (name, r) in enumerate(results.items()):
         w = np.sort(to_numpy(r["weights"]))[::-1]
         smallest = min(smallest, float(w[w > 0].min()) if (w > 0).any() else FLOOR)
-        fig.add_trace(go.Scatter(x=np.arange(1, len(w) + 1), y=np.maximum(w, 1e-300), mode="lines+markers",
+        fig.add_trace(go.Scatter(x=np.arange(1, len(w) + 1), y=np.maximum(w, 1e-300),
+                                 mode="lines+markers" if len(w) <= MARKERS_UP_TO else "lines",
                                  marker=dict(size=4), line=dict(color=PALETTE[i % len(PALETTE)]),
                                  name=f"{name}: ESS {r['ess']:.1f} of {len(w)}",
                                  hovertemplate="rank %{x}: %{y:.3g}<extra></extra>"))
@@ -402,24 +407,44 @@ def importance_weights(results: Mapping[str, Mapping], title: str | None = None)
     return fig
 
 
+FAINT = 1e-2  # a draw whose weight is below FAINT x the largest is drawn small, in the scale's lowest colour
+FAINT_SHOWN = 1000  # at most this many of those per model, evenly spaced: each SVG marker costs the browser time
+VIRIDIS_LOW = "#440154"  # viridis at 0
+
+
 def posterior_scatter(results: Mapping[str, Mapping], dims: tuple[int, int] = (0, 1),
                       title: str | None = None) -> go.Figure:
     """The k posterior draws z ~ q(z|x) of one image in two latent dimensions, per model side by side,
-    coloured and sized by their normalised importance weight; a star marks the weighted mean.
+    coloured and sized by their normalised importance weight; a star marks the weighted mean (of all k draws).
+
+    Draws whose weight is below FAINT x the largest would get the smallest size and the lowest colour anyway:
+    they are one trace of fixed style, thinned to FAINT_SHOWN evenly spaced draws when there are more (the
+    title says so), so k = 5000 stays quick to draw.
 
     results: name -> {"z": [k, z_dim], "weights": [k]}.
     """
     names = list(results)
     a, b = dims
     fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.06)
+    thinned = []
     for i, name in enumerate(names, start=1):
         z, w = to_numpy(results[name]["z"]), to_numpy(results[name]["weights"])
         if z.shape[1] <= max(a, b):
             continue
-        size = 4 + 16 * np.sqrt(w / w.max()) if w.max() > 0 else np.full(len(w), 4.0)
-        fig.add_trace(go.Scatter(x=z[:, a], y=z[:, b], mode="markers", name=f"{name} draws",
-                                 marker=dict(size=size, color=w, colorscale="viridis", showscale=(i == 1),
-                                             colorbar=dict(title="weight", thickness=12), opacity=0.7),
+        top = w.max() if w.max() > 0 else 1.0
+        heavy = w >= FAINT * top
+        faint = np.flatnonzero(~heavy)
+        if len(faint) > FAINT_SHOWN:
+            thinned.append((name, len(faint)))
+            faint = faint[np.linspace(0, len(faint) - 1, FAINT_SHOWN).round().astype(int)]
+        fig.add_trace(go.Scatter(x=z[faint, a], y=z[faint, b], mode="markers", name=f"{name} draws, weight < "
+                                 f"{FAINT:g} x the largest", marker=dict(size=4, color=VIRIDIS_LOW, opacity=0.7),
+                                 hovertemplate=f"z{a} %{{x:.2f}}, z{b} %{{y:.2f}}<br>weight < {FAINT * top:.3g}"
+                                               "<extra></extra>", showlegend=False), row=1, col=i)
+        fig.add_trace(go.Scatter(x=z[heavy, a], y=z[heavy, b], mode="markers", name=f"{name} draws",
+                                 marker=dict(size=4 + 16 * np.sqrt(w[heavy] / top), color=w[heavy], cmin=0.0,
+                                             cmax=top, colorscale="viridis", showscale=(i == 1), opacity=0.7,
+                                             colorbar=dict(title="weight", thickness=12)),
                                  hovertemplate=f"z{a} %{{x:.2f}}, z{b} %{{y:.2f}}<br>weight %{{marker.color:.3g}}"
                                                "<extra></extra>", showlegend=False), row=1, col=i)
         mean = (w[:, None] * z).sum(0) / max(w.sum(), 1e-300)
@@ -428,8 +453,11 @@ def posterior_scatter(results: Mapping[str, Mapping], dims: tuple[int, int] = (0
                                  showlegend=False), row=1, col=i)
         fig.update_xaxes(title_text=f"z{a}", row=1, col=i)
         fig.update_yaxes(title_text=f"z{b}", row=1, col=i)
-    fig.update_layout(title=title or "Posterior draws z ~ q(z|x), sized by importance weight (★ weighted mean)",
-                      height=420, width=1100, margin=dict(l=60, r=10, t=70, b=50))
+    note = "; ".join(f"{name}: {FAINT_SHOWN:,} of its {n:,} draws below {FAINT:g} x the largest weight shown"
+                     for name, n in thinned)
+    fig.update_layout(title=(title or "Posterior draws z ~ q(z|x), sized by importance weight (★ weighted mean)")
+                      + (f"<br><sup>{note}</sup>" if note else ""),
+                      height=420, width=1100, margin=dict(l=60, r=10, t=80 if note else 70, b=50))
     return fig
 
 

@@ -124,17 +124,39 @@ def test_importance_weights_sorts_weights_and_reports_ess():
     fig = figures.importance_weights({"m": {"weights": w, "ess": 2.17}})
     assert list(fig.data[0].y) == pytest.approx([0.6, 0.3, 0.1])
     assert fig.data[0].name == "m: ESS 2.2 of 3"
+    assert fig.data[0].mode == "lines+markers"
+    many = figures.importance_weights({"m": {"weights": np.full(500, 1 / 500), "ess": 500.0}})
+    assert many.data[0].mode == "lines"  # 500 markers on a sorted curve show nothing a line does not
 
 
-def test_posterior_scatter_plots_the_chosen_dimensions():
+def test_posterior_scatter_plots_every_draw_in_the_chosen_dimensions_sized_by_weight():
     z = rng(8).normal(size=(20, 4))
-    w = rng(9).random(20)
+    w = rng(9).random(20) ** 8  # spread over orders of magnitude: some draws below 1 % of the largest
     w /= w.sum()
     fig = figures.posterior_scatter({"m": {"z": z, "weights": w}}, dims=(2, 3))
-    np.testing.assert_allclose(fig.data[0].x, z[:, 2])
-    np.testing.assert_allclose(fig.data[0].y, z[:, 3])
-    np.testing.assert_allclose([fig.data[1].x[0], fig.data[1].y[0]], (w[:, None] * z).sum(0)[[2, 3]])
+    faint, heavy, mean = fig.data
+    assert 0 < len(faint.x) < 20 and len(faint.x) + len(heavy.x) == 20
+    shown = sorted(zip([*faint.x, *heavy.x], [*faint.y, *heavy.y], strict=True))
+    np.testing.assert_allclose(shown, sorted(zip(z[:, 2], z[:, 3], strict=True)))
+    big = w >= figures.FAINT * w.max()
+    np.testing.assert_allclose(heavy.marker.color, w[big])
+    assert max(heavy.marker.size) == pytest.approx(20.0) and faint.marker.size == 4
+    np.testing.assert_allclose([mean.x[0], mean.y[0]], (w[:, None] * z).sum(0)[[2, 3]])
     assert fig.layout.xaxis.title.text == "z2"
+    assert "shown" not in fig.layout.title.text
+
+
+def test_posterior_scatter_thins_only_the_negligible_draws_and_says_so():
+    k = figures.FAINT_SHOWN + 500
+    z = rng(10).normal(size=(k, 2))
+    w = np.full(k, 1e-9)
+    w[:7] = 1.0
+    w /= w.sum()
+    fig = figures.posterior_scatter({"m": {"z": z, "weights": w}})
+    faint, heavy, mean = fig.data
+    assert len(heavy.x) == 7 and len(faint.x) == figures.FAINT_SHOWN  # every draw that carries weight is shown
+    np.testing.assert_allclose([mean.x[0], mean.y[0]], (w[:, None] * z).sum(0))  # the mean is of all k draws
+    assert f"{figures.FAINT_SHOWN:,} of its {k - 7:,} draws" in fig.layout.title.text
 
 
 def test_training_curves_read_history_rows_including_csv_strings():
