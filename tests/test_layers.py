@@ -168,3 +168,34 @@ def test_bfloat16_noise_path_agrees_with_float32_on_the_same_draws(granularity):
     assert torch.equal(gmu16, gmu32)  # the mean path is float32 either way
     for g32, g16 in ((gx32, gx16), (grho32, grho16)):
         assert 1e-5 * g32.norm() < (g16 - g32).norm() < 0.01 * g32.norm(), ((g16 - g32).norm(), g32.norm())
+
+
+@pytest.mark.parametrize("k,batch", [(7, 5), (2, 1)])
+def test_datapoint_draw_without_gradients_builds_each_data_points_weights_with_the_same_draws(k, batch):
+    """Without gradients, a 'datapoint' draw multiplies each data point's rows by its explicitly built weights
+    (one product per row instead of Flipout's two): the same draws give the same outputs (to rounding in
+    float64), every row of a data point still uses one weight matrix, and torch's stream ends where it did."""
+    layer = make_layer(in_f=6, out_f=4)
+    x = torch.randn(k, batch, 6, dtype=torch.float64)
+    torch.manual_seed(3)
+    flipout = layer(x, k, "datapoint", tau=0.7)  # parameters require grad: the Flipout products
+    after_flipout = torch.randn(1)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        assert layer._materialize(x)
+        built = layer(x, k, "datapoint", tau=0.7)
+    assert torch.equal(torch.randn(1), after_flipout)
+    torch.testing.assert_close(built, flipout.detach(), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        w = effective_weights(layer, batch=3, granularity="datapoint", copies=3)
+    assert torch.allclose(w[0], w[1]) and torch.allclose(w[0], w[2]) and not torch.allclose(w[0, 0], w[0, 1])
+
+
+def test_datapoint_weights_are_built_only_where_they_fit_and_help():
+    layer = make_layer(in_f=6, out_f=4)
+    with torch.no_grad():
+        assert not layer._materialize(torch.zeros(1, 5, 6, dtype=torch.float64))  # one row per data point
+        assert not layer._materialize(torch.zeros(2, layer.MATERIALIZED_MAX // 24 + 1, 6, dtype=torch.float64))
+        layer.noise_dtype = torch.bfloat16  # lower-precision products keep the Flipout path
+        assert not layer._materialize(torch.zeros(3, 5, 6))
+    assert not make_layer()._materialize(torch.zeros(3, 5, 3, dtype=torch.float64))  # gradients are on

@@ -84,6 +84,8 @@ class BayesLinear(nn.Module):
     def forward(self, x: torch.Tensor, k: int, granularity: str = "sample",
                 tau: float = 1.0) -> torch.Tensor:
         """x: [k or 1, batch, in] -> [k or 1, batch, out] (always [k, ...] for granularity 'sample')."""
+        if self.random and tau != 0 and granularity == "datapoint" and self._materialize(x):
+            return self._datapoint_weights_product(x, tau)
         mean = self._linear(x, self.weight_mu, self.bias_mu, self.mean_dtype)
         if not self.random or tau == 0:
             return mean
@@ -99,10 +101,7 @@ class BayesLinear(nn.Module):
             return mean + self._linear(x, w_noise, b_noise, self.mean_dtype)
         if granularity == "datapoint":
             # Flipout: W_b = mu + (sigma * eps) * r_b s_b^T with random signs per data point.
-            w_noise = w_sigma * torch.randn_like(w_sigma)
-            s = torch.randint(0, 2, (1, batch, self.in_features), device=x.device).to(x.dtype) * 2 - 1
-            r = torch.randint(0, 2, (1, batch, self.out_features), device=x.device).to(x.dtype) * 2 - 1
-            b_noise = b_sigma * torch.randn(1, batch, self.out_features, device=x.device, dtype=x.dtype)
+            w_noise, s, r, b_noise = self._datapoint_draws(x, w_sigma, b_sigma)
             # out of place first: F.linear's output is a view to autograd, and in-place ops on it make
             # the backward copy whole tensors (CopySlices); the sum is a fresh tensor
             return (mean + b_noise).add_(flipout_noise(x, s, w_noise, r, low))
@@ -113,3 +112,32 @@ class BayesLinear(nn.Module):
             eps = torch.randn(rows, batch, self.out_features, device=x.device, dtype=x.dtype)
             return torch.addcmul(mean, var.sqrt(), eps)
         raise ValueError(f"unknown granularity {granularity!r}; choose batch, datapoint or sample")
+
+    MATERIALIZED_MAX = 1 << 24  # entries of the per-data-point weights [batch, out, in] built at once (64 MB)
+
+    def _materialize(self, x: torch.Tensor) -> bool:
+        """Whether a 'datapoint' draw is computed with each data point's weights built explicitly: without
+        gradients (evaluation), with several rows per data point, in float32 throughout, when they fit in
+        MATERIALIZED_MAX entries. Flipout's two products per row (mean and noise paths) then become one."""
+        return (not torch.is_grad_enabled() and x.shape[0] > 1 and self.mean_dtype in (None, x.dtype)
+                and self.noise_dtype in (None, x.dtype)
+                and x.shape[1] * self.out_features * self.in_features <= self.MATERIALIZED_MAX)
+
+    def _datapoint_draws(self, x: torch.Tensor, w_sigma: torch.Tensor, b_sigma: torch.Tensor):
+        """A 'datapoint' draw for x [k, batch, in]: weight noise sigma * eps [out, in], Flipout's random signs
+        s [1, batch, in] and r [1, batch, out], and bias noise [1, batch, out]."""
+        batch = x.shape[1]
+        w_noise = w_sigma * torch.randn_like(w_sigma)
+        s = torch.randint(0, 2, (1, batch, self.in_features), device=x.device).to(x.dtype) * 2 - 1
+        r = torch.randint(0, 2, (1, batch, self.out_features), device=x.device).to(x.dtype) * 2 - 1
+        b_noise = b_sigma * torch.randn(1, batch, self.out_features, device=x.device, dtype=x.dtype)
+        return w_noise, s, r, b_noise
+
+    def _datapoint_weights_product(self, x: torch.Tensor, tau: float) -> torch.Tensor:
+        """The 'datapoint' draw of forward's Flipout branch (the same draws, so the same outputs up to
+        rounding) with W_b = mu + (tau sigma * eps) * r_b s_b^T built per data point b and each of b's rows
+        multiplied by it. x: [k, batch, in] -> [k, batch, out]."""
+        w_noise, s, r, b_noise = self._datapoint_draws(x, tau * self.weight_sigma, tau * self.bias_sigma)
+        w = torch.addcmul(self.weight_mu, w_noise, r[0, :, :, None] * s[0, :, None, :])  # [batch, out, in]
+        bias = (self.bias_mu + b_noise[0]).unsqueeze(1)  # [batch, 1, out]
+        return torch.baddbmm(bias, x.transpose(0, 1), w.transpose(1, 2)).transpose(0, 1)  # [k, batch, out]
