@@ -407,42 +407,40 @@ def importance_weights(results: Mapping[str, Mapping], title: str | None = None)
     return fig
 
 
-FAINT = 1e-2  # a draw whose weight is below FAINT x the largest is drawn small, in the scale's lowest colour
-FAINT_SHOWN = 1000  # at most this many of those per model, evenly spaced: each SVG marker costs the browser time
-VIRIDIS_LOW = "#440154"  # viridis at 0
+TOP_SHOWN = 200  # posterior draws drawn as markers per model, the largest weights: each SVG marker costs the
+# browser time on every redraw (1,500 of them about 0.2 s), while all k draws are shown as a density behind them
+DENSITY_BINS = 30  # bins per axis of that density
+# empty bins transparent, any draw at least a light grey, the densest bin dark grey
+DENSITY_SCALE = [[0, "rgba(0,0,0,0)"], [1e-6, "rgba(110,110,110,0.3)"], [1, "rgba(30,30,30,0.9)"]]
 
 
 def posterior_scatter(results: Mapping[str, Mapping], dims: tuple[int, int] = (0, 1),
                       title: str | None = None) -> go.Figure:
-    """The k posterior draws z ~ q(z|x) of one image in two latent dimensions, per model side by side,
-    coloured and sized by their normalised importance weight; a star marks the weighted mean (of all k draws).
-
-    Draws whose weight is below FAINT x the largest would get the smallest size and the lowest colour anyway:
-    they are one trace of fixed style, thinned to FAINT_SHOWN evenly spaced draws when there are more (the
-    title says so), so k = 5000 stays quick to draw.
+    """The k posterior draws z ~ q(z|x) of one image in two latent dimensions, per model side by side: all k
+    as a grey density (a 2-D histogram), the TOP_SHOWN with the largest normalised importance weights as
+    markers coloured and sized by their weight (the subtitle says which share of the weight they carry when
+    that is not all k), and a star at the weighted mean of all k draws.
 
     results: name -> {"z": [k, z_dim], "weights": [k]}.
     """
     names = list(results)
     a, b = dims
     fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.06)
-    thinned = []
+    shares = []
     for i, name in enumerate(names, start=1):
         z, w = to_numpy(results[name]["z"]), to_numpy(results[name]["weights"])
         if z.shape[1] <= max(a, b):
             continue
         top = w.max() if w.max() > 0 else 1.0
-        heavy = w >= FAINT * top
-        faint = np.flatnonzero(~heavy)
-        if len(faint) > FAINT_SHOWN:
-            thinned.append((name, len(faint)))
-            faint = faint[np.linspace(0, len(faint) - 1, FAINT_SHOWN).round().astype(int)]
-        fig.add_trace(go.Scatter(x=z[faint, a], y=z[faint, b], mode="markers", name=f"{name} draws, weight < "
-                                 f"{FAINT:g} x the largest", marker=dict(size=4, color=VIRIDIS_LOW, opacity=0.7),
-                                 hovertemplate=f"z{a} %{{x:.2f}}, z{b} %{{y:.2f}}<br>weight < {FAINT * top:.3g}"
-                                               "<extra></extra>", showlegend=False), row=1, col=i)
-        fig.add_trace(go.Scatter(x=z[heavy, a], y=z[heavy, b], mode="markers", name=f"{name} draws",
-                                 marker=dict(size=4 + 16 * np.sqrt(w[heavy] / top), color=w[heavy], cmin=0.0,
+        shown = np.argsort(-w, kind="stable")[:TOP_SHOWN][::-1]  # the heaviest drawn last, on top
+        if len(w) > len(shown):
+            shares.append(f"{name}: {w[shown].sum() / max(w.sum(), 1e-300):.1%}")
+        fig.add_trace(go.Histogram2d(x=z[:, a], y=z[:, b], nbinsx=DENSITY_BINS, nbinsy=DENSITY_BINS,
+                                     colorscale=DENSITY_SCALE,
+                                     showscale=False, name=f"{name}: all {len(w):,} draws",
+                                     hovertemplate="%{z} draws<extra></extra>"), row=1, col=i)
+        fig.add_trace(go.Scatter(x=z[shown, a], y=z[shown, b], mode="markers", name=f"{name} draws",
+                                 marker=dict(size=4 + 16 * np.sqrt(w[shown] / top), color=w[shown], cmin=0.0,
                                              cmax=top, colorscale="viridis", showscale=(i == 1), opacity=0.7,
                                              colorbar=dict(title="weight", thickness=12)),
                                  hovertemplate=f"z{a} %{{x:.2f}}, z{b} %{{y:.2f}}<br>weight %{{marker.color:.3g}}"
@@ -453,8 +451,8 @@ def posterior_scatter(results: Mapping[str, Mapping], dims: tuple[int, int] = (0
                                  showlegend=False), row=1, col=i)
         fig.update_xaxes(title_text=f"z{a}", row=1, col=i)
         fig.update_yaxes(title_text=f"z{b}", row=1, col=i)
-    note = "; ".join(f"{name}: {FAINT_SHOWN:,} of its {n:,} draws below {FAINT:g} x the largest weight shown"
-                     for name, n in thinned)
+    note = (f"grey: density of all draws; markers: the {TOP_SHOWN} largest weights, carrying "
+            + "; ".join(shares) + " of the weight") if shares else ""
     fig.update_layout(title=(title or "Posterior draws z ~ q(z|x), sized by importance weight (★ weighted mean)")
                       + (f"<br><sup>{note}</sup>" if note else ""),
                       height=420, width=1100, margin=dict(l=60, r=10, t=80 if note else 70, b=50))

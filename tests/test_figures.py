@@ -131,32 +131,33 @@ def test_importance_weights_sorts_weights_and_reports_ess():
 
 def test_posterior_scatter_plots_every_draw_in_the_chosen_dimensions_sized_by_weight():
     z = rng(8).normal(size=(20, 4))
-    w = rng(9).random(20) ** 8  # spread over orders of magnitude: some draws below 1 % of the largest
+    w = rng(9).random(20) ** 8
     w /= w.sum()
     fig = figures.posterior_scatter({"m": {"z": z, "weights": w}}, dims=(2, 3))
-    faint, heavy, mean = fig.data
-    assert 0 < len(faint.x) < 20 and len(faint.x) + len(heavy.x) == 20
-    shown = sorted(zip([*faint.x, *heavy.x], [*faint.y, *heavy.y], strict=True))
-    np.testing.assert_allclose(shown, sorted(zip(z[:, 2], z[:, 3], strict=True)))
-    big = w >= figures.FAINT * w.max()
-    np.testing.assert_allclose(heavy.marker.color, w[big])
-    assert max(heavy.marker.size) == pytest.approx(20.0) and faint.marker.size == 4
+    density, draws, mean = fig.data
+    np.testing.assert_allclose(density.x, z[:, 2])  # the density counts every draw
+    np.testing.assert_allclose(density.y, z[:, 3])
+    order = np.argsort(w)  # every draw is a marker here (k < TOP_SHOWN), the heaviest last (on top)
+    np.testing.assert_allclose(draws.x, z[order, 2])
+    np.testing.assert_allclose(draws.marker.color, w[order])
+    assert draws.marker.size[-1] == pytest.approx(20.0) and min(draws.marker.size) >= 4
     np.testing.assert_allclose([mean.x[0], mean.y[0]], (w[:, None] * z).sum(0)[[2, 3]])
     assert fig.layout.xaxis.title.text == "z2"
-    assert "shown" not in fig.layout.title.text
+    assert "largest weights" not in fig.layout.title.text
 
 
-def test_posterior_scatter_thins_only_the_negligible_draws_and_says_so():
-    k = figures.FAINT_SHOWN + 500
+def test_posterior_scatter_marks_the_heaviest_draws_and_says_what_share_of_the_weight_they_carry():
+    k = figures.TOP_SHOWN + 500
     z = rng(10).normal(size=(k, 2))
-    w = np.full(k, 1e-9)
-    w[:7] = 1.0
+    w = np.full(k, 1.0)
+    w[:figures.TOP_SHOWN] = 4.0  # the first TOP_SHOWN draws carry 4 * 200 / (4 * 200 + 500) = 61.5 %
     w /= w.sum()
     fig = figures.posterior_scatter({"m": {"z": z, "weights": w}})
-    faint, heavy, mean = fig.data
-    assert len(heavy.x) == 7 and len(faint.x) == figures.FAINT_SHOWN  # every draw that carries weight is shown
+    density, draws, mean = fig.data
+    assert len(density.x) == k and len(draws.x) == figures.TOP_SHOWN
+    assert sorted(draws.x) == sorted(z[:figures.TOP_SHOWN, 0])
     np.testing.assert_allclose([mean.x[0], mean.y[0]], (w[:, None] * z).sum(0))  # the mean is of all k draws
-    assert f"{figures.FAINT_SHOWN:,} of its {k - 7:,} draws" in fig.layout.title.text
+    assert f"the {figures.TOP_SHOWN} largest weights, carrying m: 61.5%" in fig.layout.title.text
 
 
 def test_training_curves_read_history_rows_including_csv_strings():
