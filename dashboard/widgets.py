@@ -296,6 +296,24 @@ def choice_input(page: str, param: str, label: str, options: list, default=None,
     return value
 
 
+class ProgressBar:
+    """st.progress that reaches the browser at most every `seconds`, and always at the end: a bar moved per
+    image (300 times in a k = 5000 pass over 100 images for three models) made the browser redraw the page
+    on the cores the computation was using."""
+
+    def __init__(self, text: str, seconds: float = 0.25) -> None:
+        self.bar, self.seconds, self.last = st.progress(0.0, text=text), seconds, -math.inf
+
+    def __call__(self, fraction: float, text: str) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or now - self.last >= self.seconds:
+            self.bar.progress(min(1.0, fraction), text=text)
+            self.last = now
+
+    def empty(self) -> None:
+        self.bar.empty()
+
+
 def sync_url(**params) -> None:
     """Write the page's current settings into the URL, so the address reproduces the view."""
     for name, value in params.items():

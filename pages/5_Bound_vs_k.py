@@ -56,11 +56,11 @@ if k_max >= compute.CONFIRM_K and todo:
 if todo is None:
     curves, per_image = {}, {}
 else:
-    bar = st.progress(0.0, text="Computing L_k…")
+    bar = widgets.ProgressBar("Computing L_k…")
     per_image, precomputed = {}, []
     for i, label in enumerate(models):
         text = f"L_k for {label}, k up to {k_max:,} (one pass of {k_max:,} draws per image) on {n_images} images…"
-        step = lambda d, n, i=i, text=text: bar.progress(min(1.0, (i + d / n) / len(models)), text=text)
+        step = lambda d, n, i=i, text=text: bar((i + d / n) / len(models), text)
         curve = compute.bound_curve(*key_of[label], progress=step)
         per_image[label] = curve["per_image"]
         if curve.get("precomputed"):

@@ -625,3 +625,15 @@ def test_bound_vs_k_reads_curves_stored_beside_a_model_only_when_they_match(zoo,
     warning = texts(at, "warning")
     assert "precomputed curves are not used" in warning and "not a readable safetensors file" in warning
     assert "Read from the curves" not in texts(at, "caption") and charts(at)
+
+
+def test_progress_bar_reaches_the_browser_at_most_every_interval_and_always_at_the_end(monkeypatch):
+    from dashboard import widgets
+
+    shown, clock = [], iter([0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.9])
+    monkeypatch.setattr(widgets.time, "monotonic", lambda: next(clock))
+    bar = widgets.ProgressBar("start", seconds=0.25)
+    monkeypatch.setattr(bar.bar, "progress", lambda value, text: shown.append(value))
+    for fraction in (0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 1.0):
+        bar(fraction, "computing")
+    assert shown == [0.1, 0.4, 1.0, 1.0]  # at 0.0 s and 0.3 s, then the end (however soon), then 0.9 s
