@@ -198,7 +198,7 @@ class ResultCache:
 _BOUNDS = ResultCache(256)  # curves of [10 k, <= 2,000 images] floats: at most 80 kB each
 
 
-_RATES: dict[ModelRef, float] = {}  # log-weight rows per second last measured per model (for cost estimates)
+_RATES: dict[tuple[ModelRef, int], float] = {}  # draws per second last measured per (model, k_max), for estimates
 
 
 def _stored_curves(model_ref: ModelRef) -> dict | str | None:
@@ -273,23 +273,26 @@ def bound_curve(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: f
             per_image = evaluate.grouped_bounds(model, x, ks, tau=tau, seed=seed, progress=progress)
             seconds = time.perf_counter() - start
         if seconds > 0.05:  # too short a pass says little about the speed
-            _RATES[model_ref] = k_max * len(x) / seconds
+            _RATES[(model_ref, k_max)] = k_max * len(x) / seconds
         return {"ks": ks, "per_image": per_image.numpy()}
 
     return _BOUNDS.get((model_ref, dataset, root, k_max, float(tau), n_images, seed), compute)
 
 
-def estimate_seconds(model_ref: ModelRef, rows: int) -> float:
-    """Seconds for `rows` log-weight rows of a model at the speed last measured on it (a 2,000-row probe
-    when none was)."""
-    if model_ref not in _RATES:
+def estimate_seconds(model_ref: ModelRef, k_max: int, n_images: int) -> float:
+    """Seconds for bound_curve's pass of k_max draws on n_images images, at the speed last measured for this model
+    and k_max; when none was, from a probe of the pass itself on one (blank) image, timed on its second call (the
+    first pays one-off allocations). The speed per draw depends on k_max: small passes pay more per draw."""
+    if (model_ref, k_max) not in _RATES:
         model = model_at(*model_ref)
         x = torch.zeros(1, model.config.x_dim)
-        with TORCH_LOCK, torch.no_grad(), torch.random.fork_rng():
-            start = time.perf_counter()
-            model.log_weights(x, 2000)
-            _RATES[model_ref] = 2000 / max(time.perf_counter() - start, 1e-6)
-    return rows / _RATES[model_ref]
+        with TORCH_LOCK, torch.random.fork_rng():
+            for _ in range(2):
+                start = time.perf_counter()
+                evaluate.grouped_bounds(model, x, [k_max])
+                seconds = time.perf_counter() - start
+        _RATES[(model_ref, k_max)] = k_max / max(seconds, 1e-6)
+    return k_max * n_images / _RATES[(model_ref, k_max)]
 
 
 def curve_rows(ks: list[int], per_image: np.ndarray) -> list[dict]:

@@ -47,7 +47,7 @@ key_of = {label: (refs[label], models[label].dataset, compute.data_key(), k_max,
           for label in models}
 todo = [label for label in models if not compute.bound_curve_cached(*key_of[label])]
 if k_max >= compute.CONFIRM_K and todo:
-    estimate = sum(compute.estimate_seconds(refs[label], k_max * n_images) for label in todo)
+    estimate = sum(compute.estimate_seconds(refs[label], k_max, n_images) for label in todo)
     st.info(f"L_k up to k = {k_max:,} on {n_images} images for {', '.join(todo)}: one pass of {k_max:,} draws "
             f"per image, about **{estimate:,.0f} s** at the speed measured on this server.", icon=":material/timer:")
     if not st.button(f"Compute up to k = {k_max:,} (about {estimate:,.0f} s)", key="bound:go", type="primary"):
