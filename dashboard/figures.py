@@ -46,12 +46,21 @@ def _colorscale(scale) -> list:
 
 
 def _heatmap(z: np.ndarray, colorscale="gray", zmin=0.0, zmax=1.0, showscale=False, name="", colorbar=None,
-             value_label="value", customdata=None, hovertemplate: str | None = None) -> go.Heatmap:
+             value_label="value", customdata=None, hovertemplate: str | None = None, panel: int = 1) -> go.Heatmap:
+    """Image tiles z as a heatmap on the axes of panel `panel` (see _image_layout). Values are sent rounded to
+    4 decimals as float32: half the bytes of float64 for the browser to receive and parse."""
     z = np.round(z, 4).astype(np.float32)
     return go.Heatmap(z=z, colorscale=_colorscale(colorscale), zmin=zmin, zmax=zmax, showscale=showscale, name=name,
                       colorbar=colorbar, zsmooth=False, hoverongaps=False, customdata=customdata,
                       hovertemplate=hovertemplate
-                      or f"{name}<br>row %{{y}}, col %{{x}}<br>{value_label} %{{z:.3g}}<extra></extra>")
+                      or f"{name}<br>row %{{y}}, col %{{x}}<br>{value_label} %{{z:.3g}}<extra></extra>",
+                      **_axes_of(panel))
+
+
+def _axes_of(panel: int) -> dict:
+    """The axes a trace of panel `panel` (1, 2, ...) is drawn on."""
+    suffix = "" if panel == 1 else str(panel)
+    return {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}
 
 
 def tile_index(n: int, ncol: int, first: int = 0, pad: int = 1) -> np.ndarray:
@@ -69,14 +78,27 @@ def tile_index(n: int, ncol: int, first: int = 0, pad: int = 1) -> np.ndarray:
     return out
 
 
-def _image_axes(fig: go.Figure, n_panels: int) -> None:
-    """Hide ticks, put row 0 at the top and keep pixels square in every panel."""
-    for i in range(1, n_panels + 1):
+IMAGE_X = {"showticklabels": False, "showgrid": False, "zeroline": False, "ticks": ""}
+IMAGE_Y = {**IMAGE_X, "autorange": "reversed", "constrain": "domain"}  # row 0 at the top
+
+
+def _image_layout(domains: Sequence[tuple[list[float], list[float]]], titles: Sequence[str] = ()) -> dict:
+    """The layout of image panels as one dict: panel i (1, 2, ...) at (x domain, y domain) in paper coordinates,
+    ticks hidden, row 0 at the top, square pixels, and each title above its panel as make_subplots places it.
+
+    Figures are built from one such dict (go.Figure(data, layout)): plotly validates it once, where
+    make_subplots and update calls validated the layout again at every step, most of the time a rerun with a
+    new tau spent on the Samples page."""
+    layout = {"plot_bgcolor": "white", "paper_bgcolor": "white", "annotations": []}
+    for i, (x_domain, y_domain) in enumerate(domains, start=1):
         suffix = "" if i == 1 else str(i)
-        fig.layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="")
-        fig.layout[f"yaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="",
-                                            autorange="reversed", scaleanchor=f"x{suffix}", constrain="domain")
-    fig.update_layout(plot_bgcolor="white", paper_bgcolor="white")
+        layout[f"xaxis{suffix}"] = {**IMAGE_X, "anchor": f"y{suffix}", "domain": x_domain}
+        layout[f"yaxis{suffix}"] = {**IMAGE_Y, "anchor": f"x{suffix}", "domain": y_domain, "scaleanchor": f"x{suffix}"}
+        if i <= len(titles):
+            layout["annotations"].append({"text": titles[i - 1], "x": (x_domain[0] + x_domain[1]) / 2,
+                                          "y": y_domain[1], "xref": "paper", "yref": "paper", "xanchor": "center",
+                                          "yanchor": "bottom", "showarrow": False, "font": {"size": 16}})
+    return layout
 
 
 def _panel_height(rows: int, cols_total: int, width: int = 1100, min_h: int = 220, extra: int = 90) -> int:
@@ -89,26 +111,31 @@ def image_grid(images, nrow: int = 8, title: str | None = None) -> go.Figure:
     """A grid of images [n, 784] in [0, 1], `nrow` images per row (torchvision's meaning), white ink on black."""
     n = len(to_numpy(images).reshape(-1, SIDE * SIDE))
     z = tile(images, nrow)
-    fig = go.Figure(_heatmap(z, name=title or "images", value_label="p(pixel on)"))
-    _image_axes(fig, 1)
     rows = max(1, math.ceil(n / max(nrow, 1)))
-    fig.update_layout(title=title, height=_panel_height(rows, min(nrow, n) or 1, width=500, min_h=160),
-                      width=max(200, min(700, 40 * min(nrow, n or 1) + 60)), margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+    layout = _image_layout([([0.0, 1.0], [0.0, 1.0])])
+    return go.Figure(_heatmap(z, name=title or "images", value_label="p(pixel on)"),
+                     {**layout, "title": title, "height": _panel_height(rows, min(nrow, n) or 1, width=500, min_h=160),
+                      "width": max(200, min(700, 40 * min(nrow, n or 1) + 60)),
+                      "margin": {"l": 10, "r": 10, "t": 40, "b": 10}})
 
 
 TILE_PX = 96  # the largest on-screen width of one 28x28 image in the stacked grids
 
 
-def _stacked(names: list[str], rows: list[int], cols: int, width: int = 1100) -> tuple[go.Figure, int]:
+def _stacked(names: list[str], rows: list[int], cols: int, width: int = 1100) -> tuple[dict, int]:
     """One panel per model, stacked top to bottom (each as wide as the figure, so tiles are big), panel i
-    `rows[i]` tiles high and `cols` wide: the figure and its height."""
+    `rows[i]` tiles high and `cols` wide: the layout (_image_layout; the panels' heights and gaps as
+    make_subplots gives them for these row heights) and the figure's height."""
     tile_px = min(TILE_PX, (width - 20) / max(cols, 1))
     heights = [max(r, 1) * tile_px + 40 for r in rows] or [tile_px]
-    fig = make_subplots(rows=max(1, len(names)), cols=1, subplot_titles=names or None,
-                        row_heights=[h / sum(heights) for h in heights], vertical_spacing=min(0.3 / max(len(names), 1),
-                                                                                             0.06))
-    return fig, int(sum(heights) + 80)
+    spacing = min(0.3 / max(len(names), 1), 0.06)
+    usable = 1 - spacing * (len(heights) - 1)
+    domains, top = [], 1.0
+    for h in heights:
+        bottom = max(0.0, top - h / sum(heights) * usable)
+        domains.append(([0.0, 1.0], [bottom, top]))
+        top = bottom - spacing
+    return _image_layout(domains, names), int(sum(heights) + 80)
 
 
 def sample_grids(samples: Mapping[str, object], title: str | None = None) -> go.Figure:
@@ -117,15 +144,13 @@ def sample_grids(samples: Mapping[str, object], title: str | None = None) -> go.
     names = list(samples)
     arrays = [to_numpy(samples[m]) for m in names]
     n = max((a.shape[1] for a in arrays), default=1)
-    fig, height = _stacked(names, [a.shape[0] for a in arrays], n)
-    for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1):
-        draws, n_i = a.shape[0], a.shape[1]
-        z = tile(a.reshape(draws * n_i, -1), n_i)
-        fig.add_trace(_heatmap(z, name=name, value_label="p(pixel on)"), row=i, col=1)
-    _image_axes(fig, len(names))
-    fig.update_layout(title=title or "Samples: rows are weight draws θ ~ q(θ), columns the same latent draws z",
-                      height=height, width=1100, margin=dict(l=10, r=10, t=70, b=10))
-    return fig
+    layout, height = _stacked(names, [a.shape[0] for a in arrays], n)
+    traces = [_heatmap(tile(a.reshape(a.shape[0] * a.shape[1], -1), a.shape[1]), name=name,
+                       value_label="p(pixel on)", panel=i)
+              for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1)]
+    return go.Figure(traces, {**layout, "height": height, "width": 1100, "margin": {"l": 10, "r": 10, "t": 70, "b": 10},
+                              "title": title or "Samples: rows are weight draws θ ~ q(θ), columns the same latent "
+                                                "draws z"})
 
 
 def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Figure:
@@ -139,23 +164,24 @@ def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Fi
         spreads.append(np.zeros_like(a[0]) if same else a.std(0, ddof=1))
     top = max((float(s.max()) for s in spreads), default=0.0)
     top = top if top > 0 else 1e-3
-    fig, height = _stacked(names, [1] * len(names), max((len(s) for s in spreads), default=1))
+    layout, height = _stacked(names, [1] * len(names), max((len(s) for s in spreads), default=1))
     bar_panel = next((i for i, s in enumerate(spreads, start=1) if s.max() > 0), None)
+    traces = []
     for i, (name, s) in enumerate(zip(names, spreads, strict=True), start=1):
         flat = not s.max() > 0
         # A constant panel gets a one-colour scale: some plotly.js versions paint constant z mid-scale.
         scale = [[0, MAGMA_ZERO], [1, MAGMA_ZERO]] if flat else "magma"
-        fig.add_trace(_heatmap(tile(s, len(s)), colorscale=scale, zmin=0.0, zmax=top, showscale=(i == bar_panel),
-                               name=name, value_label="std", colorbar=dict(title="std", thickness=12)),
-                      row=i, col=1)
+        traces.append(_heatmap(tile(s, len(s)), colorscale=scale, zmin=0.0, zmax=top, showscale=(i == bar_panel),
+                               name=name, value_label="std", colorbar=dict(title="std", thickness=12), panel=i))
         if flat:
-            fig.add_annotation(text="no spread: every weight draw gives the same image", showarrow=False,
-                               xref=f"x{i if i > 1 else ''} domain", yref=f"y{i if i > 1 else ''} domain",
-                               x=1.0, y=1.02, xanchor="right", yanchor="bottom", font=dict(size=11, color="#555"))
-    _image_axes(fig, len(names))
-    fig.update_layout(title=title or "Per-pixel spread of p(x|z) across weight draws",
-                      height=height, width=1100, margin=dict(l=10, r=10, t=70, b=10))
-    return fig
+            axes = _axes_of(i)
+            layout["annotations"].append({"text": "no spread: every weight draw gives the same image",
+                                          "showarrow": False, "xref": f"{axes['xaxis']} domain",
+                                          "yref": f"{axes['yaxis']} domain", "x": 1.0, "y": 1.02,
+                                          "xanchor": "right", "yanchor": "bottom",
+                                          "font": {"size": 11, "color": "#555"}})
+    return go.Figure(traces, {**layout, "height": height, "width": 1100, "margin": {"l": 10, "r": 10, "t": 70, "b": 10},
+                              "title": title or "Per-pixel spread of p(x|z) across weight draws"})
 
 
 def traversal_grid(images, units: Sequence[int], values: Sequence[float], title: str | None = None) -> go.Figure:
@@ -163,16 +189,16 @@ def traversal_grid(images, units: Sequence[int], values: Sequence[float], title:
     a = to_numpy(images)
     n_units, steps = (a.shape[0], a.shape[1]) if a.size else (0, len(values))
     z = tile(a.reshape(n_units * steps, -1), steps) if n_units else np.full((SIDE, SIDE), np.nan)
-    fig = go.Figure(_heatmap(z, name="traversal", value_label="p(pixel on)"))
-    _image_axes(fig, 1)
     step = SIDE + 1
-    fig.update_yaxes(showticklabels=True, tickmode="array", tickvals=[r * step + SIDE / 2 for r in range(n_units)],
-                     ticktext=[f"z{u}" for u in units])
-    fig.update_xaxes(showticklabels=True, tickmode="array", tickvals=[c * step + SIDE / 2 for c in range(steps)],
-                     ticktext=[f"{v:+.2g}" for v in values], side="top")
-    fig.update_layout(title=title or "Latent traversals", height=_panel_height(max(n_units, 1), steps, width=800),
-                      width=max(400, 60 * steps + 120), margin=dict(l=50, r=10, t=90, b=10))
-    return fig
+    layout = _image_layout([([0.0, 1.0], [0.0, 1.0])])
+    layout["yaxis"] |= {"showticklabels": True, "tickmode": "array", "ticktext": [f"z{u}" for u in units],
+                        "tickvals": [r * step + SIDE / 2 for r in range(n_units)]}
+    layout["xaxis"] |= {"showticklabels": True, "tickmode": "array", "ticktext": [f"{v:+.2g}" for v in values],
+                        "tickvals": [c * step + SIDE / 2 for c in range(steps)], "side": "top"}
+    return go.Figure(_heatmap(z, name="traversal", value_label="p(pixel on)"),
+                     {**layout, "title": title or "Latent traversals",
+                      "height": _panel_height(max(n_units, 1), steps, width=800), "width": max(400, 60 * steps + 120),
+                      "margin": {"l": 50, "r": 10, "t": 90, "b": 10}})
 
 
 def activity_bar(activity: Sequence[float], threshold: float = 0.01, title: str | None = None) -> go.Figure:
@@ -214,23 +240,23 @@ def weight_tiles(maps: Mapping[str, object], ncol: int = 8, log10: bool = True, 
     shared = shared_scale or zrange is not None
     bar_title = f"{label}<br>{range_text}" if range_text else label
     gap = 0.12 if not shared else 0.04
-    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=gap)
+    panels = max(1, len(names))
+    width = (1 - gap * (panels - 1)) / panels  # side by side as make_subplots spaces them
+    domains = [([j * (width + gap), j * (width + gap) + width], [0.0, 1.0]) for j in range(panels)]
+    traces = []
     for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1):
         lo, hi = limits(arrays) if shared else limits([a])
-        domain = fig.layout[f"xaxis{i if i > 1 else ''}"].domain
-        fig.add_trace(_heatmap(tile(a, ncol), colorscale=colorscale, zmin=lo, zmax=hi,
+        traces.append(_heatmap(tile(a, ncol), colorscale=colorscale, zmin=lo, zmax=hi,
                                showscale=(i == 1) or not shared, name=name, value_label=label,
                                colorbar=dict(title=bar_title, thickness=12, len=0.9,
-                                             x=1.02 if shared else domain[1] + 0.01),
+                                             x=1.02 if shared else domains[i - 1][0][1] + 0.01),
                                customdata=tile_index(len(a), ncol, first_unit),
                                hovertemplate=f"{name}<br>unit %{{customdata[0]}}, pixel (%{{customdata[1]}}, "
-                                             f"%{{customdata[2]}})<br>{label} %{{z:.4g}}<extra></extra>"),
-                      row=1, col=i)
-    _image_axes(fig, len(names))
+                                             f"%{{customdata[2]}})<br>{label} %{{z:.4g}}<extra></extra>", panel=i))
     rows = max((math.ceil(len(a) / ncol) for a in arrays), default=1)
-    fig.update_layout(title=title, height=_panel_height(rows, ncol * max(len(names), 1), width=1000, extra=100),
-                      width=1100, margin=dict(l=10, r=60, t=70, b=10))
-    return fig
+    return go.Figure(traces, {**_image_layout(domains, names), "title": title, "width": 1100,
+                              "height": _panel_height(rows, ncol * panels, width=1000, extra=100),
+                              "margin": {"l": 10, "r": 60, "t": 70, "b": 10}})
 
 
 def sigma_histograms(sigmas: Mapping[str, object], prior_std: float = 1.0, bins: int = 60,

@@ -273,3 +273,21 @@ def test_page_zip_holds_tidy_tables_and_a_settings_sidecar_per_figure():
     assert sidecar["title"] == figs["curve"].layout.title.text
     assert grid_csv.startswith("trace,x,y,value")  # no tidy table given: the trace data in long form
     assert "curve are tidy tables" in readme and "NAME.json" in readme
+
+
+def test_stacked_image_panels_are_placed_and_titled_as_make_subplots_places_them():
+    from plotly.subplots import make_subplots
+
+    grids = {f"m{i}": np.zeros((draws, 8, 784)) for i, draws in enumerate((3, 4, 5))}
+    fig = figures.sample_grids(grids)
+    tile_px = min(figures.TILE_PX, (1100 - 20) / 8)
+    heights = [draws * tile_px + 40 for draws in (3, 4, 5)]
+    ref = make_subplots(rows=3, cols=1, subplot_titles=list(grids), row_heights=[h / sum(heights) for h in heights],
+                        vertical_spacing=0.06)
+    for axis in ("xaxis", "yaxis", "xaxis2", "yaxis2", "xaxis3", "yaxis3"):
+        np.testing.assert_allclose(fig.layout[axis].domain, ref.layout[axis].domain, atol=1e-12)
+        assert fig.layout[axis].anchor == ref.layout[axis].anchor
+    assert [(a.text, a.x, pytest.approx(a.y)) for a in fig.layout.annotations] == \
+        [(a.text, a.x, a.y) for a in ref.layout.annotations]
+    assert [(t.xaxis, t.yaxis) for t in fig.data] == [("x", "y"), ("x2", "y2"), ("x3", "y3")]
+    assert fig.layout.yaxis2.autorange == "reversed" and fig.layout.yaxis2.scaleanchor == "x2"
