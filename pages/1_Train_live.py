@@ -127,7 +127,10 @@ def evaluation_panel(info: runs.RunInfo) -> None:
         text = (f"evaluating: {done:,} of {total:,} image passes · S = {count(ev.get('S'))} on "
                 f"{count(ev.get('images'))} test images" if total else f"evaluation {status}: {ev.get('message', '')}")
         st.progress(min(1.0, done / total) if total else 0.0, text=text)
-        if st.button("Cancel evaluation", key="tl_eval_cancel", disabled=status == "stopping"):
+        if status == "unresponsive":
+            st.warning(widgets.escape_markdown(f"The evaluation is hung: {ev.get('message', '')}."))
+        label = "Force-stop the evaluation" if status == "unresponsive" else "Cancel evaluation"
+        if st.button(label, key="tl_eval_cancel", disabled=status == "stopping"):
             runs.cancel_evaluation(info.path)
             st.rerun()
         return

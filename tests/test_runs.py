@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -192,6 +193,38 @@ def test_an_evaluation_can_be_cancelled_and_bad_requests_are_refused(root, tmp_p
     assert done.evaluation["status"] == "cancelled", done.evaluation
     assert "test" not in json.loads((info.path / "metrics.json").read_text())
     assert not (info.path / runs.STOP).exists() and done.status == "finished"
+
+
+def test_a_hung_evaluation_is_unresponsive_and_the_page_can_end_the_process(root, monkeypatch):
+    """An evaluation process that holds the run's lock without reporting for STALE_SECONDS is shown as
+    unresponsive (busy: no second evaluation starts); cancelling it kills the process, which a stop file
+    alone could not, and the evaluation ends interrupted with metrics.json as it was."""
+    info = finished_run("hung", variant="iwae")
+    before = (info.path / "metrics.json").read_text()
+    runs.start_evaluation(info.path, S=50_000, images=10_000)
+    running = wait_for(info.path, lambda r: r.evaluation.get("status") == "running" and r.evaluation.get("total"))
+    pid = running.evaluation["pid"]
+    os.kill(pid, signal.SIGSTOP)  # hung: holds the lock, reports nothing, would never see the stop file
+    try:
+        monkeypatch.setattr(store, "STALE_SECONDS", 1.5)
+        hung = wait_for(info.path, lambda r: r.evaluation.get("status") == "unresponsive", timeout=30)
+        assert f"pid {pid}" in hung.evaluation["message"] and runs.is_locked(info.path)
+        with pytest.raises(runs.RunError, match="being evaluated already"):
+            runs.start_evaluation(info.path, S=10, images=10)
+        at = page(root)  # the page says so and offers to end it
+        at.query_params["run"] = "hung"
+        at.run()
+        assert any("evaluation is hung" in w.value and f"pid {pid}" in w.value for w in at.warning)
+        assert at.button(key="tl_eval_cancel").label == "Force-stop the evaluation"
+        at.button(key="tl_eval_cancel").click().run()
+        assert not at.exception, at.exception
+        done = wait_for(info.path, lambda r: r.evaluation.get("status") == "interrupted", timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert not Path(f"/proc/{pid}").exists() or b"iwae_core" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not runs.is_locked(info.path) and done.status == "finished"
+    assert (info.path / "metrics.json").read_text() == before
 
 
 def test_worker_refuses_a_run_whose_lock_is_held(tmp_path):

@@ -168,20 +168,20 @@ def stop_run(path: str | os.PathLike, *, force: bool = False) -> RunInfo:
         return info
     (info.path / STOP).touch()
     if force or info.status == "unresponsive":
-        _kill_worker(info)
+        _kill_worker(info.progress.get("pid"), info.path)
         time.sleep(0.2)
     return read_run(info.path)
 
 
-def _kill_worker(info: RunInfo) -> None:
-    pid = info.progress.get("pid")
+def _kill_worker(pid: int | None, path: Path) -> None:
+    """SIGKILL the training or evaluation process `pid` of the run at `path`, if it is one."""
     if not pid:
         return
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         cmdline = ""
-    if "iwae_core.runs" in cmdline and str(info.path) in cmdline:  # never kill an unrelated reused pid
+    if "iwae_core.runs" in cmdline and str(path) in cmdline:  # never kill an unrelated reused pid
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -346,7 +346,8 @@ def start_evaluation(path: str | os.PathLike, *, S: int, images: int, queue: boo
 
 
 def cancel_evaluation(path: str | os.PathLike) -> RunInfo:
-    """Stop a queued or running evaluation; metrics.json keeps what it had (the result is written at the end)."""
+    """Stop a queued or running evaluation; metrics.json keeps what it had (the result is written at the end).
+    A running job stops at its next batch; an unresponsive one (hung: no report for STALE_SECONDS) is killed."""
     info = read_run(path)
     status = info.evaluation.get("status")
     if status == "queued":
@@ -364,6 +365,9 @@ def cancel_evaluation(path: str | os.PathLike) -> RunInfo:
                     os.close(fd)
     elif status in EVALUATION_BUSY:
         (info.path / STOP).touch()
+        if status == "unresponsive":
+            _kill_worker(info.evaluation.get("pid"), info.path)
+            time.sleep(0.2)
     return read_run(info.path)
 
 

@@ -26,9 +26,11 @@ from ..zoo import ZooEntry
 ACTIVE = ("starting", "running", "stopping")  # a worker owns the run
 RESUMABLE = ("stopped", "interrupted")
 STATUSES = ("queued", *ACTIVE, "stopped", "finished", "failed", "interrupted", "unresponsive")
-# a finished run's evaluation job (progress.json's "evaluation"); the middle three: its worker holds the lock
-EVALUATION_STATUSES = ("queued", "starting", "running", "stopping", "done", "failed", "cancelled", "interrupted")
-EVALUATION_BUSY = EVALUATION_STATUSES[:4]
+# a finished run's evaluation job (progress.json's "evaluation"); the middle three: its worker holds the lock.
+# "unresponsive" is never written: read_run reports it for a job that holds the lock without reporting.
+EVALUATION_STATUSES = ("queued", "starting", "running", "stopping", "done", "failed", "cancelled", "interrupted",
+                       "unresponsive")
+EVALUATION_BUSY = (*EVALUATION_STATUSES[:4], "unresponsive")  # a job exists or is waiting for a slot
 STALE_SECONDS = 60.0  # no heartbeat for this long while the lock is held: the worker is hung
 CONFIG, OPTIONS, PROGRESS, SAMPLES = "config.json", "run.json", "progress.json", "samples.png"
 LOCK, STOP, LOG = "worker.lock", "stop", "worker.log"
@@ -160,7 +162,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
     if status is not None and status not in EVALUATION_STATUSES:
         raise RunError(f"{path / PROGRESS}: evaluation.status is {status!r:.40}, not one of "
                        f"{', '.join(EVALUATION_STATUSES)}")
-    if status in EVALUATION_BUSY[1:]:
+    if status in EVALUATION_STATUSES[1:4]:
         info.progress = _check_evaluation(path, info.progress)
     return info
 
@@ -251,13 +253,14 @@ def _check_evaluation(path: Path, progress: dict) -> dict:
         age = time.time() - evaluation.get("heartbeat", time.time())
         if age > STALE_SECONDS:
             return {**progress, "evaluation": {
-                **evaluation, "message": f"the evaluation process (pid {evaluation.get('pid')}) has not reported "
-                                         f"for {age:.0f} s"}}
+                **evaluation, "status": "unresponsive",
+                "message": f"the evaluation process (pid {evaluation.get('pid')}) has not reported for {age:.0f} s; "
+                           "cancelling it ends the process"}}
         return progress
     try:
         fresh = read_state(path / PROGRESS)
         evaluation = fresh.get("evaluation") or {}
-        if evaluation.get("status") not in EVALUATION_BUSY[1:]:
+        if evaluation.get("status") not in EVALUATION_STATUSES[1:4]:
             return fresh
         last = _last_log_line(path)
         fresh["evaluation"] = {**evaluation, "status": "interrupted",
