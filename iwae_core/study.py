@@ -12,6 +12,11 @@ its folder is skipped, and results/study.csv and study.md are rebuilt from the f
 
   python -m iwae_core.study --root runs/study --datasets mnist --seeds 0 1 2 --workers 2
 
+The arms iwae-bf16 and iwae-r-bf16 train IWAE and IWAE-R in bf16-mixed precision on the same schedule; each is
+paired with the float32 trial of the same seed and budget (the precision fidelity study of docs/precision.md):
+
+  python -m iwae_core.study --root runs/study --datasets mnist --arms iwae-bf16 iwae-r-bf16 --until 10
+
 The trials run as Ray tasks, as `iwae sweep`'s do (a local Ray, or a cluster with --address).
 """
 
@@ -33,24 +38,32 @@ from . import checkpoint as ckpt
 from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
 from .evaluate import per_image_name
 
-# arm -> (variant, objective)
+# arm -> (variant, objective, training precision)
 ARMS = {
-    "iwae": ("iwae", "bayes"),
-    "iwae-r": ("iwae-r", "bayes"),
-    "iwae-r-mixture": ("iwae-r", "mixture"),
-    "iwae-rrec": ("iwae-rrec", "bayes"),
+    "iwae": ("iwae", "bayes", "float32"),
+    "iwae-r": ("iwae-r", "bayes", "float32"),
+    "iwae-r-mixture": ("iwae-r", "mixture", "float32"),
+    "iwae-rrec": ("iwae-rrec", "bayes", "float32"),
+    # the precision fidelity study (docs/precision.md): the same trials in bf16-mixed, paired with their float32
+    # twin of the same seed and budget; not run unless asked for with --arms
+    "iwae-bf16": ("iwae", "bayes", "bf16-mixed"),
+    "iwae-r-bf16": ("iwae-r", "bayes", "bf16-mixed"),
 }
+DEFAULT_ARMS = ("iwae", "iwae-r", "iwae-r-mixture", "iwae-rrec")
+FIDELITY_NATS = 0.05  # bf16-mixed may become the default only if its mean difference is below this (and the seed sd)
 CSV_FIELDS = ["dataset", "arm", "variant", "objective", "init_sigma", "seed", "epochs", "n_images", "S", "tau",
-              "test_ll", "stderr", "diff_to_iwae", "diff_stderr", "train_seconds", "commit"]
+              "test_ll", "stderr", "diff_to_iwae", "diff_stderr", "train_seconds", "commit", "precision",
+              "diff_to_float32", "diff_float32_stderr"]
 
 
 @dataclass
 class StudyConfig:
     root: Path = Path("runs/study")
     datasets: tuple[str, ...] = ("mnist", "omniglot")
-    arms: tuple[str, ...] = tuple(ARMS)
+    arms: tuple[str, ...] = DEFAULT_ARMS
     seeds: tuple[int, ...] = (0, 1, 2)
     budgets: tuple[int, ...] = (5, 10, 20, 40)
+    until: int | None = None  # evaluate only the budgets up to this many epochs (the schedule stays max(budgets))
     init_sigma: float = 1e-3  # of the Bayesian arms (the shipped models')
     mixture_init_sigma: float = 1e-2
     batch_size: int = 20
@@ -73,10 +86,17 @@ class StudyConfig:
         unknown = sorted(set(self.arms) - set(ARMS))
         if unknown:
             raise ValueError(f"unknown arms {unknown}; choose from {sorted(ARMS)}")
-        if "iwae" not in self.arms:
-            raise ValueError("the study's differences are to IWAE: keep the 'iwae' arm")
+        if "iwae" not in self.arms and not all(ARMS[a][2] != "float32" for a in self.arms):
+            raise ValueError("the study's differences are to IWAE: keep the 'iwae' arm (only the bf16-mixed arms "
+                             "may run without it: their references are the float32 trials in the same root)")
         if sorted(self.budgets) != list(self.budgets) or min(self.budgets) < 1:
             raise ValueError(f"budgets must be increasing positive epochs, got {self.budgets}")
+        if self.until is not None and self.until < min(self.budgets):
+            raise ValueError(f"until = {self.until} epochs leaves no budget to run (budgets {self.budgets})")
+
+    @property
+    def budgets_to_run(self) -> tuple[int, ...]:
+        return tuple(b for b in self.budgets if self.until is None or b <= self.until)
 
 
 def trial_name(dataset: str, arm: str, seed: int) -> str:
@@ -85,14 +105,14 @@ def trial_name(dataset: str, arm: str, seed: int) -> str:
 
 def trial_run(cfg: StudyConfig, dataset: str, arm: str, seed: int) -> RunConfig:
     """The paper's model and objective on one cosine schedule of max(budgets) epochs."""
-    variant, objective = ARMS[arm]
+    variant, objective, precision = ARMS[arm]
     granularity = {"encoder_granularity": "sample", "decoder_granularity": "sample"} if objective == "mixture" else {}
     sigma = cfg.mixture_init_sigma if objective == "mixture" else cfg.init_sigma
     model = ModelConfig.for_variant(variant, **{**PAPER_PRESET["model"], "hidden": cfg.hidden, "z_dim": cfg.z_dim},
                                     init_sigma=sigma, **granularity)
     train = TrainConfig(**{**PAPER_PRESET["train"], "batch_size": cfg.batch_size, "lr": cfg.lr,
                            "lr_final": cfg.lr_final, "k": cfg.k}, dataset=dataset, epochs=max(cfg.budgets), seed=seed,
-                        threads=cfg.threads, device="cpu", objective=objective,
+                        threads=cfg.threads, device="cpu", objective=objective, precision=precision,
                         beta=0.0 if objective == "mixture" else 1.0)
     return RunConfig(model, train)
 
@@ -164,9 +184,9 @@ def run_study(cfg: StudyConfig, address: str | None = None) -> None:
 
     keys = [(d, a, s) for d in cfg.datasets for s in cfg.seeds for a in cfg.arms]
     with ray_session(address, num_cpus=None if address else cfg.workers) as (ray, where):
-        say(f"study: {len(keys)} trials x {len(cfg.budgets)} budgets on {where}")
+        say(f"study: {len(keys)} trials x {len(cfg.budgets_to_run)} budgets on {where}")
         task = ray.remote(_task).options(num_cpus=1, max_retries=3)
-        for budget in cfg.budgets:
+        for budget in cfg.budgets_to_run:
             pending = {task.remote((cfg, (*key, budget))): key for key in keys}
             bar = tqdm(total=len(pending), desc=f"study, {budget} epochs", unit="trial", file=sys.stderr)
             while pending:
@@ -208,26 +228,44 @@ def collect(root: Path) -> list[dict]:
             arm, group = training.get("study", {}).get("arm") or _arm_of(run), ""
         found.append({"snap": snap, "run": run, "test": test, "training": training, "per_image": per_image,
                       "arm": arm, "group": group})
-    iwae = {(f["group"], f["run"].train.dataset, f["run"].train.seed, f["training"]["epochs"]): f
-            for f in found if f["run"].model.variant == "iwae"}
+    def key(f: dict, *extra) -> tuple:
+        return (f["group"], f["run"].train.dataset, f["run"].train.seed, f["training"]["epochs"], *extra)
+
+    def twin(f: dict) -> tuple:  # what a bf16-mixed trial is compared with: the same trial in float32
+        return key(f, f["run"].model.variant, f["run"].train.objective)
+
+    float32 = [f for f in found if f["run"].train.precision == "float32"]
+    iwae = {key(f): f for f in float32 if f["run"].model.variant == "iwae"}
+    twins = {twin(f): f for f in float32}
     rows = []
     for f in found:
         run, test = f["run"], f["test"]
-        key = (f["group"], run.train.dataset, run.train.seed, f["training"]["epochs"])
         for tau, entry in sorted(test["by_tau"].items(), key=lambda t: -float(t[0])):
             ll = f["per_image"][per_image_name(tau)]
-            ref = iwae.get(key)
-            diff = diff_se = None
-            if ref is not None and ref["test"]["n_images"] == test["n_images"] and ref["test"]["S"] == test["S"]:
-                d = ll - ref["per_image"]["tau=1"]  # IWAE's network has no weight noise: its tau = 1 is all
-                diff, diff_se = d.mean().item(), (d.std() / math.sqrt(len(d))).item()
+            # IWAE's network has no weight noise: its tau = 1 is all
+            diff, diff_se = _paired(ll, test, iwae.get(key(f)), "tau=1")
+            fidelity = (None, None)
+            if run.train.precision != "float32":
+                fidelity = _paired(ll, test, twins.get(twin(f)), per_image_name(tau))
             rows.append({"dataset": run.train.dataset, "arm": f["arm"], "variant": run.model.variant,
                          "objective": run.train.objective, "init_sigma": run.model.init_sigma,
                          "seed": run.train.seed, "epochs": f["training"]["epochs"], "n_images": test["n_images"],
                          "S": test["S"], "tau": float(tau), "test_ll": entry["mean"], "stderr": entry["stderr"],
                          "diff_to_iwae": diff, "diff_stderr": diff_se,
-                         "train_seconds": f["training"].get("train_seconds"), "commit": test.get("commit")})
+                         "train_seconds": f["training"].get("train_seconds"), "commit": test.get("commit"),
+                         "precision": run.train.precision, "diff_to_float32": fidelity[0],
+                         "diff_float32_stderr": fidelity[1]})
     return rows
+
+
+def _paired(ll: torch.Tensor, test: dict, ref: dict | None, name: str) -> tuple[float | None, float | None]:
+    """Mean and standard error over images of ll minus the reference's per-image results `name`, when the
+    reference was evaluated on the same images with the same S; else (None, None)."""
+    if ref is None or ref["test"]["n_images"] != test["n_images"] or ref["test"]["S"] != test["S"] \
+            or name not in ref["per_image"]:
+        return None, None
+    d = ll - ref["per_image"][name]
+    return d.mean().item(), (d.std() / math.sqrt(len(d))).item()
 
 
 def _without(trial: str, *keys: str) -> str:
@@ -241,13 +279,15 @@ def arm_order(arm: str) -> tuple:
 
 
 def _arm_of(run: RunConfig) -> str:
-    return "iwae-r-mixture" if run.train.objective == "mixture" else run.model.variant
+    arm = "iwae-r-mixture" if run.train.objective == "mixture" else run.model.variant
+    return arm if run.train.precision == "float32" else f"{arm}-bf16"
 
 
 def read_csv(path: Path) -> list[dict]:
     """results/study.csv back as rows with numbers as numbers."""
     ints, floats = {"seed", "epochs", "n_images", "S"}, {"init_sigma", "tau", "test_ll", "stderr", "diff_to_iwae",
-                                                        "diff_stderr", "train_seconds"}
+                                                        "diff_stderr", "train_seconds", "diff_to_float32",
+                                                        "diff_float32_stderr"}
     with open(path, newline="") as f:
         return [{k: (None if v == "" else int(v) if k in ints else float(v) if k in floats else v)
                  for k, v in row.items()} for row in csv.DictReader(f)]
@@ -269,6 +309,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         row = {"dataset": dataset, "epochs": epochs, "tau": tau, "arm": arm, "seeds": len(rs),
                "test_ll": ll.mean().item(), "test_ll_sd": ll.std().item() if len(rs) > 1 else None,
                "diff": None, "diff_sd": None, "paired_se": None, "verdict": ""}
+        _fidelity(row, rs, groups.get((dataset, epochs, tau, _float32_arm(arm)), []))
         if diffs and not all(r["diff_stderr"] == 0 for r in diffs):  # not the reference (IWAE) itself
             d = torch.tensor([r["diff_to_iwae"] for r in diffs], dtype=torch.float64)
             se = sum(r["diff_stderr"] for r in diffs) / len(diffs)
@@ -282,6 +323,32 @@ def summarize(rows: list[dict]) -> list[dict]:
                 row["verdict"] = "not distinguishable from IWAE"
         out.append(row)
     return out
+
+
+def _float32_arm(arm: str) -> str:
+    return arm.removesuffix("-bf16")
+
+
+def _fidelity(row: dict, rs: list[dict], float32_rs: list[dict]) -> None:
+    """For a bf16-mixed arm: the mean across seeds of its paired difference to the same seed's float32 trial, its
+    seed-to-seed sd, the mean paired s.e., the float32 arm's seed-to-seed sd of the test LL (the seed spread),
+    and whether bf16-mixed may become the default: with at least 3 seeds, the mean difference below FIDELITY_NATS
+    and below that seed spread (docs/precision.md)."""
+    row.update(fidelity=None, fidelity_sd=None, fidelity_se=None, seed_spread=None, fidelity_verdict="")
+    d = [r["diff_to_float32"] for r in rs if r.get("diff_to_float32") is not None]
+    if not d:
+        return
+    d = torch.tensor(d, dtype=torch.float64)
+    spread = torch.tensor([r["test_ll"] for r in float32_rs], dtype=torch.float64)
+    row.update(fidelity=d.mean().item(), fidelity_sd=d.std().item() if len(d) > 1 else None,
+               fidelity_se=sum(r["diff_float32_stderr"] for r in rs if r.get("diff_float32_stderr") is not None)
+               / len(d), seed_spread=spread.std().item() if len(spread) > 1 else None)
+    if len(d) < 3 or row["seed_spread"] is None:
+        row["fidelity_verdict"] = f"{len(d)} seed{'s' if len(d) > 1 else ''}: no verdict (3 needed)"
+    elif abs(row["fidelity"]) < FIDELITY_NATS and abs(row["fidelity"]) < row["seed_spread"]:
+        row["fidelity_verdict"] = f"within {FIDELITY_NATS} nats and the seed spread"
+    else:
+        row["fidelity_verdict"] = f"not within {FIDELITY_NATS} nats and the seed spread: keep float32"
 
 
 def write_results(root: Path, results: Path, note: str | None = None) -> list[dict]:
@@ -351,6 +418,18 @@ def markdown(rows: list[dict], note: str | None = None) -> str:
                              f"{_f(s['test_ll_sd'], '.3f')} | {_f(s['diff'])} ± {_f(s['diff_sd'], '.3f')} | "
                              f"{_f(s['paired_se'], '.3f')} | {s['verdict']} |")
             lines.append("")
+            fidelity = [s for s in summary if s["dataset"] == dataset and s["epochs"] == epochs
+                        and s["fidelity"] is not None]
+            if fidelity:
+                lines += ["Precision: each bf16-mixed trial minus the same seed's float32 trial, paired over the "
+                          "images; the seed spread is the float32 arm's sd of the test LL across seeds.", "",
+                          "| arm | τ | seeds | bf16-mixed − float32 (mean ± sd) | paired s.e. | seed spread "
+                          "| verdict |",
+                          "|---|---|---|---|---|---|---|"]
+                lines += [f"| {s['arm']} | {s['tau']:g} | {s['seeds']} | {_f(s['fidelity'])} ± "
+                          f"{_f(s['fidelity_sd'], '.3f')} | {_f(s['fidelity_se'], '.3f')} | "
+                          f"{_f(s['seed_spread'], '.3f')} | {s['fidelity_verdict']} |" for s in fidelity]
+                lines.append("")
     return "\n".join(lines)
 
 
@@ -359,9 +438,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/study", help="folder of the trials' run folders (not for git)")
     p.add_argument("--results", default="results", help="where study.csv and study.md are written")
     p.add_argument("--datasets", nargs="+", default=["mnist", "omniglot"])
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS),
+                   help="default: the four float32 arms; iwae-bf16 and iwae-r-bf16 are the precision study's")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--budgets", nargs="+", type=int, default=[5, 10, 20, 40])
+    p.add_argument("--budgets", nargs="+", type=int, default=[5, 10, 20, 40],
+                   help="epochs at which each trial is evaluated; the schedule is the largest")
+    p.add_argument("--until", type=int, help="evaluate only the budgets up to this many epochs (the schedule stays "
+                                             "that of the largest budget), e.g. 10 for the precision study")
     p.add_argument("--init-sigma", type=float, default=1e-3)
     p.add_argument("--mixture-init-sigma", type=float, default=1e-2)
     p.add_argument("--images", type=int, default=2000)
@@ -374,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", help="a status paragraph for study.md (what the results cover, what is missing)")
     args = p.parse_args(argv)
     cfg = StudyConfig(root=args.root, results=args.results, datasets=tuple(args.datasets), arms=tuple(args.arms),
-                      seeds=tuple(args.seeds), budgets=tuple(args.budgets), init_sigma=args.init_sigma,
+                      seeds=tuple(args.seeds), budgets=tuple(args.budgets), until=args.until,
+                      init_sigma=args.init_sigma,
                       mixture_init_sigma=args.mixture_init_sigma, images=args.images, S=args.S,
                       workers=args.workers, data_dir=args.data_dir)
     if not args.summarize:
