@@ -167,10 +167,12 @@ def tau_slider(page: str, default: float = 1.0, models: dict[str, ZooEntry] | No
     return tau
 
 
-def k_slider(page: str, default: int = 100, options: tuple[int, ...] = K_GRID, label: str = "k") -> int:
-    """Number of importance samples, one of `options`. ?k= picks the nearest option up to URL_K_MAX: a link
-    never starts a computation of tens of seconds (a larger k is one slider move away)."""
-    key = f"{page}:k"
+def k_slider(page: str, default: int = 100, options: tuple[int, ...] = K_GRID, label: str = "k", param: str = "k",
+             sidebar: bool = True) -> int:
+    """Number of importance samples, one of `options`, in the URL as ?param=. A link's value picks the nearest
+    option up to URL_K_MAX: a link never starts a computation of tens of seconds (a larger k is one slider move
+    away)."""
+    key = f"{page}:{param}"
     linkable = [o for o in options if o <= URL_K_MAX] or [min(options)]
 
     def parse(raw: str) -> int | None:
@@ -188,8 +190,9 @@ def k_slider(page: str, default: int = 100, options: tuple[int, ...] = K_GRID, l
         return (f"a link may ask for k up to {max(linkable)}, since larger k cost tens of seconds of server time; "
                 f"choose a larger k with the slider" if too_big else f"k is one of {grid} in a link")
 
-    _init(key, "k", parse, default, lambda v: v in options, allowed)
-    k = st.sidebar.select_slider(label, options=list(options), key=key)
+    _init(key, param, parse, default, lambda v: v in options, allowed)
+    k = (st.sidebar if sidebar else st).select_slider(label, options=list(options), key=key,
+                                                      help=f"Shared in the URL as ?{param}=")
     _url_notice(key)
     return k
 

@@ -131,7 +131,11 @@ if curves:
 
 st.subheader("One test image: importance weights and posterior draws")
 n_test = min(len(tests[label]["x"]) for label in models)
-index = widgets.int_input("bound", "image", "Test image", 0, n_test - 1, 0, key="bound:index", sidebar=False)
+c_index, c_k = st.columns(2)
+with c_index:
+    index = widgets.int_input("bound", "image", "Test image", 0, n_test - 1, 0, key="bound:index", sidebar=False)
+with c_k:  # its own k: moving the curve's largest k does not redraw these figures
+    k_image = widgets.k_slider("bound", default=100, label="k for this image", param="image_k", sidebar=False)
 z_dim = min(zoo.load_model(r).config.z_dim for r in refs.values())
 c1, c2 = st.columns(2)
 with c1:
@@ -140,25 +144,25 @@ with c1:
 with c2:
     dim_b = widgets.choice_input("bound", "y", "Latent dimension (y axis)", list(range(z_dim)), min(1, z_dim - 1),
                             key="bound:dim_b", sidebar=False)
-widgets.sync_url(image=index, x=dim_a, y=dim_b)
-weights = {label: compute.importance(r, models[label].dataset, compute.data_key(), index, k_max, tau, seed)
+widgets.sync_url(image=index, image_k=k_image, x=dim_a, y=dim_b)
+weights = {label: compute.importance(r, models[label].dataset, compute.data_key(), index, k_image, tau, seed)
            for label, r in refs.items()}
-st.markdown(" · ".join(f"**{label}**: L_{k_max} = {w['bound']:.2f}, ESS = {w['ess']:.1f} of {k_max}"
+st.markdown(" · ".join(f"**{label}**: L_{k_image} = {w['bound']:.2f}, ESS = {w['ess']:.1f} of {k_image}"
                        for label, w in weights.items()))
 first = next(iter(models))
 fig_image = compute.figure(figures.image_grid, tests[first]["x"][index][None].numpy(), nrow=1,
                            title=f"test image {index}")
 fig_weights = compute.figure(figures.importance_weights, weights)
 fig_post = compute.figure(figures.posterior_scatter, weights, dims=(dim_a, dim_b))
-settings |= {"test_image": index, "k_importance": k_max}
+settings |= {"test_image": index, "k_importance": k_image}
 tables["test_image"] = lambda: export.images_csv({"test image": tests[first]["x"][index][None]},
                                                   axes=("test image",), labels={"test image": [index]})
 tables["importance_weights"] = lambda: export.table_csv([
-    {"model": label, "test image": index, "k": k_max, "tau": tau, "seed": seed, "draw": d, "log weight": float(lw),
+    {"model": label, "test image": index, "k": k_image, "tau": tau, "seed": seed, "draw": d, "log weight": float(lw),
      "normalised weight": float(nw)}
     for label, w in weights.items() for d, (lw, nw) in enumerate(zip(w["log_w"], w["weights"], strict=True))])
 tables["posterior_draws"] = lambda: export.table_csv([
-    {"model": label, "test image": index, "k": k_max, "tau": tau, "seed": seed, "draw": d,
+    {"model": label, "test image": index, "k": k_image, "tau": tau, "seed": seed, "draw": d,
      **{f"z{j}": float(v) for j, v in enumerate(z[:z_dim])}}
     for label, w in weights.items() for d, z in enumerate(w["z"])])
 c_img, c_w = st.columns([1, 4])

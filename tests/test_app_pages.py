@@ -381,14 +381,19 @@ def test_bound_vs_k_back_at_a_setting_seen_before_builds_no_figure_and_shows_the
     assert sorted(built) == ["bound_vs_k", "bound_vs_k", "image_grid", "importance_weights", "posterior_scatter"]
     at.select_slider(key="bound:k").set_value(25)
     rerun(at)
-    assert sorted(built[5:]) == ["bound_vs_k", "bound_vs_k", "importance_weights", "posterior_scatter"]
-    assert charts(at) != first  # a new k: new figures, but the test image's is the same and reused
+    # a new largest k: new curves; the test image's figures have their own k and are reused
+    assert sorted(built[5:]) == ["bound_vs_k", "bound_vs_k"]
+    assert charts(at) != first
     built.clear()
     at.select_slider(key="bound:k").set_value(100)
     assert charts(rerun(at)) == first and built == []
     at.number_input(key="bound:index").set_value(3)
     rerun(at)
     assert sorted(built) == ["image_grid", "importance_weights", "posterior_scatter"]  # the curves did not change
+    built.clear()
+    at.select_slider(key="bound:image_k").set_value(25)
+    rerun(at)
+    assert sorted(built) == ["importance_weights", "posterior_scatter"]
 
 
 def curve_means(spec: dict) -> dict[str, list]:
@@ -428,15 +433,16 @@ def test_bound_vs_k_k_slider_sets_the_range_and_tau_moves_random_models(zoo, mni
 
 
 def test_bound_vs_k_url_and_the_chosen_image(zoo, mnist):
-    at = open_app("5_Bound_vs_k.py", k="30", model="tiny-iwae-r", tau="1")
+    at = open_app("5_Bound_vs_k.py", k="30", image_k="50", model="tiny-iwae-r", tau="1")
     assert at.select_slider(key="bound:k").value == 25  # nearest k of the grid
+    assert at.select_slider(key="bound:image_k").value == 50  # the test image's own k
     assert at.multiselect(key="bound:model").value == ["tiny-iwae-r"]
-    assert "ESS" in texts(at, "markdown")
+    assert "L_50" in texts(at, "markdown") and "ESS" in texts(at, "markdown")
     weights = next(s for s in charts(at) if "Importance weights" in s["layout"]["title"]["text"])
-    assert weights["data"][0]["name"].endswith("of 25")
+    assert weights["data"][0]["name"].endswith("of 50")
     posterior = next(s for s in charts(at) if "Posterior draws" in s["layout"]["title"]["text"])
-    x0 = array(posterior["data"][0]["x"])
-    assert len(x0) == 25
+    x0 = array(posterior["data"][0]["x"])  # the density of every draw
+    assert len(x0) == 50
     at.number_input(key="bound:index").set_value(3)
     rerun(at)
     posterior3 = next(s for s in charts(at) if "Posterior draws" in s["layout"]["title"]["text"])
@@ -577,7 +583,8 @@ def test_bound_vs_k_exports_tidy_tables_and_its_settings(zoo, mnist, zipped):
     paired = list(csv.DictReader(io.StringIO(tables["bound_vs_k_paired"]())))
     assert {r["reference"] for r in paired} == {"tiny-iwae"} and {r["model"] for r in paired} == {"tiny-iwae-r"}
     weights = list(csv.DictReader(io.StringIO(tables["importance_weights"]())))
-    assert len(weights) == 2 * 10 and "normalised weight" in weights[0]
+    assert len(weights) == 2 * 100 and "normalised weight" in weights[0]  # the test image's own k (default 100)
+    assert settings["k_importance"] == 100 and {r["k"] for r in weights} == {"100"}
 
 
 def test_samples_exports_images_as_tidy_pixels(zoo, no_data, zipped):
