@@ -1,6 +1,7 @@
 """The views' computations, cached: keyed by the model's version and every setting, so a slider only
 recomputes what it changed. Caches are bounded in entries and time (CACHE_SECONDS), so many sessions
-moving sliders cannot grow the server without limit. The maths is iwae_core.explore and iwae_core.evaluate.
+moving sliders cannot grow the server without limit. The maths is iwae_core.explore, iwae_core.evaluate and
+iwae_core.curves.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from iwae_core import data, evaluate, explore, folders
+from iwae_core import curves, data, evaluate, explore, folders
 
 from .zoo import CACHE_SECONDS, ModelRef, model_at
 
@@ -84,7 +85,7 @@ def activity(model_ref: ModelRef, dataset: str, root: str) -> dict | None:
     model = model_at(*model_ref)
     with TORCH_LOCK, torch.random.fork_rng():
         torch.manual_seed(0)
-        return evaluate.active_units(model, test["x"][:ACTIVITY_IMAGES])
+        return curves.active_units(model, test["x"][:ACTIVITY_IMAGES])
 
 
 def start_point(model_ref: ModelRef, dataset: str, root: str, index: int | None, tau: float, seed: int) -> np.ndarray:
@@ -168,7 +169,7 @@ def layer_sigmas(model_ref: ModelRef) -> dict:
 
 @st.cache_data(max_entries=32, ttl=CACHE_SECONDS, show_spinner=False)
 def weight_table(model_ref: ModelRef) -> pd.DataFrame:
-    return pd.DataFrame(evaluate.weight_statistics(model_at(*model_ref)))
+    return pd.DataFrame(curves.weight_statistics(model_at(*model_ref)))
 
 
 class ResultCache:
@@ -202,9 +203,9 @@ _RATES: dict[tuple[ModelRef, int], float] = {}  # draws per second last measured
 
 
 def _stored_curves(model_ref: ModelRef) -> dict | str | None:
-    """The model folder's precomputed curves (evaluate.BOUND_CURVES) as numpy, None when there are none, or why
+    """The model folder's precomputed curves (curves.BOUND_CURVES) as numpy, None when there are none, or why
     they cannot be used (one line naming the file); read again when the file changes."""
-    path = Path(model_ref[0]) / evaluate.BOUND_CURVES
+    path = Path(model_ref[0]) / curves.BOUND_CURVES
     try:
         mtime = path.stat().st_mtime_ns
     except OSError:
@@ -214,14 +215,14 @@ def _stored_curves(model_ref: ModelRef) -> dict | str | None:
 
 @st.cache_data(max_entries=32, ttl=CACHE_SECONDS, show_spinner=False)
 def _read_stored_curves(model_ref: ModelRef, mtime: int) -> dict | str:
-    path = Path(model_ref[0]) / evaluate.BOUND_CURVES
+    path = Path(model_ref[0]) / curves.BOUND_CURVES
     try:
-        curves = folders.read_bound_curves(path)
+        stored = folders.read_bound_curves(path)
     except folders.FileError as err:
         return str(err)
-    if curves["meta"]["model_sha256"] != evaluate.model_sha256(Path(model_ref[0])):
+    if stored["meta"]["model_sha256"] != evaluate.model_sha256(Path(model_ref[0])):
         return f"{path} was computed for other weights than model.safetensors holds, so it is not used"
-    return {name: (v.numpy() if torch.is_tensor(v) else v) for name, v in curves.items()}
+    return {name: (v.numpy() if torch.is_tensor(v) else v) for name, v in stored.items()}
 
 
 def stored_curves_problem(model_ref: ModelRef) -> str | None:
@@ -238,7 +239,7 @@ def _from_store(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: f
     stored = _stored_curves(model_ref)
     if not isinstance(stored, dict):
         return None
-    meta, ks, name = stored["meta"], [k for k in K_GRID if k <= k_max], evaluate.curve_name(k_max, tau)
+    meta, ks, name = stored["meta"], [k for k in K_GRID if k <= k_max], curves.curve_name(k_max, tau)
     test = _test_set(dataset, root)
     if ([k for k in meta["ks"] if k <= k_max] != ks or meta["seed"] != seed or meta["test_seed"] != evaluate.TEST_SEED
             or "error" in test or meta["source"] != test["source"] or n_images != meta["n_images"]
@@ -258,7 +259,7 @@ def bound_curve_cached(model_ref: ModelRef, dataset: str, root: str, k_max: int,
 def bound_curve(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: float, n_images: int, seed: int,
                 progress: Callable[[int, int], None] | None = None) -> dict:
     """L_k per image of the first n_images test images for every k of the grid up to k_max, from one pass of
-    k_max draws per image (evaluate.grouped_bounds): {'ks': [..], 'per_image': [len(ks), n] numpy}. Computed
+    k_max draws per image (curves.grouped_bounds): {'ks': [..], 'per_image': [len(ks), n] numpy}. Computed
     once per setting, or read from the model folder's precomputed curves when they hold exactly this setting;
     a computed pass's speed is kept for estimate_seconds."""
     def compute() -> dict:
@@ -270,7 +271,7 @@ def bound_curve(model_ref: ModelRef, dataset: str, root: str, k_max: int, tau: f
         ks = [k for k in K_GRID if k <= k_max]
         with TORCH_LOCK:
             start = time.perf_counter()
-            per_image = evaluate.grouped_bounds(model, x, ks, tau=tau, seed=seed, progress=progress)
+            per_image = curves.grouped_bounds(model, x, ks, tau=tau, seed=seed, progress=progress)
             seconds = time.perf_counter() - start
         if seconds > 0.05:  # too short a pass says little about the speed
             _RATES[(model_ref, k_max)] = k_max * len(x) / seconds
@@ -289,7 +290,7 @@ def estimate_seconds(model_ref: ModelRef, k_max: int, n_images: int) -> float:
         with TORCH_LOCK, torch.random.fork_rng():
             for _ in range(2):
                 start = time.perf_counter()
-                evaluate.grouped_bounds(model, x, [k_max])
+                curves.grouped_bounds(model, x, [k_max])
                 seconds = time.perf_counter() - start
         _RATES[(model_ref, k_max)] = k_max / max(seconds, 1e-6)
     return k_max * n_images / _RATES[(model_ref, k_max)]
@@ -307,7 +308,7 @@ def importance(model_ref: ModelRef, dataset: str, root: str, index: int, k: int,
     model = model_at(*model_ref)
     x = _test_set(dataset, root)["x"][index]
     with TORCH_LOCK:
-        r = evaluate.importance_weights(model, x, k, tau=tau, seed=seed)
+        r = curves.importance_weights(model, x, k, tau=tau, seed=seed)
     return {key: (v.numpy() if torch.is_tensor(v) else v) for key, v in r.items()}
 
 

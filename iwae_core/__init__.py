@@ -1,7 +1,8 @@
 """iwae_core: importance weighted autoencoders whose weights may be random, trained and evaluated.
 
 The mathematics is in maths/, the dashboard's background training runs in runs/, Ray sweeps, sharded
-evaluation and DDP in scale/; config, data, train, evaluate, zoo and cli are the rest of the engine.
+evaluation and DDP in scale/; config, data, train, evaluate, curves, compare, zoo and cli are the rest of the
+engine.
 """
 
 from pathlib import Path

@@ -269,7 +269,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from .evaluate import comparison_table, paired_differences, stale_evaluation, write_paired
+    from .compare import comparison_table, paired_differences, stale_evaluation, write_paired
     from .scale.sweep import is_sweep, sweep_table
     from .zoo import select_models
 

@@ -1,4 +1,13 @@
-"""Evaluation: test log-likelihood from S joint draws, L_k against k, active units, weight statistics."""
+"""Evaluation: the test log-likelihood from S joint draws per image, and the protocol of `iwae eval`.
+
+log p^(x) = logmeanexp_s log w_s, each of the S draws (theta_s, phi_s, z_s) joint and independent, on the test
+images binarised with TEST_SEED (log_likelihood). A pass over the test set can be split into shards computed
+anywhere that equal it value for value (log_likelihood_range). evaluate_folder is the full protocol on a model
+folder: every tau, the Monte-Carlo spread, active units and weight statistics, written to metrics.json and
+test_ll.safetensors with the sha256 of the weights they are of. PAPER_TABLE: Hernandez-Lobato et al. (2016).
+
+L_k against k and the per-image diagnostics are in curves.py; comparing evaluated models in compare.py.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +21,9 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from . import zoo
 from .allocator import retain_freed_memory
 from .config import SEEDINGS, check_k, check_seed
 from .data import binarize, load_dataset
-from .maths.bounds import effective_sample_size, iwae_bound
 from .maths.model import IWAE
 
 TEST_SEED = 2016  # the fixed seed that binarises the test set for every reported number
@@ -56,11 +63,6 @@ def tau_label(tau: float | str) -> str:
 def per_image_name(tau: float | str) -> str:
     """The tensor of test_ll.safetensors holding the per-image test LL at this tau."""
     return f"tau={tau_label(tau)}"
-
-
-def curve_name(k_max: int, tau: float | str) -> str:
-    """The tensor of bound_curves.safetensors holding the L_k curves up to k_max at this tau."""
-    return f"k_max={k_max},{per_image_name(tau)}"
 
 
 def binarized_test_images(data: dict, limit: int | None = None) -> torch.Tensor:
@@ -230,155 +232,6 @@ def summarize(values: torch.Tensor) -> dict:
             "n_images": n}
 
 
-@torch.no_grad()
-def bound_vs_k(model: IWAE, x: torch.Tensor, ks: list[int], repeats: int = 1, tau: float = 1.0,
-               seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Mean L_k over the images x for each k (model's own granularities), with its standard error.
-    progress(done, total) is called after each chunk of images, counted over all k and repeats."""
-    for k in ks:
-        check_k(k)
-    check_tau(tau)
-    model.eval()
-    rows = []
-    done, total = 0, len(ks) * repeats * len(x)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for k in ks:
-            per_image = []
-            for _ in range(repeats):
-                b = max(1, ROWS_PER_CHUNK // k)
-                chunks = []
-                for xb in x.split(b):
-                    chunks.append(iwae_bound(model.log_weights(xb, k, tau=tau)))
-                    done += len(xb)
-                    if progress:
-                        progress(done, total)
-                per_image.append(torch.cat(chunks))
-            vals = torch.stack(per_image).mean(0)
-            rows.append({"k": k, **summarize(vals)})
-    return rows
-
-
-@torch.no_grad()
-def grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], tau: float = 1.0, seed: int = 0,
-                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Per-image estimates of L_k for every k of `ks` from ONE pass of k_max = max(ks) draws per image: [len(ks), n].
-
-    The k_max log weights of an image are split into floor(k_max / k) disjoint groups of k consecutive draws
-    (the remainder is unused); each group is an L_k estimate and they are averaged. Every group has the
-    distribution of the k draws plain L_k uses (same call, same granularities: a 'datapoint' decoder draw is
-    shared by all k_max draws of an image as it is by the k of plain L_k), so the expectation is L_k's, and
-    averaging groups lowers the variance. A new k_max or tau costs one pass, not one per k.
-    Draws are made with all k_max of an image in one call (so groups never straddle two weight draws), at most
-    ROWS_PER_CHUNK rows per call where that allows. progress(done, total) counts images.
-    """
-    ks = list(ks)
-    for k in ks:
-        check_k(k)
-    check_tau(tau)
-    return _grouped_bounds(model, x, ks, tau, seed, progress)
-
-
-@torch.no_grad()
-def _grouped_bounds(model: IWAE, x: torch.Tensor, ks: list[int], tau: float, seed: int,
-                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """grouped_bounds on settings already checked."""
-    if not ks:
-        return torch.zeros(0, len(x))
-    k_max = max(ks)
-    model.eval()
-    b = max(1, ROWS_PER_CHUNK // k_max)
-    out = torch.empty(len(ks), len(x))
-    done = 0
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for start in range(0, len(x), b):
-            xb = x[start:start + b]
-            lw = model.log_weights(xb, k_max, tau=tau)  # [k_max, b]
-            for i, k in enumerate(ks):
-                groups = k_max // k
-                per_group = lw[:groups * k].reshape(groups, k, len(xb))
-                out[i, start:start + len(xb)] = iwae_bound(per_group.transpose(0, 1)).mean(0)  # [groups, b]
-            done += len(xb)
-            if progress:
-                progress(done, len(x))
-    return out
-
-
-BOUND_CURVES = "bound_curves.safetensors"  # precomputed grouped_bounds beside a model, for an instant first view
-
-
-def write_bound_curves(directory: Path, x: torch.Tensor, ks: list[int], k_maxes=(100, 5000), taus=(0.0, 1.0),
-                       seed: int = 0, source: str = "", keep: dict | None = None) -> Path:
-    """grouped_bounds of the model in `directory` on the images x, for each largest k in k_maxes (the grid ks up
-    to it) and each tau, saved as BOUND_CURVES: one [len(ks <= k_max), n] tensor 'k_max=K,tau=T' each, with what
-    they were computed from: the model's sha256, ks, seed, the number of images, the test binarisation seed and
-    the data source. A reader uses one only when all of these match what it would compute (see
-    folders.read_bound_curves and the dashboard's compute.bound_curve). keep: tensors already computed so, kept as
-    they are."""
-    from safetensors.torch import save_file
-
-    for k in ks:
-        check_k(k)
-    for tau in taus:
-        check_tau(tau, "taus")
-    directory = Path(directory)
-    model, _ = ckpt.load_model(directory)
-    tensors = dict(keep or {})
-    for k_max in k_maxes:
-        for tau in taus:
-            name = curve_name(k_max, tau)
-            if name not in tensors:
-                tensors[name] = _grouped_bounds(model, x, [k for k in ks if k <= k_max], tau, seed).contiguous()
-    meta = {"model_sha256": model_sha256(directory), "ks": ",".join(map(str, ks)), "seed": str(seed),
-            "n_images": str(len(x)), "test_seed": str(TEST_SEED), "source": source}
-    ckpt.atomic_write(directory / BOUND_CURVES, lambda p: save_file(tensors, str(p), metadata=meta))
-    return directory / BOUND_CURVES
-
-
-@torch.no_grad()
-def importance_weights(model: IWAE, x: torch.Tensor, k: int, tau: float = 1.0,
-                       seed: int = 0) -> dict:
-    """For one image x [784]: its k log weights, normalised weights, ESS and the posterior draws z [k, z_dim]
-    those weights were computed at."""
-    check_k(k)
-    check_tau(tau)
-    model.eval()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        log_w, z = model.log_weights(x[None], k, tau=tau, return_z=True)
-    log_w = log_w[:, 0]
-    w = torch.softmax(log_w, 0)
-    return {"log_w": log_w, "weights": w, "ess": effective_sample_size(log_w[:, None]).item(),
-            "bound": iwae_bound(log_w[:, None]).item(), "z": z[:, 0]}
-
-
-@torch.no_grad()
-def active_units(model: IWAE, x: torch.Tensor, threshold: float = 0.01, weight_draws: int = 10,
-                 tau: float = 1.0) -> dict:
-    """Burda et al.'s activity Var_x E_q[z_j|x] per latent unit; active where it exceeds threshold."""
-    draws = weight_draws if model.config.random_encoder else 1
-    activity = model.posterior_mean(x, draws, tau).var(0)
-    return {"count": int((activity > threshold).sum()), "activity": activity.tolist(), "threshold": threshold}
-
-
-@torch.no_grad()
-def weight_statistics(model: IWAE) -> list[dict]:
-    """Per layer: shape, mean sigma, median sigma, mean |mu|/sigma and KL (random layers only)."""
-    rows = []
-    for net_name, net in (("encoder", model.encoder), ("decoder", model.decoder)):
-        for i, layer in enumerate(net.layers):
-            row = {"layer": f"{net_name}.{i}", "shape": list(layer.weight_mu.shape), "random": layer.random,
-                   "mean_abs_mu": layer.weight_mu.abs().mean().item()}
-            if layer.random:
-                sigma = layer.weight_sigma
-                row.update(mean_sigma=sigma.mean().item(), median_sigma=sigma.median().item(),
-                           mean_snr=(layer.weight_mu.abs() / sigma).mean().item(),
-                           kl=layer.kl_divergence().item())
-            rows.append(row)
-    return rows
-
-
 def taus_for(run, taus=None) -> list[float]:
     """The weight-noise scales tau an evaluation covers: the given ones, else 1 and 0 for random-weight models."""
     random = run.model.random_encoder or run.model.random_decoder
@@ -410,6 +263,8 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, taus=Non
     seconds they took) computed elsewhere, e.g. sharded across Ray workers (sharded.py); they must equal
     log_likelihood_range's. `workers` is then recorded beside the timing.
     """
+    from .curves import active_units, weight_statistics  # here: curves.py imports this module
+
     directory = Path(directory)
     check_evaluation_settings(S=S, limit=limit, taus=taus, batch_size=batch_size,
                               mc_repeats=mc_repeats, mc_images=mc_images, seed=seed, seeding=seeding)
@@ -525,79 +380,3 @@ def _comparable_taus(old: dict | None, new: dict, per_image_path: Path) -> dict:
 def model_sha256(directory: Path) -> str:
     """The hash that ties test results to the weights they were computed with."""
     return hashlib.sha256((Path(directory) / "model.safetensors").read_bytes()).hexdigest()
-
-
-def stale_evaluation(entry: zoo.ZooEntry) -> bool:
-    """Whether the folder's test results (metrics.json, test_ll.safetensors) are of other weights than
-    its model.safetensors, e.g. after a retrained model was copied over an evaluated one."""
-    current = model_sha256(entry.path)
-    test = entry.metrics.get("test") or {}
-    if test and test.get("model_sha256") != current:
-        return True
-    per_image = entry.path / "test_ll.safetensors"
-    if not per_image.exists():
-        return False
-    try:
-        stored_hash = ckpt.read_metadata(per_image).get("model_sha256")
-        if stored_hash is not None:
-            return stored_hash != current
-        # written before the hash was stored in the file: it must at least hold metrics.json's results
-        stored = ckpt.read_tensors(per_image)
-    except ckpt.CheckpointError:
-        return True
-    by_tau = test.get("by_tau", {})
-    return any(per_image_name(tau) not in stored or len(stored[per_image_name(tau)]) != result["n_images"]
-               or abs(stored[per_image_name(tau)].double().mean().item() - result["mean"]) > 1e-3
-               for tau, result in by_tau.items())
-
-
-def paired_differences(entries: list[zoo.ZooEntry], tau: str = "1") -> list[dict]:
-    """For models of one dataset evaluated on the same images: mean per-image difference and its
-    paired standard error, for every ordered pair (a better than b when the difference is > 0)."""
-    lls = {}
-    for e in entries:
-        if not stale_evaluation(e) and (e.path / "test_ll.safetensors").exists():
-            stored = ckpt.read_tensors(e.path / "test_ll.safetensors")
-            if per_image_name(tau) in stored:
-                lls[e.name] = stored[per_image_name(tau)]
-    rows = []
-    names = sorted(lls)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if lls[a].shape != lls[b].shape:
-                continue
-            d = lls[a] - lls[b]
-            se = (d.std() / math.sqrt(len(d))).item()
-            rows.append({"a": a, "b": b, "mean_difference": d.mean().item(), "paired_stderr": se,
-                         "z": d.mean().item() / se if se > 0 else None, "n_images": len(d)})
-    return rows
-
-
-def write_paired(entries: list[zoo.ZooEntry], rows_by_dataset: dict[str, list[dict]] | None = None) -> None:
-    """Store each model's paired differences against the others of its dataset in its metrics.json
-    (those of paired_differences, computed here unless given per dataset)."""
-    for dataset in {e.dataset for e in entries}:
-        group = [e for e in entries if e.dataset == dataset]
-        rows = rows_by_dataset[dataset] if rows_by_dataset else paired_differences(group)
-        for e in group:
-            metrics = ckpt.read_json_object(e.path / "metrics.json")
-            metrics["paired"] = [r for r in rows if e.name in (r["a"], r["b"])]
-            ckpt.write_json(e.path / "metrics.json", metrics)
-
-
-def comparison_table(dirs=None) -> str:
-    """A plain-text table: the paper's numbers beside those of the given (or shipped) models."""
-    entries = zoo.select_models(dirs)
-    lines = [f"{'dataset':9} {'variant':10} {'paper':>17} {'ours (tau=1)':>17} {'ours (tau=0)':>17} "
-             f"{'AU':>3} {'epochs':>6}  model"]
-    for e in entries:
-        paper = PAPER_TABLE.get(e.dataset, {}).get(e.variant)
-        test = e.metrics.get("test", {}).get("by_tau", {})
-        fmt = lambda r: f"{r['mean']:.3f} ± {r['stderr']:.3f}" if r and r.get("stderr") else "-"  # noqa: E731
-        paper_s = f"{paper[0]:.3f} ± {paper[1]:.3f}" if paper else "-"
-        au = e.metrics.get("test", {}).get("active_units", "-")
-        epochs = e.metrics.get("training", {}).get("epochs", "-")
-        lines.append(f"{e.dataset:9} {e.variant:10} {paper_s:>17} {fmt(test.get('1')):>17} "
-                     f"{fmt(test.get('0')):>17} {au!s:>3} {epochs!s:>6}  {e.name}"
-                     + ("  (evaluated with other weights: run iwae eval again)" if stale_evaluation(e) else ""))
-    return "\n".join(lines)

@@ -288,7 +288,7 @@ MAX_CURVE_BYTES = 16 << 20  # bound_curves.safetensors: [10 k, <= 2,000 images] 
 
 
 def read_bound_curves(path: Path) -> dict:
-    """A model folder's precomputed L_k curves (evaluate.write_bound_curves) checked before use:
+    """A model folder's precomputed L_k curves (curves.write_bound_curves) checked before use:
     {'meta': {model_sha256, ks: [..], seed, n_images, test_seed, source},
      'k_max=K,tau=T': [len(ks <= K), n_images] tensor, ...}.
     A FileError names the file and what is wrong: not a safetensors file, too big, a missing or unreadable

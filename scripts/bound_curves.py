@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from dashboard.compute import K_GRID
-from iwae_core import checkpoint, data, evaluate
+from iwae_core import checkpoint, curves, data, evaluate
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
         d = data.load_dataset(run.train.dataset, download=False)
         x = evaluate.binarized_test_images(d, args.images)
         t0 = time.perf_counter()
-        path = evaluate.write_bound_curves(folder, x, list(K_GRID), seed=args.seed, source=d["source"])
+        path = curves.write_bound_curves(folder, x, list(K_GRID), seed=args.seed, source=d["source"])
         print(f"{path}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 

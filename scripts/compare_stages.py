@@ -19,7 +19,8 @@ import torch
 
 from iwae_core import checkpoint as ckpt
 from iwae_core import zoo
-from iwae_core.evaluate import per_image_name, stale_evaluation
+from iwae_core.compare import stale_evaluation
+from iwae_core.evaluate import per_image_name
 
 VARIANTS = ("iwae", "iwae-r", "iwae-rrec")
 

@@ -19,7 +19,7 @@ for seed in 0 1 2; do for variant in iwae-r iwae-rrec iwae; do echo "$variant $s
 "$PYTHON" - <<'PY'
 import json, pathlib
 from iwae_core.checkpoint import find_models
-from iwae_core.evaluate import paired_differences
+from iwae_core.compare import paired_differences
 out = pathlib.Path("runs/seed-study")
 models = find_models(out)
 summary = []

@@ -600,7 +600,7 @@ def test_samples_exports_images_as_tidy_pixels(zoo, no_data, zipped):
 
 
 def test_bound_vs_k_reads_curves_stored_beside_a_model_only_when_they_match(zoo, mnist, tmp_path, monkeypatch):
-    from iwae_core import checkpoint, data, evaluate
+    from iwae_core import checkpoint, curves, data, evaluate
 
     root = tmp_path / "zoo"
     for name in ("tiny-iwae", "tiny-iwae-r"):
@@ -608,10 +608,10 @@ def test_bound_vs_k_reads_curves_stored_beside_a_model_only_when_they_match(zoo,
     monkeypatch.setenv("IWAE_ZOO_DIRS", str(root))
     d = data.load_dataset("mnist", str(mnist), download=False)
     x = evaluate.binarized_test_images(d, 30)
-    evaluate.write_bound_curves(root / "tiny-iwae-r", x, [1, 2, 5, 10, 25], k_maxes=(10, 25), seed=0,
-                                source=d["source"])
+    curves.write_bound_curves(root / "tiny-iwae-r", x, [1, 2, 5, 10, 25], k_maxes=(10, 25), seed=0,
+                              source=d["source"])
     model, _ = checkpoint.load_model(root / "tiny-iwae-r")
-    stored = evaluate.grouped_bounds(model, x, [1, 2, 5, 10], seed=0)  # what the page would compute itself
+    stored = curves.grouped_bounds(model, x, [1, 2, 5, 10], seed=0)  # what the page would compute itself
     at = open_app("5_Bound_vs_k.py", k="10", images="30", model="tiny-iwae,tiny-iwae-r")
     assert "Read from the curves stored beside tiny-iwae-r" in texts(at, "caption")
     means = curve_means(charts(at)[0])["tiny-iwae-r"][1]
@@ -626,7 +626,7 @@ def test_bound_vs_k_reads_curves_stored_beside_a_model_only_when_they_match(zoo,
     at.number_input(key="bound:images").set_value(20)
     assert "Read from the curves" not in texts(rerun(at), "caption")
     # curves of other weights, or a broken file, are not used, and the page says why
-    path = root / "tiny-iwae-r" / evaluate.BOUND_CURVES
+    path = root / "tiny-iwae-r" / curves.BOUND_CURVES
     path.write_bytes(b"not a safetensors file")
     at = open_app("5_Bound_vs_k.py", k="10", images="30", model="tiny-iwae-r", seed="2")  # seed: not cached yet
     warning = texts(at, "warning")

@@ -12,8 +12,9 @@ from iwae_core.maths.model import IWAE
 
 @pytest.mark.parametrize("k", [0, -3, 10**9, 2.5, True])
 def test_absurd_k_is_rejected_by_name(k):
-    """k is checked where it enters (the configs, evaluate's public functions), not by every log_weights call."""
-    from iwae_core import evaluate
+    """k is checked where it enters (the configs, evaluate's and curves' public functions), not by every
+    log_weights call."""
+    from iwae_core import curves, evaluate
 
     with pytest.raises(ValueError, match="k"):
         check_k(k)
@@ -26,11 +27,11 @@ def test_absurd_k_is_rejected_by_name(k):
         evaluate.log_likelihood(model, x, S=k)
     with pytest.raises(ValueError, match="^S"):
         evaluate.log_likelihood_range(model, x, S=k)
-    for edge in (evaluate.bound_vs_k, evaluate.grouped_bounds):
+    for edge in (curves.bound_vs_k, curves.grouped_bounds):
         with pytest.raises(ValueError, match="^k"):
             edge(model, x, [5, k])
     with pytest.raises(ValueError, match="^k"):
-        evaluate.importance_weights(model, x[0], k)
+        curves.importance_weights(model, x[0], k)
 
 
 def test_noise_precision_defaults_to_auto_and_old_configs_read_as_float32():

@@ -73,7 +73,7 @@ class IWAE(nn.Module):
         With return_z, also the draws z ~ q(z|x) the weights were computed at: (log_w [k, batch],
         z [k, batch, z_dim]); the random draws made are the same either way.
         k and the estimator are taken as given: they are checked where they enter (TrainConfig, the CLI, the
-        public functions of evaluate.py), once, not on every call of this inner step.
+        public functions of evaluate.py and curves.py), once, not on every call of this inner step.
         """
         mean, std = self.encode(x, k, tau, encoder_granularity)
         eps = torch.randn(k, x.shape[0], self.config.z_dim, device=x.device, dtype=x.dtype)

@@ -583,7 +583,8 @@ def sweep_table(folder: str | os.PathLike, tau: str = "1", seed_key: str = "seed
     import math
 
     from ..checkpoint import CheckpointError, read_tensors
-    from ..evaluate import per_image_name, stale_evaluation
+    from ..compare import stale_evaluation
+    from ..evaluate import per_image_name
 
     folder = Path(folder)
     manifest = read_manifest(folder)
