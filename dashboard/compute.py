@@ -85,7 +85,7 @@ def activity(model_ref: ModelRef, dataset: str, root: str) -> dict | None:
     model = model_at(*model_ref)
     with TORCH_LOCK, torch.random.fork_rng():
         torch.manual_seed(0)
-        return curves.active_units(model, test["x"][:ACTIVITY_IMAGES])
+        return evaluate.active_units(model, test["x"][:ACTIVITY_IMAGES])
 
 
 def start_point(model_ref: ModelRef, dataset: str, root: str, index: int | None, tau: float, seed: int) -> np.ndarray:
@@ -169,7 +169,7 @@ def layer_sigmas(model_ref: ModelRef) -> dict:
 
 @st.cache_data(max_entries=32, ttl=CACHE_SECONDS, show_spinner=False)
 def weight_table(model_ref: ModelRef) -> pd.DataFrame:
-    return pd.DataFrame(curves.weight_statistics(model_at(*model_ref)))
+    return pd.DataFrame(evaluate.weight_statistics(model_at(*model_ref)))
 
 
 class ResultCache:

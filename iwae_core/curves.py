@@ -8,8 +8,6 @@ rises with k towards log p(x), which evaluate.py estimates.
                       write_bound_curves stores them beside a model (BOUND_CURVES, tensors named by curve_name)
                       so the Bound vs k page can show them without computing
   importance_weights  one image's k weights, their ESS and the posterior draws z they were computed at
-  active_units        Burda et al.'s activity of each latent unit (recorded by evaluate_folder too)
-  weight_statistics   per layer: the weight means and, for random layers, sigma and the KL
 
 bound_vs_k, grouped_bounds, write_bound_curves and importance_weights check k and tau before any draw; all but
 write_bound_curves draw under their own seed and leave torch's global stream as they found it.
@@ -155,29 +153,3 @@ def importance_weights(model: IWAE, x: torch.Tensor, k: int, tau: float = 1.0,
     w = torch.softmax(log_w, 0)
     return {"log_w": log_w, "weights": w, "ess": effective_sample_size(log_w[:, None]).item(),
             "bound": iwae_bound(log_w[:, None]).item(), "z": z[:, 0]}
-
-
-@torch.no_grad()
-def active_units(model: IWAE, x: torch.Tensor, threshold: float = 0.01, weight_draws: int = 10,
-                 tau: float = 1.0) -> dict:
-    """Burda et al.'s activity Var_x E_q[z_j|x] per latent unit; active where it exceeds threshold."""
-    draws = weight_draws if model.config.random_encoder else 1
-    activity = model.posterior_mean(x, draws, tau).var(0)
-    return {"count": int((activity > threshold).sum()), "activity": activity.tolist(), "threshold": threshold}
-
-
-@torch.no_grad()
-def weight_statistics(model: IWAE) -> list[dict]:
-    """Per layer: shape, mean sigma, median sigma, mean |mu|/sigma and KL (random layers only)."""
-    rows = []
-    for net_name, net in (("encoder", model.encoder), ("decoder", model.decoder)):
-        for i, layer in enumerate(net.layers):
-            row = {"layer": f"{net_name}.{i}", "shape": list(layer.weight_mu.shape), "random": layer.random,
-                   "mean_abs_mu": layer.weight_mu.abs().mean().item()}
-            if layer.random:
-                sigma = layer.weight_sigma
-                row.update(mean_sigma=sigma.mean().item(), median_sigma=sigma.median().item(),
-                           mean_snr=(layer.weight_mu.abs() / sigma).mean().item(),
-                           kl=layer.kl_divergence().item())
-            rows.append(row)
-    return rows

@@ -232,6 +232,32 @@ def summarize(values: torch.Tensor) -> dict:
             "n_images": n}
 
 
+@torch.no_grad()
+def active_units(model: IWAE, x: torch.Tensor, threshold: float = 0.01, weight_draws: int = 10,
+                 tau: float = 1.0) -> dict:
+    """Burda et al.'s activity Var_x E_q[z_j|x] per latent unit; active where it exceeds threshold."""
+    draws = weight_draws if model.config.random_encoder else 1
+    activity = model.posterior_mean(x, draws, tau).var(0)
+    return {"count": int((activity > threshold).sum()), "activity": activity.tolist(), "threshold": threshold}
+
+
+@torch.no_grad()
+def weight_statistics(model: IWAE) -> list[dict]:
+    """Per layer: shape, mean sigma, median sigma, mean |mu|/sigma and KL (random layers only)."""
+    rows = []
+    for net_name, net in (("encoder", model.encoder), ("decoder", model.decoder)):
+        for i, layer in enumerate(net.layers):
+            row = {"layer": f"{net_name}.{i}", "shape": list(layer.weight_mu.shape), "random": layer.random,
+                   "mean_abs_mu": layer.weight_mu.abs().mean().item()}
+            if layer.random:
+                sigma = layer.weight_sigma
+                row.update(mean_sigma=sigma.mean().item(), median_sigma=sigma.median().item(),
+                           mean_snr=(layer.weight_mu.abs() / sigma).mean().item(),
+                           kl=layer.kl_divergence().item())
+            rows.append(row)
+    return rows
+
+
 def taus_for(run, taus=None) -> list[float]:
     """The weight-noise scales tau an evaluation covers: the given ones, else 1 and 0 for random-weight models."""
     random = run.model.random_encoder or run.model.random_decoder
@@ -263,7 +289,6 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, taus=Non
     seconds they took) computed elsewhere, e.g. sharded across Ray workers (sharded.py); they must equal
     log_likelihood_range's. `workers` is then recorded beside the timing.
     """
-    from .curves import active_units, weight_statistics  # here: curves.py imports this module
 
     directory = Path(directory)
     check_evaluation_settings(S=S, limit=limit, taus=taus, batch_size=batch_size,

@@ -18,7 +18,7 @@ for seed in 0 1 2; do for variant in iwae-r iwae-rrec iwae; do echo "$variant $s
     OMP_NUM_THREADS=1 "$IWAE" eval "$dir" --k 5000 --limit 1000 --noise-scale 1 --mc-repeats 1 > "$dir.eval.log" 2>&1'
 "$PYTHON" - <<'PY'
 import json, pathlib
-from iwae_core.checkpoint import find_models
+from iwae_core.zoo import find_models
 from iwae_core.compare import paired_differences
 out = pathlib.Path("runs/seed-study")
 models = find_models(out)

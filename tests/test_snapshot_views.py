@@ -16,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import synthetic_data
-from iwae_core import curves
+from iwae_core import evaluate
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig
 from iwae_core.runs import snapshots, store
 from iwae_core.runs.snapshots import Keeper, list_snapshots, read_snapshot
@@ -74,7 +74,7 @@ def rerun(at: AppTest) -> AppTest:
 
 def layer_table(path: Path) -> pd.DataFrame:
     """The per-layer summary of a snapshot, computed here from the file (what Weight variance must show)."""
-    return pd.DataFrame(curves.weight_statistics(read_snapshot(path)[0]))
+    return pd.DataFrame(evaluate.weight_statistics(read_snapshot(path)[0]))
 
 
 def shown_table(at: AppTest) -> pd.DataFrame:
