@@ -195,6 +195,7 @@ def test_an_evaluation_can_be_cancelled_and_bad_requests_are_refused(root, tmp_p
     assert not (info.path / runs.STOP).exists() and done.status == "finished"
 
 
+@pytest.mark.slow
 def test_a_hung_evaluation_is_unresponsive_and_the_page_can_end_the_process(root, monkeypatch):
     """An evaluation process that holds the run's lock without reporting for STALE_SECONDS is shown as
     unresponsive (busy: no second evaluation starts); cancelling it kills the process, which a stop file
