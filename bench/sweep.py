@@ -73,7 +73,9 @@ def ray_startup() -> dict:
 
 
 def sweep_vs_sequential(steps: int, root: Path) -> dict:
-    from iwae_core.scale.sweep import load_grid, plan_trials, run_sweep, run_trial
+    from iwae_core.scale.grid import load_grid, plan_trials
+    from iwae_core.scale.sweep import run_sweep
+    from iwae_core.scale.trial import run_trial
 
     grid_file = root / "grid.toml"
     grid_file.write_text(GRID.format(steps=steps))

@@ -270,7 +270,8 @@ def cmd_eval(args) -> int:
 
 def cmd_table(args) -> int:
     from .compare import comparison_table, paired_differences, stale_evaluation, write_paired
-    from .scale.sweep import is_sweep, sweep_table
+    from .scale.sweep import is_sweep
+    from .scale.sweep_table import sweep_table
     from .zoo import select_models
 
     if len(args.dirs) == 1 and is_sweep(args.dirs[0]):  # a sweep folder: its trials grouped by configuration

@@ -1,4 +1,5 @@
-"""Sweeps and sharded evaluation on Ray (iwae_core/scale/sweep.py, sharded.py) and the evaluation's seeding.
+"""Sweeps and sharded evaluation on Ray (iwae_core/scale/: grid, trial, sweep, sweep_table, sharded) and the
+evaluation's seeding.
 
 The Ray tests are `slow` and start a local Ray with 2 CPUs (about 6-9 s each); together they take about a
 minute on the 2-core test machine. The sweep test trains tiny models on real MNIST (IWAE_DATA_DIR).
@@ -31,17 +32,10 @@ from iwae_core.evaluate import (
     stream_draws,
 )
 from iwae_core.maths.model import IWAE
+from iwae_core.scale.grid import parse_grid, plan_trials
 from iwae_core.scale.sharded import shard_bounds
-from iwae_core.scale.sweep import (
-    TrialStopped,
-    evaluation_kwargs,
-    parse_grid,
-    plan_trials,
-    run_trial,
-    same_run,
-    sweep_table,
-    training_state,
-)
+from iwae_core.scale.sweep_table import sweep_table
+from iwae_core.scale.trial import TrialStopped, evaluation_kwargs, run_trial, same_run, training_state
 from support import require_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +153,7 @@ def test_a_stopped_trial_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path
     and the rerun resumes from it to the same weights; a stopped evaluation writes nothing."""
     from conftest import synthetic_data
 
-    monkeypatch.setattr("iwae_core.scale.sweep.STOP_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr("iwae_core.scale.trial.STOP_CHECK_SECONDS", 0.0)
     threads = torch.get_num_threads()
     data = synthetic_data()
     grid = parse_grid({"base": {"hidden": [16], "z_dim": 2, "k": 3, "batch_size": 20, "epochs": 3, "max_steps": 25,
@@ -192,21 +186,21 @@ def test_a_stopped_trial_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path
 def test_a_failing_trial_comes_back_as_its_error(tmp_path, monkeypatch):
     """What a Ray worker returns for a trial that diverges or breaks: status failed and the error's message
     (the driver reports it and goes on with the others); the trial's running file is cleared either way."""
-    from iwae_core.scale import sweep
+    from iwae_core.scale import trial
     from iwae_core.train import TrainingDiverged
 
     run = plan_trials(parse_grid({"base": {"hidden": [8], "z_dim": 2}, "grid": {"seed": [0]}}))[0].run
     spec = {"run": run.to_json(), "out": str(tmp_path / "t"), "data_dir": None, "eval": None, "command": "iwae sweep",
             "token": "abc", "running_file": str(tmp_path / ".running" / "t.json"),
             "stop_file": str(tmp_path / ".running" / "STOP")}
-    monkeypatch.setitem(sweep._DATA_CACHE, ("mnist", None), {})  # no dataset needed: run_trial fails first
+    monkeypatch.setitem(trial._DATA_CACHE, ("mnist", None), {})  # no dataset needed: run_trial fails first
     for error, expected in ((TrainingDiverged("training stopped at step 3: the loss is not finite"),
                              "training stopped at step 3: the loss is not finite"),
                             (ValueError("bad value"), "ValueError: bad value")):
         def fail(*args, error=error, **kwargs):
             raise error
-        monkeypatch.setattr("iwae_core.scale.sweep.run_trial", fail)
-        outcome = sweep._trial_task(spec)
+        monkeypatch.setattr("iwae_core.scale.trial.run_trial", fail)
+        outcome = trial._trial_task(spec)
         assert outcome["status"] == "failed" and outcome["error"] == expected
         assert not (tmp_path / ".running" / "t.json").exists()
 
