@@ -22,22 +22,29 @@ import time
 from browser_support import IDLE, ROOT, Server, chromium_path, launch, move_slider, wait_idle
 
 CHART = "[data-testid=stPlotlyChart] .js-plotly-plot"
-# Polls whether chart `i` shows other data than remembered by REMEMBER_JS. The data is compared only when the
-# chart's data object was replaced (Plotly swaps it on every update): serialising a megabyte of image tiles on
-# every poll would keep the browser's main thread busy and slow down the very update being timed.
+# The chart a measurement watches, by the key its page gives st.plotly_chart (Streamlit marks the element with
+# the class st-key-KEY): by position, another chart could take the first place while the page reruns.
+def keyed_chart(key: str) -> str:
+    return f".st-key-{key} .js-plotly-plot"
+
+
+# Polls whether the chart (a selector) shows other data than remembered by REMEMBER_JS. The data is compared
+# only when the chart's data object was replaced (Plotly swaps it on every update): serialising a megabyte of
+# image tiles on every poll would keep the browser's main thread busy and slow down the very update being timed.
 REMEMBER_JS = ("el => { window.__benchData = el.data; "
                "window.__benchJSON = JSON.stringify(el.data.map(t => [t.x, t.y, t.z])); }")
-CHANGED_JS = ("([sel, i]) => { const el = document.querySelectorAll(sel)[i]; "
+CHANGED_JS = ("sel => { const el = document.querySelector(sel); "
               "if (!el || !el.data || el.data === window.__benchData) return false; window.__benchData = el.data; "
               "return JSON.stringify(el.data.map(t => [t.x, t.y, t.z])) !== window.__benchJSON; }")
 
 
-def slider_update(page, label: str, key: str, index: int = 0) -> tuple[float, float]:
-    """Press one arrow key on a slider: seconds until the chart shows new data, and until the script is done."""
-    page.locator(CHART).nth(index).evaluate(REMEMBER_JS)
+def slider_update(page, label: str, key: str, chart: str) -> tuple[float, float]:
+    """Press one arrow key on a slider: seconds until `chart` (a selector) shows new data, and until the script
+    is done."""
+    page.locator(chart).first.evaluate(REMEMBER_JS)
     t0 = time.perf_counter()
     move_slider(page, label, presses=1, key=key)
-    page.wait_for_function(CHANGED_JS, arg=[CHART, index], timeout=300_000, polling=20)
+    page.wait_for_function(CHANGED_JS, arg=chart, timeout=300_000, polling=20)
     changed = time.perf_counter() - t0
     wait_idle(page, timeout=300_000, settle=0.05)
     return changed, time.perf_counter() - t0
@@ -92,12 +99,12 @@ def random_weight_model(zoo: list[str] | None) -> str | None:
     return next((e.name for e in entries if e.variant == "iwae-r"), None)
 
 
-def tau_moves(page, repeats: int, chart: int, new_key: str, back_key: str, name: str, results: dict) -> None:
+def tau_moves(page, repeats: int, chart: str, new_key: str, back_key: str, name: str, results: dict) -> None:
     """`repeats` τ moves to values never shown (new_key), then as many back over them (cached), on chart `chart`."""
     moves = {"new value": [], "cached value": []}
     for kind, key in (("new value", new_key), ("cached value", back_key)):
         for _ in range(repeats):
-            moves[kind].append(slider_update(page, "τ", key, index=chart))
+            moves[kind].append(slider_update(page, "τ", key, chart))
         results[f"{name} τ, {kind}: chart updated"] = statistics.median(c for c, _ in moves[kind])
         results[f"{name} τ, {kind}: script done"] = statistics.median(d for _, d in moves[kind])
 
@@ -141,19 +148,22 @@ def main() -> int:
             for name in PAGES:  # every page again, models loaded: what a user opening a link waits for
                 results[f"first paint: {name}"] = open_page(page, f"{server.url}/{name}", name not in CHARTLESS)
             open_page(page, f"{server.url}/Samples")  # from τ = 1 down to values never shown, then back up
-            tau_moves(page, args.repeats, 0, "ArrowLeft", "ArrowRight", "Samples", results)
+            tau_moves(page, args.repeats, keyed_chart("samples-reconstructions"), "ArrowLeft", "ArrowRight", "Samples",
+                      results)
             random_model = random_weight_model(args.zoo)
-            if random_model:  # from τ = 0 up; chart 1 is the traversal grid (0 the start image)
+            if random_model:  # from τ = 0 up, watching the traversal grid
                 open_page(page, f"{server.url}/Latent_traversals?model={random_model}")
-                tau_moves(page, args.repeats, 1, "ArrowRight", "ArrowLeft", "Latent traversals", results)
+                tau_moves(page, args.repeats, keyed_chart("traversals-grid"), "ArrowRight", "ArrowLeft",
+                          "Latent traversals", results)
 
             results["Bound vs k: first paint (k ≤ 100, cold cache)"] = open_page(page, f"{server.url}/Bound_vs_k")
-            changed, done = slider_update(page, "largest k", "ArrowRight")
+            changed, done = slider_update(page, "largest k", "ArrowRight", keyed_chart("bound-curve"))
             results["Bound vs k, k 100→500 (new L_500): chart updated"] = changed
             results["Bound vs k, k 100→500 (new L_500): script done"] = done
             back, back_done = [], []
             for i in range(args.repeats):
-                changed, done = slider_update(page, "largest k", "ArrowLeft" if i % 2 == 0 else "ArrowRight")
+                changed, done = slider_update(page, "largest k", "ArrowLeft" if i % 2 == 0 else "ArrowRight",
+                                              keyed_chart("bound-curve"))
                 back.append(changed)
                 back_done.append(done)
             results["Bound vs k, k moved to a cached value: chart updated"] = statistics.median(back)
