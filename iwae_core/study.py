@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import evaluate
 from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
 from .evaluate import per_image_name
 
@@ -86,7 +87,7 @@ class StudyConfig:
         unknown = sorted(set(self.arms) - set(ARMS))
         if unknown:
             raise ValueError(f"unknown arms {unknown}; choose from {sorted(ARMS)}")
-        if "iwae" not in self.arms and not all(ARMS[a][2] != "float32" for a in self.arms):
+        if "iwae" not in self.arms and any(ARMS[a][2] == "float32" for a in self.arms):
             raise ValueError("the study's differences are to IWAE: keep the 'iwae' arm (only the bf16-mixed arms "
                              "may run without it: their references are the float32 trials in the same root)")
         if sorted(self.budgets) != list(self.budgets) or min(self.budgets) < 1:
@@ -264,8 +265,8 @@ def _paired(ll: torch.Tensor, test: dict, ref: dict | None, name: str) -> tuple[
     if ref is None or ref["test"]["n_images"] != test["n_images"] or ref["test"]["S"] != test["S"] \
             or name not in ref["per_image"]:
         return None, None
-    d = ll - ref["per_image"][name]
-    return d.mean().item(), (d.std() / math.sqrt(len(d))).item()
+    paired = evaluate.summarize(ll - ref["per_image"][name])
+    return paired["mean"], paired["stderr"]
 
 
 def _without(trial: str, *keys: str) -> str:

@@ -30,7 +30,8 @@ STATUSES = ("queued", *ACTIVE, "stopped", "finished", "failed", "interrupted", "
 # "unresponsive" is never written: read_run reports it for a job that holds the lock without reporting.
 EVALUATION_STATUSES = ("queued", "starting", "running", "stopping", "done", "failed", "cancelled", "interrupted",
                        "unresponsive")
-EVALUATION_BUSY = (*EVALUATION_STATUSES[:4], "unresponsive")  # a job exists or is waiting for a slot
+EVALUATION_RUNNING = EVALUATION_STATUSES[1:4]  # its worker holds the run's lock
+EVALUATION_BUSY = ("queued", *EVALUATION_RUNNING, "unresponsive")  # a job exists or is waiting for a slot
 STALE_SECONDS = 60.0  # no heartbeat for this long while the lock is held: the worker is hung
 CONFIG, OPTIONS, PROGRESS, SAMPLES = "config.json", "run.json", "progress.json", "samples.png"
 LOCK, STOP, LOG = "worker.lock", "stop", "worker.log"
@@ -162,7 +163,7 @@ def read_run(path: str | os.PathLike) -> RunInfo:
     if status is not None and status not in EVALUATION_STATUSES:
         raise RunError(f"{path / PROGRESS}: evaluation.status is {status!r:.40}, not one of "
                        f"{', '.join(EVALUATION_STATUSES)}")
-    if status in EVALUATION_STATUSES[1:4]:
+    if status in EVALUATION_RUNNING:
         info.progress = _check_evaluation(path, info.progress)
     return info
 
@@ -260,7 +261,7 @@ def _check_evaluation(path: Path, progress: dict) -> dict:
     try:
         fresh = read_state(path / PROGRESS)
         evaluation = fresh.get("evaluation") or {}
-        if evaluation.get("status") not in EVALUATION_STATUSES[1:4]:
+        if evaluation.get("status") not in EVALUATION_RUNNING:
             return fresh
         last = _last_log_line(path)
         fresh["evaluation"] = {**evaluation, "status": "interrupted",
