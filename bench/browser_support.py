@@ -103,3 +103,22 @@ def move_slider(page, label: str, presses: int = 1, key: str = "ArrowRight") -> 
     slider.focus()
     for _ in range(presses):
         slider.press(key)
+
+
+CHART = "[data-testid=stPlotlyChart] .js-plotly-plot"  # the first chart of a page
+
+
+# The chart a measurement watches, by the key its page gives st.plotly_chart (Streamlit marks the element with
+# the class st-key-KEY): by position, another chart could take the first place while the page reruns.
+def keyed_chart(key: str) -> str:
+    return f".st-key-{key} .js-plotly-plot"
+
+
+# Polls whether the chart (a selector) shows other data than remembered by REMEMBER_JS. The data is compared
+# only when the chart's data object was replaced (Plotly swaps it on every update): serialising a megabyte of
+# image tiles on every poll would keep the browser's main thread busy and slow down the very update being timed.
+REMEMBER_JS = ("el => { window.__benchData = el.data; "
+               "window.__benchJSON = JSON.stringify(el.data.map(t => [t.x, t.y, t.z])); }")
+CHANGED_JS = ("sel => { const el = document.querySelector(sel); "
+              "if (!el || !el.data || el.data === window.__benchData) return false; window.__benchData = el.data; "
+              "return JSON.stringify(el.data.map(t => [t.x, t.y, t.z])) !== window.__benchJSON; }")

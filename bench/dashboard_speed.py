@@ -19,23 +19,19 @@ import statistics
 import sys
 import time
 
-from browser_support import IDLE, ROOT, Server, chromium_path, launch, move_slider, wait_idle
-
-CHART = "[data-testid=stPlotlyChart] .js-plotly-plot"
-# The chart a measurement watches, by the key its page gives st.plotly_chart (Streamlit marks the element with
-# the class st-key-KEY): by position, another chart could take the first place while the page reruns.
-def keyed_chart(key: str) -> str:
-    return f".st-key-{key} .js-plotly-plot"
-
-
-# Polls whether the chart (a selector) shows other data than remembered by REMEMBER_JS. The data is compared
-# only when the chart's data object was replaced (Plotly swaps it on every update): serialising a megabyte of
-# image tiles on every poll would keep the browser's main thread busy and slow down the very update being timed.
-REMEMBER_JS = ("el => { window.__benchData = el.data; "
-               "window.__benchJSON = JSON.stringify(el.data.map(t => [t.x, t.y, t.z])); }")
-CHANGED_JS = ("sel => { const el = document.querySelector(sel); "
-              "if (!el || !el.data || el.data === window.__benchData) return false; window.__benchData = el.data; "
-              "return JSON.stringify(el.data.map(t => [t.x, t.y, t.z])) !== window.__benchJSON; }")
+from browser_support import (
+    CHANGED_JS,
+    CHART,
+    IDLE,
+    REMEMBER_JS,
+    ROOT,
+    Server,
+    chromium_path,
+    keyed_chart,
+    launch,
+    move_slider,
+    wait_idle,
+)
 
 
 def slider_update(page, label: str, key: str, chart: str) -> tuple[float, float]:

@@ -22,12 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from browser_support import CHROMIUM_ARGS, IDLE, Server, chromium_path
+from browser_support import CHANGED_JS, CHART, CHROMIUM_ARGS, IDLE, REMEMBER_JS, Server, chromium_path
 
-CHART = "[data-testid=stPlotlyChart] .js-plotly-plot"
-CHANGED_JS = ("([sel, old]) => { const el = document.querySelector(sel); return el && el.data && "
-              "JSON.stringify(el.data.map(t => [t.x, t.y, t.z])) !== old; }")
-DATA_JS = "el => JSON.stringify(el.data.map(t => [t.x, t.y, t.z]))"
 MOVE_TIMEOUT = 300.0  # seconds a single move may take before it counts as timed out
 
 
@@ -66,13 +62,12 @@ async def session(browser, url: str, slider_label: str, seconds: float, seed: in
             low, high, value = await slider.evaluate(state)
             key = "ArrowRight" if value <= low else "ArrowLeft" if value >= high else rng.choice(
                 ["ArrowLeft", "ArrowRight"])
-            before = await page.locator(CHART).first.evaluate(DATA_JS)
+            await page.locator(CHART).first.evaluate(REMEMBER_JS)  # each session's page remembers its own
             await slider.focus()
             t0 = time.perf_counter()
             await slider.press(key)
             try:
-                await page.wait_for_function(CHANGED_JS, arg=[CHART, before], timeout=MOVE_TIMEOUT * 1000,
-                                             polling=20)
+                await page.wait_for_function(CHANGED_JS, arg=CHART, timeout=MOVE_TIMEOUT * 1000, polling=20)
             except Exception as err:  # a move that never shows: counted, and the session goes on
                 failures.append(f"session {seed}: {type(err).__name__}")
                 continue
