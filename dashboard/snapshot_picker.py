@@ -1,11 +1,11 @@
 """The snapshot picker: one snapshot of a Train live run as the page's model, stepped through with Previous,
 Play / Pause and Next, and a view at the latest step that follows a training run.
 
-A page that can show snapshots asks model_source first ("Models from": the zoo or a run's snapshots, ?source=),
-then picks with pick_snapshot or widgets.pick_models; model_params names whichever it picked in the URL. The page
-makes that choice, not widgets.pick_models: this picker is built on widgets.py's controls, so widgets.py does not
-import it back. Like those controls, the run and step live in the URL (?run=, ?step=), so a link reopens the same
-snapshot; a link's step that was thinned out gets the nearest and a notice.
+A page that can show snapshots picks with pick_models ("Models from": the zoo or a run's snapshots, ?source=,
+then widgets.pick_models or pick_snapshot); model_params names whichever it picked in the URL. This picker is
+built on widgets.py's controls, so widgets.py does not import it back. Like those controls, the run and step live
+in the URL (?run=, ?step=), so a link reopens the same snapshot; a link's step that was thinned out gets the
+nearest and a notice.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import streamlit as st
 from iwae_core.runs import is_locked
 from iwae_core.zoo import ZooEntry
 
-from . import zoo
+from . import widgets, zoo
 from .widgets import _init, _url_notice, choice_input, escape_markdown
 
 SOURCES = {"zoo": "Model zoo", "snapshots": "A run's snapshots"}
@@ -32,6 +32,12 @@ def model_source(page: str) -> str:
     return choice_input(page, "source", "Models from", list(SOURCES), default=default, format_func=SOURCES.get,
                         radio=True, help="The trained models, or the snapshots a Train live run keeps as it trains "
                                          "(shared in the URL as ?source=zoo or snapshots)")
+
+
+def pick_models(page: str, **zoo_picker) -> dict[str, ZooEntry]:
+    """The page's models: from the zoo (widgets.pick_models with zoo_picker's options) or one snapshot of a
+    training run (pick_snapshot), as model_source says."""
+    return pick_snapshot(page) if model_source(page) == "snapshots" else widgets.pick_models(page, **zoo_picker)
 
 
 def model_params(page: str, models: dict[str, ZooEntry]) -> dict:

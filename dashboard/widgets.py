@@ -110,7 +110,7 @@ def default_models(entries: dict[str, ZooEntry], limit: int = 3) -> list[str]:
 def pick_models(page: str, multi: bool = True, prefer: str | None = None) -> dict[str, ZooEntry]:
     """Sidebar model picker (several or one), seeded from ?model=a,b; stops the page when the zoo is empty.
     A single picker defaults to the first model of variant `prefer` when there is one. A page that can also
-    show a run's snapshots asks snapshot_picker.model_source first and picks from the zoo only for "zoo"."""
+    show a run's snapshots calls snapshot_picker.pick_models, which calls this one for the zoo."""
     entries = zoo.entries()
     if not entries:
         no_models_message()

@@ -14,8 +14,7 @@ VIEWS = {
 st.set_page_config(page_title="Samples · Bayesian IWAE", layout="wide")
 st.title("Samples")
 
-models = (snapshot_picker.pick_snapshot("samples") if snapshot_picker.model_source("samples") == "snapshots"
-          else widgets.pick_models("samples"))
+models = snapshot_picker.pick_models("samples")
 first_dataset = models[next(iter(models))].dataset if models else None
 test = compute.test_set(first_dataset) if models else {"error": "no model chosen"}
 # without test images the reconstructions cannot be shown: the prior samples are the default then

@@ -13,9 +13,7 @@ st.caption("First encoder layer: each hidden unit's 784 incoming weights; last d
            "784 outgoing weights, both drawn as 28×28 tiles (one tile per unit). σ is the posterior standard "
            "deviation of a weight, |μ|/σ its signal-to-noise ratio (log10 colour scales).")
 
-picked = (snapshot_picker.pick_snapshot("weights") if snapshot_picker.model_source("weights") == "snapshots"
-          else widgets.pick_models("weights", multi=False, prefer="iwae-r"))
-label, entry = next(iter(picked.items()))
+label, entry = next(iter(snapshot_picker.pick_models("weights", multi=False, prefer="iwae-r").items()))
 model_ref = zoo.ref(entry)
 model = zoo.load_model(model_ref)
 maps = compute.weight_maps(model_ref)
