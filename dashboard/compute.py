@@ -320,10 +320,10 @@ def retry_data_button(key: str) -> None:
 
 
 def figure(build: Callable, *args, **kwargs):
-    """build(*args, **kwargs), a dashboard.figures builder, made once per value of its arguments: building a
-    plotly figure (its validation) was most of a rerun whose numbers were all cached, e.g. moving back to a k or
-    tau seen before. The figure is shared by every session showing the same view, so it must not be changed after
-    (st.plotly_chart and the exports only read it)."""
+    """build(*args, **kwargs), a dashboard.figures or dashboard.charts builder, made once per value of its
+    arguments: building a plotly figure (its validation) was most of a rerun whose numbers were all cached, e.g.
+    moving back to a k or tau seen before. The figure is shared by every session showing the same view, so it must
+    not be changed after (st.plotly_chart and the exports only read it)."""
     return _figure(f"{build.__module__}.{build.__qualname__}", build, args, kwargs)
 
 

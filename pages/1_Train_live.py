@@ -6,7 +6,7 @@ Runs live on disk (iwae_core.runs), not in the session, so a reload or a second 
 import pandas as pd
 import streamlit as st
 
-from dashboard import figures, widgets
+from dashboard import charts, widgets
 from iwae_core import folders, runs
 from iwae_core.config import DATASETS, MAX_K, OBJECTIVES, VARIANTS, ModelConfig, RunConfig, TrainConfig, to_dict
 from iwae_core.data import locate
@@ -214,7 +214,7 @@ with run_col:
         curves, grid = st.columns([3, 2])
         with curves:
             if p.get("points"):
-                fig = figures.training_curves(info.curve_rows())
+                fig = charts.training_curves(info.curve_rows())
                 fig.update_layout(title=None, width=None, uirevision=info.name)  # keep zoom across refreshes
                 st.plotly_chart(fig, key=f"tl_curves_{info.name}")
             else:

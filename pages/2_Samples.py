@@ -3,7 +3,7 @@ model (its decoder at tau = 0 against tau = 1), and the prior-sample grid, which
 
 import streamlit as st
 
-from dashboard import compute, downloads, export, figures, widgets, zoo
+from dashboard import compute, downloads, export, figures, snapshot_picker, widgets, zoo
 
 VIEWS = {
     "reconstructions": "Reconstructions of the same test images",
@@ -14,7 +14,7 @@ VIEWS = {
 st.set_page_config(page_title="Samples · Bayesian IWAE", layout="wide")
 st.title("Samples")
 
-models = widgets.pick_models("samples", snapshots=True)
+models = snapshot_picker.pick_models("samples")
 first_dataset = models[next(iter(models))].dataset if models else None
 test = compute.test_set(first_dataset) if models else {"error": "no model chosen"}
 # without test images the reconstructions cannot be shown: the prior samples are the default then
@@ -25,7 +25,7 @@ tau = widgets.tau_slider("samples", models=models)
 draws = widgets.int_slider("samples", "draws", "Weight draws θ", 1, 12, 4)
 n = widgets.int_slider("samples", "n", "Test images" if view == "reconstructions" else "Latent draws z", 2, 16, 8)
 seed = widgets.seed_input("samples")
-widgets.sync_url(**widgets.model_params("samples", models), view=view, tau=tau, draws=draws, n=n, seed=seed)
+widgets.sync_url(**snapshot_picker.model_params("samples", models), view=view, tau=tau, draws=draws, n=n, seed=seed)
 if not models:
     st.info("Choose at least one model in the sidebar.")
     st.stop()

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from dashboard import compute, downloads, export, figures, widgets, zoo
+from dashboard import charts, compute, downloads, export, figures, widgets, zoo
 
 st.set_page_config(page_title="Latent traversals · Bayesian IWAE", layout="wide")
 st.title("Latent traversals")
@@ -86,7 +86,7 @@ st.plotly_chart(fig_trav, key="traversals-grid")
 downloads.export_buttons(fig_trav, "traversals", tables["traversals"], settings)
 figs = {"traversals": fig_trav, "start": fig_start}
 if act:
-    fig_act = compute.figure(figures.activity_bar, act["activity"], act["threshold"])
+    fig_act = compute.figure(charts.activity_bar, act["activity"], act["threshold"])
     st.plotly_chart(fig_act, key="traversals-activity")
     tables["activity"] = lambda: export.table_csv([
         {"model": label, "unit": j, "activity": float(a), "threshold": act["threshold"],

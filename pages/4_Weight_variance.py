@@ -5,7 +5,7 @@ import math
 import numpy as np
 import streamlit as st
 
-from dashboard import compute, downloads, export, figures, widgets, zoo
+from dashboard import charts, compute, downloads, export, figures, snapshot_picker, widgets, zoo
 
 st.set_page_config(page_title="Weight variance · Bayesian IWAE", layout="wide")
 st.title("Weight variance")
@@ -13,7 +13,7 @@ st.caption("First encoder layer: each hidden unit's 784 incoming weights; last d
            "784 outgoing weights, both drawn as 28×28 tiles (one tile per unit). σ is the posterior standard "
            "deviation of a weight, |μ|/σ its signal-to-noise ratio (log10 colour scales).")
 
-label, entry = next(iter(widgets.pick_models("weights", multi=False, prefer="iwae-r", snapshots=True).items()))
+label, entry = next(iter(snapshot_picker.pick_models("weights", multi=False, prefer="iwae-r").items()))
 model_ref = zoo.ref(entry)
 model = zoo.load_model(model_ref)
 maps = compute.weight_maps(model_ref)
@@ -22,7 +22,7 @@ n_max = min(hidden.values())
 count = widgets.int_slider("weights", "units", "Units shown", 1, min(n_max, 144), min(64, n_max)) if n_max > 1 else 1
 start = widgets.int_slider("weights", "first", "First unit", 0, n_max - count, 0) if n_max > count else 0
 ncol = widgets.int_slider("weights", "cols", "Tiles per row", 2, 16, 8)
-widgets.sync_url(**widgets.model_params("weights", {label: entry}), units=count, first=start, cols=ncol)
+widgets.sync_url(**snapshot_picker.model_params("weights", {label: entry}), units=count, first=start, cols=ncol)
 units = slice(start, start + count)
 titles = {"encoder": f"first encoder layer (units {start}–{start + count - 1})",
           "decoder": f"last decoder layer (units {start}–{start + count - 1})"}
@@ -87,7 +87,7 @@ if deterministic:
 sigmas = compute.layer_sigmas(model_ref)
 if sigmas:
     st.subheader("σ per layer against the prior")
-    figs["sigma_histograms"] = figures.sigma_histograms(sigmas, prior_std=model.config.prior_std)
+    figs["sigma_histograms"] = charts.sigma_histograms(sigmas, prior_std=model.config.prior_std)
     st.plotly_chart(figs["sigma_histograms"], key="weights-hist")
     downloads.export_buttons(figs["sigma_histograms"], "sigma_histograms", settings=settings)
 st.subheader("Per-layer summary")

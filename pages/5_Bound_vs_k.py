@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from dashboard import compute, downloads, export, figures, widgets, zoo
+from dashboard import charts, compute, downloads, export, figures, widgets, zoo
 from iwae_core import evaluate
 
 st.set_page_config(page_title="Bound vs k · Bayesian IWAE", layout="wide")
@@ -71,7 +71,7 @@ else:
                    "same weights, images and seed).")
     curves = {label: compute.curve_rows(ks, v) for label, v in per_image.items()}
 
-colors = {label: figures.PALETTE[i % len(figures.PALETTE)] for i, label in enumerate(models)}
+colors = {label: charts.PALETTE[i % len(charts.PALETTE)] for i, label in enumerate(models)}
 references = {}
 show_paper = widgets.bool_input("bound", "paper", "Show the paper's test LL", True)
 widgets.sync_url(paper=int(show_paper))
@@ -92,7 +92,7 @@ def curve_table(rows_by_model: dict, **extra) -> str:
 
 
 if curves:
-    fig_bound = compute.figure(figures.bound_vs_k, curves, references=references, k_max=k_max, colors=colors,
+    fig_bound = compute.figure(charts.bound_vs_k, curves, references=references, k_max=k_max, colors=colors,
                                title=f"L_k against k, τ = {tau:g}, seed {seed}, first {n_images} test images"
                                      f"{downloads.objectives_text(models)} (band ± 1 s.e. over images)")
     st.plotly_chart(fig_bound, key="bound-curve")
@@ -113,7 +113,7 @@ if curves:
         for j, k in enumerate(ks)] for label in same_data if label != reference}
     if paired:
         fig_paired = compute.figure(
-            figures.bound_vs_k, paired, k_max=k_max, zero_line=True, y_title=f"mean L_k − L_k of {reference} (nats)",
+            charts.bound_vs_k, paired, k_max=k_max, zero_line=True, y_title=f"mean L_k − L_k of {reference} (nats)",
             colors={f"{label} − {reference}": colors[label] for label in same_data},
             title=f"L_k minus {reference}'s on the same {n_images} images, τ = {tau:g}, seed {seed}"
                   f"{downloads.objectives_text(models)} (band ± 1 paired s.e.)")
@@ -152,8 +152,8 @@ st.markdown(" · ".join(f"**{label}**: L_{k_image} = {w['bound']:.2f}, ESS = {w[
 first = next(iter(models))
 fig_image = compute.figure(figures.image_grid, tests[first]["x"][index][None].numpy(), nrow=1,
                            title=f"test image {index}")
-fig_weights = compute.figure(figures.importance_weights, weights)
-fig_post = compute.figure(figures.posterior_scatter, weights, dims=(dim_a, dim_b))
+fig_weights = compute.figure(charts.importance_weights, weights)
+fig_post = compute.figure(charts.posterior_scatter, weights, dims=(dim_a, dim_b))
 settings |= {"test_image": index, "k_importance": k_image}
 tables["test_image"] = lambda: export.images_csv({"test image": tests[first]["x"][index][None]},
                                                   axes=("test image",), labels={"test image": [index]})

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import downloads, export, figures, widgets
+from dashboard import charts, downloads, export, widgets
 from iwae_core import study
 from iwae_core.evaluate import PAPER_TABLE, tau_label
 
@@ -48,7 +48,7 @@ images = sorted({r["n_images"] for r in chosen})
 S = sorted({r["S"] for r in chosen})
 title = (f"{dataset}, τ = {tau:g}: test LL across budgets ({len(seeds)} seeds, first "
          f"{'/'.join(map(str, images))} test images, S = {'/'.join(map(str, S))})")
-figs = {"study": figures.study_curves(summary, chosen, PAPER_TABLE.get(dataset), title=title)}
+figs = {"study": charts.study_curves(summary, chosen, PAPER_TABLE.get(dataset), title=title)}
 st.plotly_chart(figs["study"], key="repro-study")
 settings = {"study": str(path.name), "dataset": dataset, "tau": tau, "seeds": seeds, "images": images, "S": S,
             "link": {"dataset": dataset, "tau": tau_label(tau)}}
@@ -56,7 +56,7 @@ tables = {"study": lambda: export.table_csv([  # the rows behind the figure, in 
     {key: r.get(key) for key in study.CSV_FIELDS} for r in chosen])}
 downloads.export_buttons(figs["study"], "study", tables["study"], settings)
 st.subheader("Per budget: mean across seeds ± seed sd, and whether the difference to IWAE holds")
-table = pd.DataFrame([{"epochs": s["epochs"], "arm": figures.STUDY_ARMS.get(s["arm"], s["arm"]), "seeds": s["seeds"],
+table = pd.DataFrame([{"epochs": s["epochs"], "arm": charts.STUDY_ARMS.get(s["arm"], s["arm"]), "seeds": s["seeds"],
                        "test LL": s["test_ll"], "sd": s["test_ll_sd"], "− IWAE": s["diff"], "seed sd": s["diff_sd"],
                        "paired s.e.": s["paired_se"], "verdict": s["verdict"]} for s in summary])
 st.dataframe(table, hide_index=True, key="repro-table",

@@ -1,4 +1,4 @@
-"""Figures hold the data they show, and every export format produces a valid file (or a clear refusal)."""
+"""The image figures hold the data they show, and every export format produces a valid file (or a clear refusal)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from dashboard import export, figures
-from iwae_core.history import FIELDS as HISTORY_FIELDS
+from dashboard import charts, export, figures
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -93,92 +92,12 @@ def test_weight_tiles_use_log10_and_own_or_shared_colour_scales():
     assert np.asarray(own.data[0].z, dtype=float).shape == (2 * 29 - 1, 2 * 29 - 1)
 
 
-def test_sigma_histograms_show_each_layer_and_the_prior():
-    fig = figures.sigma_histograms({"encoder.0": rng(6).uniform(1e-3, 2e-3, 1000),
-                                    "decoder.1": rng(7).uniform(0.1, 0.2, 500)}, prior_std=1.0)
-    legend = [t.name for t in fig.data if t.showlegend]
-    assert legend == ["encoder.0 (1,000 weights)", "decoder.1 (500 weights)"]
-    for t in fig.data:
-        assert np.asarray(t.y).max() <= 1 and np.asarray(t.y).sum() == pytest.approx(2.0)  # shares (steps drawn twice)
-    assert any(s.x0 == 1.0 for s in fig.layout.shapes)
-    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis2.type == "log"
-
-
-def test_bound_vs_k_draws_means_bands_references_and_the_chosen_k_range():
-    curves = {"A": [{"k": 1, "mean": -100.0, "stderr": 1.0}, {"k": 10, "mean": -95.0, "stderr": 0.5}],
-              "B": [{"k": 1, "mean": -101.0, "stderr": None}, {"k": 10, "mean": -97.0, "stderr": 0.2}]}
-    fig = figures.bound_vs_k(curves, references={"paper": -94.3}, k_max=10)
-    lines = {t.name: t for t in fig.data if t.mode == "lines+markers"}
-    assert list(lines["A"].y) == [-100.0, -95.0] and list(lines["A"].x) == [1, 10]
-    band = next(t for t in fig.data if t.fill == "toself" and t.name.startswith("A"))
-    assert max(band.y) == pytest.approx(-94.5) and min(band.y) == pytest.approx(-101.0)
-    ref = next(t for t in fig.data if t.name == "paper")
-    assert list(ref.y) == [-94.3, -94.3]
-    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.range[1] == pytest.approx(1.1)
-    wider = figures.bound_vs_k(curves, k_max=1000)
-    assert wider.layout.xaxis.range[1] == pytest.approx(3.1)
-
-
-def test_importance_weights_sorts_weights_and_reports_ess():
-    w = np.array([0.1, 0.6, 0.3])
-    fig = figures.importance_weights({"m": {"weights": w, "ess": 2.17}})
-    assert list(fig.data[0].y) == pytest.approx([0.6, 0.3, 0.1])
-    assert fig.data[0].name == "m: ESS 2.2 of 3"
-    assert fig.data[0].mode == "lines+markers"
-    many = figures.importance_weights({"m": {"weights": np.full(500, 1 / 500), "ess": 500.0}})
-    assert many.data[0].mode == "lines"  # 500 markers on a sorted curve show nothing a line does not
-
-
-def test_posterior_scatter_plots_every_draw_in_the_chosen_dimensions_sized_by_weight():
-    z = rng(8).normal(size=(20, 4))
-    w = rng(9).random(20) ** 8
-    w /= w.sum()
-    fig = figures.posterior_scatter({"m": {"z": z, "weights": w}}, dims=(2, 3))
-    density, draws, mean = fig.data
-    np.testing.assert_allclose(density.x, z[:, 2])  # the density counts every draw
-    np.testing.assert_allclose(density.y, z[:, 3])
-    order = np.argsort(w)  # every draw is a marker here (k < TOP_SHOWN), the heaviest last (on top)
-    np.testing.assert_allclose(draws.x, z[order, 2])
-    np.testing.assert_allclose(draws.marker.color, w[order])
-    assert draws.marker.size[-1] == pytest.approx(20.0) and min(draws.marker.size) >= 4
-    np.testing.assert_allclose([mean.x[0], mean.y[0]], (w[:, None] * z).sum(0)[[2, 3]])
-    assert fig.layout.xaxis.title.text == "z2"
-    assert "largest weights" not in fig.layout.title.text
-
-
-def test_posterior_scatter_marks_the_heaviest_draws_and_says_what_share_of_the_weight_they_carry():
-    k = figures.TOP_SHOWN + 500
-    z = rng(10).normal(size=(k, 2))
-    w = np.full(k, 1.0)
-    w[:figures.TOP_SHOWN] = 4.0  # the first TOP_SHOWN draws carry 4 * 200 / (4 * 200 + 500) = 61.5 %
-    w /= w.sum()
-    fig = figures.posterior_scatter({"m": {"z": z, "weights": w}})
-    density, draws, mean = fig.data
-    assert len(density.x) == k and len(draws.x) == figures.TOP_SHOWN
-    assert sorted(draws.x) == sorted(z[:figures.TOP_SHOWN, 0])
-    np.testing.assert_allclose([mean.x[0], mean.y[0]], (w[:, None] * z).sum(0))  # the mean is of all k draws
-    assert f"the {figures.TOP_SHOWN} largest weights, carrying m: 61.5%" in fig.layout.title.text
-
-
-def test_training_curves_read_history_rows_including_csv_strings():
-    rows = [dict.fromkeys(HISTORY_FIELDS, "") | {"epoch": "1", "step": "10", "train_bound": "-150.5",
-                                                 "valid_bound": "-140", "kl_per_datapoint": "3.5"},
-            dict.fromkeys(HISTORY_FIELDS) | {"epoch": 2, "step": 20, "train_bound": -120.0,
-                                             "valid_bound": None, "kl_per_datapoint": 2.0}]
-    fig = figures.training_curves(rows)
-    by_name = {t.name: t for t in fig.data}
-    assert list(by_name["train L_k"].y) == [-150.5, -120.0] and list(by_name["train L_k"].x) == [1.0, 2.0]
-    assert list(by_name["valid L_k"].y) == [-140.0]
-    assert list(by_name["KL per data point"].y) == [3.5, 2.0]
-    assert "objective" not in by_name  # no values, no trace
-
-
 # ---- export ------------------------------------------------------------------------------------------
 
 def small_figures() -> dict:
     return {"grid": figures.image_grid(rng(10).random((2, 784)), nrow=2),
-            "curve": figures.bound_vs_k({"A": [{"k": 1, "mean": -100.0, "stderr": 1.0},
-                                               {"k": 5, "mean": -98.0, "stderr": 1.0}]})}
+            "curve": charts.bound_vs_k({"A": [{"k": 1, "mean": -100.0, "stderr": 1.0},
+                                              {"k": 5, "mean": -98.0, "stderr": 1.0}]})}
 
 
 def test_csv_export_holds_every_pixel_and_point():
@@ -235,16 +154,6 @@ def test_png_svg_pdf_export_and_the_full_zip():
         assert zf.read("grid.png").startswith(b"\x89PNG")
         assert "Nothing was skipped." in zf.read("README.txt").decode()
     assert names == {f"{n}.{f}" for n in ("grid", "curve") for f in export.FORMATS} | {"README.txt"}
-
-
-def test_training_curves_fall_back_to_the_step_for_live_runs():
-    rows = [{"step": 1, "train_bound": -200.0, "kl_per_datapoint": 1.0},
-            {"step": 2, "train_bound": -190.0, "kl_per_datapoint": 0.9},
-            {"step": 2, "valid_bound": -185.0}]
-    fig = figures.training_curves(rows)
-    by_name = {t.name: t for t in fig.data}
-    assert list(by_name["train L_k"].x) == [1.0, 2.0] and list(by_name["valid L_k"].y) == [-185.0]
-    assert fig.layout.xaxis.title.text == "step"
 
 
 def test_image_csv_is_tidy_with_named_columns():
