@@ -122,7 +122,7 @@ class RunInfo:
         return path if path.exists() else None
 
     def curve_rows(self) -> list[dict]:
-        """The live curves as rows for figures.training_curves, all against the step: per-step training
+        """The live curves as rows for charts.training_curves, all against the step: per-step training
         bound and KL (merged into at most MAX_POINTS points) and the validation bound, per epoch and every
         valid_every steps (progress.json's valid; a worker that wrote none: history's per-epoch bounds)."""
         rows = [{"step": s, "train_bound": b, "kl_per_datapoint": kl} for s, b, kl in self.progress.get("points", [])]
