@@ -127,7 +127,7 @@ def study_curves(summary: Sequence[Mapping], rows: Sequence[Mapping], paper: Map
                  title: str | None = None) -> go.Figure:
     """The study for one dataset and tau: test LL against training epochs per arm (mean across seeds, a band
     of ± one seed-to-seed sd, each seed a faint dot), and the paired difference to the same seed's IWAE
-    against epochs (band ± seed sd, error bars ± paired s.e.). `summary` and `rows` as iwae_core.study's
+    against epochs (band ± seed sd, error bars ± paired s.e.). `summary` and `rows` as iwae_core.study_results'
     summarize and collect give them, for one dataset and tau; paper: variant -> (mean, s.e.), drawn as
     dotted lines in the colour of the arm of that variant (the mixture arm has no paper number of its own)."""
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,

@@ -23,7 +23,8 @@ import torch
 
 from .allocator import retain_freed_memory
 from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
-from .train import Trainer, noise_dtype
+from .device import noise_dtype
+from .train import Trainer
 
 BATCH, K = 100, 25
 

@@ -22,7 +22,7 @@ DATASETS = ("mnist", "omniglot")
 NOISE_PRECISIONS = ("auto", "float32", "bfloat16")
 # precision of a training step's matrix products: float32, or bf16-mixed (bfloat16 inputs, float32
 # accumulation and results; parameters, Adam, draws and the bound stay float32); auto = bf16-mixed where the
-# device multiplies bfloat16 natively (see train.matmul_dtype and docs/precision.md)
+# device multiplies bfloat16 natively (see device.matmul_dtype and docs/precision.md)
 PRECISIONS = ("float32", "bf16-mixed", "auto")
 # the two readings of a random-weight IWAE (see TrainConfig.objective)
 OBJECTIVES = ("bayes", "mixture")

@@ -1,8 +1,11 @@
-"""Trainer: Adam on (1/B) sum_b L_k(x_b) - beta KL/N, with hooks, atomic checkpoints, exact resume, NaN guard."""
+"""Trainer: Adam on (1/B) sum_b L_k(x_b) - beta KL/N, with hooks, atomic checkpoints, exact resume, NaN guard.
+
+The device, the precision of its products and the memory check are device.py's; what a checkpoint must hold
+and which settings a resumed run may change are resume.py's.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shutil
@@ -16,80 +19,17 @@ import torch
 from . import checkpoint as ckpt
 from . import history as history_csv
 from .allocator import retain_freed_memory
-from .config import RunConfig, TrainConfig
+from .config import RunConfig
 from .data import Batches, binarize, load_dataset
-from .folders import FileError
+from .device import check_training_memory, matmul_dtype, noise_dtype, pick_device
 from .maths.bounds import iwae_bound, surrogate_objective
 from .maths.model import IWAE
+from .resume import changed_settings, check_trainer_state, read_earlier_stages
 from .scale import distributed
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite; the last good checkpoint is kept."""
-
-
-def native_bfloat16_matmul() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN with AVX512-BF16 or AMX)."""
-    try:
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def noise_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The dtype of the noise-path products for a TrainConfig.noise_precision (None: float32 like the rest).
-
-    auto picks bfloat16 only where it is fast, a CPU with native bfloat16 products, where it halves the
-    noise path's product time; the weight means, the mean path and everything else stay float32.
-    """
-    if precision == "bfloat16" or (precision == "auto" and device.type == "cpu" and native_bfloat16_matmul()):
-        return torch.bfloat16
-    return None
-
-
-def matmul_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The input dtype of every matrix product of a training step for a TrainConfig.precision (None: float32).
-
-    bf16-mixed: bfloat16 inputs, float32 accumulation and float32 results, for the mean and the noise path,
-    encoder and decoder, forward and backward; parameters, Adam's state, the eps draws, sigma, the
-    log-likelihood terms, logsumexp and the bound stay float32. auto chooses it where the device multiplies
-    bfloat16 natively: a CPU with AVX512-BF16 or AMX (oneDNN), a CUDA GPU with bfloat16 support.
-
-    The products go through hand-written casts (ops.low_precision_linear and the noise-path ops), not
-    torch.autocast, on every device. Measured on this CPU (scripts/bf16_mechanism.py, docs/precision.md) the
-    two run the step equally fast, so the choice rests on the contract: autocast returns each product in
-    bfloat16, so every following op (tanh, the Bernoulli log-likelihood) would run in bfloat16 unless each
-    layer widened its output again by hand; the hand-written backward passes of the noise path's autograd
-    functions run outside autocast's reach, so their products need the casts written out anyway; and it is
-    a context that must enclose the forward pass wherever the model is called. The casts do the same products (bfloat16
-    inputs, float32 accumulation: oneDNN on CPU, cuBLAS on CUDA) with float32 results, and run unchanged on
-    CUDA, where they stand in for bf16 autocast.
-    """
-    if precision == "bf16-mixed":
-        return torch.bfloat16
-    if precision == "auto":
-        if device.type == "cpu" and native_bfloat16_matmul():
-            return torch.bfloat16
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-    return None
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """auto = cuda, then mps, then cpu; an explicit device that is not available is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("device 'mps' was requested but Apple's MPS backend is not available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
-    return torch.device(name)
 
 
 @dataclass
@@ -100,37 +40,6 @@ class Hooks:
     on_epoch: list[Callable] = field(default_factory=list)
     on_eval: list[Callable] = field(default_factory=list)
     on_checkpoint: list[Callable] = field(default_factory=list)
-
-
-def training_memory_bytes(run: RunConfig) -> int:
-    """About the peak memory of one training step: the [k * batch, width] activations autograd keeps.
-
-    Measured at 13-26 bytes per row and unit of x_dim + 2 * sum(hidden) + 4 * z_dim (float32, IWAE to
-    IWAE-R); 32 bytes leave room. Plus the weights, their gradients and Adam's two moments.
-    """
-    m = run.model
-    width = m.x_dim + 2 * sum(m.hidden) + 4 * m.z_dim
-    sizes = [m.x_dim, *m.hidden, 2 * m.z_dim]
-    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)) * 2 * 2  # mu and rho, both nets
-    return 32 * run.train.k * run.train.batch_size * width + 4 * 4 * params
-
-
-def physical_memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_training_memory(run: RunConfig, available: int | None = None) -> None:
-    """Refuse a k x batch size that cannot fit in this machine's memory, before anything is allocated
-    (k = 100,000 with batch 100 otherwise allocates until the system kills the process)."""
-    available = available or physical_memory_bytes()
-    need = training_memory_bytes(run)
-    if available and need > 0.8 * available:
-        raise ValueError(f"--k {run.train.k} x --batch-size {run.train.batch_size} with these layer sizes needs "
-                         f"about {need / 2**30:,.1f} GiB per training step, more than this machine's "
-                         f"{available / 2**30:,.1f} GiB of memory can hold; use a smaller --k or --batch-size")
 
 
 class Trainer:
@@ -530,62 +439,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
-
-# settings a resumed run may change: how long, where and how fast it runs, and how it is watched
-RESUMABLE_SETTINGS = ("epochs", "max_steps", "device", "threads", "checkpoint_every", "eval_k", "eval_images",
-                      "valid_every")
-
-
-def changed_settings(saved: TrainConfig, asked: TrainConfig) -> list[tuple[str, object, object]]:
-    """(option, checkpoint's value, asked value) for every setting of the run that differs."""
-    return [(f"--{f.name.replace('_', '-')}", getattr(saved, f.name), getattr(asked, f.name))
-            for f in dataclasses.fields(TrainConfig)
-            if f.name not in RESUMABLE_SETTINGS and getattr(saved, f.name) != getattr(asked, f.name)]
-
-
-# what trainer_state.json must hold, and of which JSON types (bool is no int here)
-TRAINER_STATE = {"step": int, "epoch": int, "batch_in_epoch": int, "seconds": (int, float), "optimizer": dict,
-                 "epoch_sums": dict, "history": list, "run": str}
-
-
-def check_trainer_state(state: dict, path: Path) -> dict:
-    for key, kind in TRAINER_STATE.items():
-        value = state.get(key)
-        if value is None:
-            raise ckpt.CheckpointError(f"{path} has no {key!r}: not a checkpoint this trainer wrote")
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-            raise ckpt.CheckpointError(f"{path}: {key!r} is {value!r:.60}, not a valid value")
-    sums = state["epoch_sums"]
-    if not (isinstance(sums.get("bound"), int | float) and isinstance(sums.get("n"), int)) \
-            or not all(isinstance(row, dict) for row in state["history"]):
-        raise ckpt.CheckpointError(f"{path}: 'epoch_sums' or 'history' is not what this trainer writes")
-    return state
-
-
-def read_earlier_stages(folder: str | os.PathLike, run: RunConfig) -> dict:
-    """Epochs, steps, seconds, history rows and stages of the model folder a run starts from."""
-    folder = Path(folder)
-    earlier = ckpt.load_run_config(folder)
-    if earlier.model != run.model or earlier.train.dataset != run.train.dataset:
-        raise ckpt.CheckpointError(
-            f"{folder} holds a {earlier.train.dataset} {earlier.model.variant} model with other sizes or "
-            f"settings; a run can only start from a model of the same --dataset, --variant and sizes")
-    metrics_path = folder / "metrics.json"
-    training = ckpt.read_json_object(metrics_path).get("training")
-    if not training:
-        raise ckpt.CheckpointError(f"{metrics_path} has no training record: {folder} is not a trained model folder")
-    if not (folder / "history.csv").exists():
-        raise ckpt.CheckpointError(f"{folder / 'history.csv'} is missing")
-    try:
-        history = history_csv.read(folder / "history.csv")
-    except FileError as err:
-        raise ckpt.CheckpointError(str(err)) from err
-    if len(history) != training["epochs"]:
-        raise ckpt.CheckpointError(f"{folder}/history.csv has {len(history)} epochs, its metrics.json "
-                                   f"{training['epochs']}: the folder is inconsistent")
-    stages = training.get("stages") or [
-        {key: training.get(key) for key in ("epochs", "steps", "train_seconds", "command")}
-        | {"lr": earlier.train.lr, "lr_final": earlier.train.lr_final, "batch_size": earlier.train.batch_size,
-           "init_from": None}]
-    return {"epochs": training["epochs"], "steps": training["steps"], "train_seconds": training["train_seconds"],
-            "history": history, "stages": stages}

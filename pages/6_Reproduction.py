@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, downloads, export, widgets
-from iwae_core import study
+from iwae_core import study_results
 from iwae_core.evaluate import PAPER_TABLE, tau_label
 
 st.set_page_config(page_title="Reproduction · Bayesian IWAE", layout="wide")
@@ -27,7 +27,7 @@ if not path.exists():
             "(resumable; see results/study.md) or point the sidebar at another study.csv or a sweep's folder.")
     st.stop()
 try:
-    rows = study.collect(path) if path.is_dir() else study.read_csv(path)
+    rows = study_results.collect(path) if path.is_dir() else study_results.read_csv(path)
 except (OSError, ValueError, KeyError, UnicodeDecodeError, RuntimeError) as err:
     st.error(f"{path} cannot be read as study results: {err}")
     st.stop()
@@ -42,7 +42,7 @@ tau = float(widgets.choice_input("repro", "tau", "τ of the random arms", [tau_l
 widgets.sync_url(dataset=dataset, tau=tau)
 
 chosen = [r for r in rows if r["dataset"] == dataset and (r["tau"] == tau or r["variant"] == "iwae")]
-summary = study.summarize(chosen)
+summary = study_results.summarize(chosen)
 seeds = sorted({r["seed"] for r in chosen})
 images = sorted({r["n_images"] for r in chosen})
 S = sorted({r["S"] for r in chosen})
@@ -53,7 +53,7 @@ st.plotly_chart(figs["study"], key="repro-study")
 settings = {"study": str(path.name), "dataset": dataset, "tau": tau, "seeds": seeds, "images": images, "S": S,
             "link": {"dataset": dataset, "tau": tau_label(tau)}}
 tables = {"study": lambda: export.table_csv([  # the rows behind the figure, in study.csv's own columns
-    {key: r.get(key) for key in study.CSV_FIELDS} for r in chosen])}
+    {key: r.get(key) for key in study_results.CSV_FIELDS} for r in chosen])}
 downloads.export_buttons(figs["study"], "study", tables["study"], settings)
 st.subheader("Per budget: mean across seeds ± seed sd, and whether the difference to IWAE holds")
 table = pd.DataFrame([{"epochs": s["epochs"], "arm": charts.STUDY_ARMS.get(s["arm"], s["arm"]), "seeds": s["seeds"],

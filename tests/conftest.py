@@ -1,4 +1,6 @@
-"""Shared fixtures: a zoo of tiny trained models in a temporary folder, for the dashboard tests."""
+"""Shared fixtures: a zoo of tiny trained models in a temporary folder, for the dashboard tests, and a tiny
+budget x seed study, for the tests of the study (tests/test_study.py) and of its results
+(tests/test_study_results.py)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,23 @@ def tiny_zoo(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """The study's StudyConfig after run_study on MNIST: IWAE and the mixture IWAE-R, seeds 0 and 1, budgets of
+    1 and 2 epochs, on tiny models and 200 training images (run once per session)."""
+    from iwae_core.study import StudyConfig, run_study
+    from support import require_data
+
+    require_data("MNIST", "raw")
+    root = tmp_path_factory.mktemp("study")
+    cfg = StudyConfig(root=root / "runs", results=root / "results", datasets=("mnist",), seeds=(0, 1),
+                      arms=("iwae", "iwae-r-mixture"),
+                      budgets=(1, 2), hidden=(16,), z_dim=4, k=3, batch_size=50, train_images=200, images=30,
+                      S=20, mixture_init_sigma=0.05, workers=2)
+    run_study(cfg)  # on a local Ray of two CPUs, as the real study runs
+    return cfg
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ from conftest import synthetic_data
 from iwae_core import checkpoint as ckpt
 from iwae_core.cli import main
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig
+from iwae_core.device import matmul_dtype, native_bfloat16_matmul
 from iwae_core.maths.layers import BayesLinear
 from iwae_core.maths.ops import low_precision_linear
-from iwae_core.train import Trainer, matmul_dtype, native_bfloat16_matmul
+from iwae_core.train import Trainer
 
 # bfloat16 keeps 8 significant bits: each input rounds by at most 2^-9 = 0.2% relative, the products
 # accumulate in float32 and their results round once more by 2^-9. Over sums of hundreds of terms of either

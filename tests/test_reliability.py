@@ -21,9 +21,10 @@ from iwae_core import checkpoint as ckpt
 from iwae_core.cli import main
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig
 from iwae_core.data import DataCorruptError, load_mnist
+from iwae_core.device import check_training_memory
 from iwae_core.evaluate import check_evaluation_target
 from iwae_core.maths.model import IWAE
-from iwae_core.train import Trainer, check_training_memory
+from iwae_core.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 

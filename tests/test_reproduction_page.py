@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from iwae_core.study import CSV_FIELDS
+from iwae_core.study_results import CSV_FIELDS
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
@@ -131,7 +131,7 @@ def test_a_sweep_folder_reads_as_a_study(tiny_zoo, tmp_path):
 
     from safetensors.torch import load_file
 
-    from iwae_core.study import collect, summarize
+    from iwae_core.study_results import collect, summarize
 
     root = evaluated_sweep(tiny_zoo, tmp_path / "grid")
     rows = collect(root)

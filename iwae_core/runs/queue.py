@@ -115,7 +115,7 @@ def start_run(run: RunConfig, *, name: str | None = None, train_images: int | No
     valid_points: about how many validation bounds the live curve gets; a run of fewer epochs than that
     also validates within epochs (its worker sets valid_every), unless run.train.valid_every is set already.
     """
-    from ..train import pick_device
+    from ..device import pick_device
 
     root = Path(root) if root else runs_dir()
     if run.train.threads is None:  # one thread per worker unless asked: many runs must not overcommit the CPU
