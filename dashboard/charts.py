@@ -120,7 +120,8 @@ def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str,
 
 
 STUDY_ARMS = {"iwae": "IWAE", "iwae-r": "IWAE-R (Bayesian)", "iwae-r-mixture": "IWAE-R (mixture)",
-              "iwae-rrec": "IWAE-Rrec"}
+              "iwae-rrec": "IWAE-Rrec", "iwae-bf16": "IWAE (bf16-mixed)",
+              "iwae-r-bf16": "IWAE-R (Bayesian, bf16-mixed)"}
 
 
 def study_curves(summary: Sequence[Mapping], rows: Sequence[Mapping], paper: Mapping[str, tuple] | None = None,

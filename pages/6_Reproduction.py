@@ -42,6 +42,12 @@ tau = float(widgets.choice_input("repro", "tau", "τ of the random arms", [tau_l
 widgets.sync_url(dataset=dataset, tau=tau)
 
 chosen = [r for r in rows if r["dataset"] == dataset and (r["tau"] == tau or r["variant"] == "iwae")]
+if any(r.get("precision") == "bf16-mixed" for r in chosen):  # the precision study's arms: off the paper's question
+    low_precision = widgets.bool_input("repro", "bf16", "Show the bf16-mixed arms", False,
+                                       help="The precision study's trials, trained with bfloat16 matrix products "
+                                            "(docs/precision.md); shared in the URL as ?bf16=1")
+    widgets.sync_url(bf16=int(low_precision))
+    chosen = [r for r in chosen if low_precision or r.get("precision") != "bf16-mixed"]
 summary = study_results.summarize(chosen)
 seeds = sorted({r["seed"] for r in chosen})
 images = sorted({r["n_images"] for r in chosen})

@@ -52,6 +52,22 @@ def traces(at: AppTest) -> dict:
     return {t["name"]: t for t in spec["data"] if t.get("name")}
 
 
+def test_the_precision_studys_arms_are_shown_only_when_asked_for(tmp_path):
+    path = write_study(tmp_path / "study.csv")
+    rows = list(csv.DictReader(open(path)))
+    bf16 = [{**r, "arm": r["arm"] + "-bf16", "precision": "bf16-mixed", "test_ll": float(r["test_ll"]) - 0.01}
+            for r in rows]
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=CSV_FIELDS).writerows(bf16)
+    at = open_page(path)
+    assert "IWAE-R (Bayesian)" in traces(at) and "IWAE (bf16-mixed)" not in traces(at)
+    assert "IWAE (bf16-mixed)" not in set(at.dataframe[0].value["arm"])
+    at.checkbox(key="repro:bf16").check().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert {"IWAE (bf16-mixed)", "IWAE-R (Bayesian, bf16-mixed)", "IWAE-R (Bayesian)"} <= set(traces(at))
+    assert at.query_params["bf16"] == "1"
+
+
 @pytest.mark.slow
 def test_study_curves_follow_tau_and_the_verdict_is_shown(tmp_path):
     path = write_study(tmp_path / "study.csv")
