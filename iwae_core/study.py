@@ -167,34 +167,52 @@ def _task(args) -> tuple[tuple, str]:
         return key, f"failed: {type(err).__name__}: {err}"
 
 
+def next_runnable(todo: list[tuple[tuple, int]], busy: set[tuple]) -> tuple[tuple, int] | None:
+    """Take from `todo` (trial keys with a budget, in the study's order: budget by budget) the first item that can
+    start now: its trial is not running (`busy`) and none of its earlier budgets is still waiting in `todo`. None
+    when nothing can start until a running task ends."""
+    waiting = set()
+    for i, (key, _) in enumerate(todo):
+        if key not in busy and key not in waiting:
+            return todo.pop(i)
+        waiting.add(key)
+    return None
+
+
 def run_study(cfg: StudyConfig, address: str | None = None) -> None:
-    """Every budget of every trial as Ray tasks of one CPU (and one torch thread) each, budget by budget, so
-    that the early budgets of all seeds come first. On a local Ray of cfg.workers CPUs, or on the cluster at
-    `address` (whose nodes must see cfg.root at the same path). A trial that fails is reported and the
-    others go on; a worker that dies is retried, resuming from the trial's checkpoint."""
+    """Every budget of every trial as Ray tasks of one CPU (and one torch thread) each, on a local Ray of
+    cfg.workers CPUs or on the cluster at `address` (whose nodes must see cfg.root at the same path).
+
+    The early budgets of all seeds come first, but without a barrier between budgets: a CPU that would wait
+    for the slowest trial of a budget takes the next budget of a trial that is ready (next_runnable). One trial
+    never runs two budgets at once (they share its folder). A trial that fails is reported and the others go
+    on; a worker that dies is retried, resuming from the trial's checkpoint."""
     from tqdm import tqdm
 
     from .scale.cluster import ray_session, say
     from .study_results import write_results  # here, not at the top: study_results imports ARMS from this module
 
     keys = [(d, a, s) for d in cfg.datasets for s in cfg.seeds for a in cfg.arms]
+    todo = [(key, budget) for budget in cfg.budgets_to_run for key in keys]
     with ray_session(address, num_cpus=None if address else cfg.workers) as (ray, where):
+        slots = cfg.workers if address is None else max(1, int(ray.cluster_resources().get("CPU", 1)))
         say(f"study: {len(keys)} trials x {len(cfg.budgets_to_run)} budgets on {where}")
         task = ray.remote(_task).options(num_cpus=1, max_retries=3)
-        for budget in cfg.budgets_to_run:
-            pending = {task.remote((cfg, (*key, budget))): key for key in keys}
-            bar = tqdm(total=len(pending), desc=f"study, {budget} epochs", unit="trial", file=sys.stderr)
-            while pending:
-                [ready], _ = ray.wait(list(pending), num_returns=1)
-                key = pending.pop(ready)
-                try:
-                    message = ray.get(ready)[1]
-                except Exception as err:  # the worker died more often than Ray retries
-                    message = f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0]}"
-                bar.write(f"{trial_name(*key)} @ {budget} epochs: {message}")
-                bar.update(1)
-                write_results(cfg.root, cfg.results)
-            bar.close()
+        pending: dict = {}  # Ray reference -> (key, budget)
+        bar = tqdm(total=len(todo), desc="study", unit="evaluation", file=sys.stderr)
+        while todo or pending:
+            while len(pending) < slots and (item := next_runnable(todo, {k for k, _ in pending.values()})):
+                pending[task.remote((cfg, (*item[0], item[1])))] = item
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            key, budget = pending.pop(ready)
+            try:
+                message = ray.get(ready)[1]
+            except Exception as err:  # the worker died more often than Ray retries
+                message = f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0]}"
+            bar.write(f"{trial_name(*key)} @ {budget} epochs: {message}")
+            bar.update(1)
+            write_results(cfg.root, cfg.results)
+        bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:

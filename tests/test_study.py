@@ -1,5 +1,6 @@
 """The budget x seed study's machinery on tiny models: budgets along one schedule are bit-exact snapshots
-of an uninterrupted run, a budget already evaluated is not run again, and a bf16-mixed arm trains on the
+of an uninterrupted run, the scheduler keeps every CPU busy without running one trial twice at once, a budget
+already evaluated is not run again, and a bf16-mixed arm trains on the
 float32 arm's schedule and is paired with its float32 twin. The tiny_study fixture (tests/conftest.py)
 runs the study once per session; the results built from it are tests/test_study_results.py's."""
 
@@ -11,10 +12,28 @@ from safetensors.torch import load_file
 
 from iwae_core import checkpoint as ckpt
 from iwae_core.data import load_dataset
-from iwae_core.study import StudyConfig, run_task, trial_name, trial_run
+from iwae_core.study import StudyConfig, next_runnable, run_task, trial_name, trial_run
 from iwae_core.study_results import read_csv, write_results
 from iwae_core.train import Trainer
 from support import require_data
+
+
+def test_the_scheduler_takes_early_budgets_first_and_never_a_running_trials_next_one():
+    a, b, c = ("mnist", "iwae", 0), ("mnist", "iwae", 1), ("mnist", "iwae", 2)
+    todo = [(key, budget) for budget in (5, 10, 20) for key in (a, b, c)]
+    assert next_runnable(todo, set()) == (a, 5)
+    assert next_runnable(todo, {a}) == (b, 5)
+    # a and b running; c's 5 epochs come before anyone's 10
+    assert next_runnable(todo, {a, b}) == (c, 5)
+    assert next_runnable(todo, {a, b, c}) is None  # every trial busy: nothing may start
+    # a done while b and c run: the CPU takes a's next budget instead of waiting for b and c
+    assert next_runnable(todo, {b, c}) == (a, 10)
+    # a's 20 waits for a's 10 to end, even with b's and c's 10 still queued
+    assert next_runnable(todo, {b, c, a}) is None
+    assert next_runnable(todo, {b, c}) == (a, 20)
+    assert next_runnable(todo, {c}) == (b, 10)
+    assert next_runnable(todo, {b, c}) is None  # b's 20 waits for b's 10, c's 10 for c's 5
+    assert todo == [(c, 10), (b, 20), (c, 20)]
 
 
 @pytest.mark.slow
