@@ -8,7 +8,17 @@ import streamlit as st
 
 from dashboard import charts, widgets
 from iwae_core import folders, runs
-from iwae_core.config import DATASETS, MAX_K, OBJECTIVES, VARIANTS, ModelConfig, RunConfig, TrainConfig, to_dict
+from iwae_core.config import (
+    DATASETS,
+    MAX_K,
+    OBJECTIVES,
+    PRECISIONS,
+    VARIANTS,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    to_dict,
+)
 from iwae_core.data import locate
 
 REFRESH_SECONDS = 1.5
@@ -63,12 +73,18 @@ with form_col:
                                              help="Every random weight starts at this spread (IWAE has none). "
                                                   "Shared in the URL as ?sigma=")
             seed = form_int("seed", "Seed", 0, 2**31 - 1, 0, "tl_seed")
+            precision = widgets.choice_input(
+                "tl", "precision", "Matrix products", list(PRECISIONS), key="tl_precision", sidebar=False,
+                help="float32, or bf16-mixed: bfloat16 inputs with float32 accumulation, about twice as fast on a "
+                     "CPU or GPU that multiplies bfloat16 natively (parameters, Adam, draws and the bound stay "
+                     "float32); auto picks bf16-mixed where that holds. See docs/precision.md for what it changes. "
+                     "Shared in the URL as ?precision=")
             threads = form_int("threads", "CPU threads", 1, 64, 1, "tl_threads",
                                help="Threads of this run's process; one keeps several runs from fighting over the "
                                     "cores.")
         widgets.sync_url(dataset=dataset, variant=variant, k=k, hidden=hidden, z=z_dim, lr=lr, epochs=epochs,
                          batch=batch_size, device=device, images=train_images, objective=objective, sigma=init_sigma,
-                         seed=seed, threads=threads)
+                         seed=seed, threads=threads, precision=precision)
         submitted = st.button("Start training", key="tl_start", type="primary")
     if submitted:
         try:
@@ -80,7 +96,7 @@ with form_col:
                                               init_sigma=float(init_sigma), **per_sample),
                 train=TrainConfig(dataset=dataset, k=int(k), lr=float(lr), epochs=int(epochs),
                                   batch_size=int(batch_size), device=device, seed=int(seed), threads=int(threads),
-                                  objective=objective, beta=0.0 if mixture else 1.0))
+                                  objective=objective, beta=0.0 if mixture else 1.0, precision=precision))
             started = runs.start_run(run, train_images=int(train_images) or None)
         except (runs.RunError, ValueError, RuntimeError) as err:
             st.error(f"Not started: {err}")

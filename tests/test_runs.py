@@ -494,6 +494,7 @@ FORM = [("selectbox", "tl_dataset", "omniglot", "dataset", "omniglot"),
         ("selectbox", "tl_device", "cpu", "device", "cpu"), ("number_input", "tl_images", 400, "images", "400"),
         ("selectbox", "tl_objective", "mixture", "objective", "mixture"),
         ("number_input", "tl_sigma", 0.02, "sigma", "0.02"),
+        ("selectbox", "tl_precision", "bf16-mixed", "precision", "bf16-mixed"),
         ("number_input", "tl_seed", 11, "seed", "11"), ("number_input", "tl_threads", 2, "threads", "2")]
 
 
@@ -580,11 +581,11 @@ def test_train_live_evaluates_a_finished_run_from_the_page(root, monkeypatch):
 
 def test_a_mixture_run_started_from_the_form_trains_and_shows_its_curve(root):
     """objective = mixture from the form: each importance sample draws its own weights (granularity sample) and
-    there is no KL term (beta 0), with the form's initial sigma; its progress (no KL in the curve points) reads
-    back and the page draws it."""
+    there is no KL term (beta 0), with the form's initial sigma and precision; its progress (no KL in the curve
+    points) reads back and the page draws it."""
     at = page(root)
     for name, value in {"variant": "iwae-r", "objective": "mixture", "sigma": "0.01", "k": "2", "hidden": "16",
-                        "z": "2", "epochs": "1", "batch": "20", "images": "400"}.items():
+                        "z": "2", "epochs": "1", "batch": "20", "images": "400", "precision": "bf16-mixed"}.items():
         at.query_params[name] = value
     at.run()
     assert not at.exception
@@ -593,10 +594,11 @@ def test_a_mixture_run_started_from_the_form_trains_and_shows_its_curve(root):
     (info,) = runs.list_runs(root)
     m, t = info.run.model, info.run.train
     assert (t.objective, t.beta, m.encoder_granularity, m.decoder_granularity) == ("mixture", 0.0, "sample", "sample")
-    assert m.init_sigma == 0.01 and m.variant == "iwae-r" and t.k == 2
+    assert m.init_sigma == 0.01 and m.variant == "iwae-r" and t.k == 2 and t.precision == "bf16-mixed"
     done = wait_for(info.path, lambda r: r.status in ("finished", "failed") and not runs.is_locked(r.path))
     assert done.status == "finished", done.message
     assert done.progress["points"] and all(kl is None for _, _, kl in done.progress["points"])
+    assert json.loads((info.path / "metrics.json").read_text())["training"]["precision"] == "bf16-mixed"
     at.run()
     assert not at.exception
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
