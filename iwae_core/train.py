@@ -160,7 +160,7 @@ class Trainer:
             allow_tf32 = torch.backends.cuda.matmul.allow_tf32
             torch.backends.cuda.matmul.allow_tf32 = True
         try:
-            with subnormals_flushed():  # the backward products of tiny importance weights run 4x faster
+            with subnormals_flushed():  # an IWAE-R step ran 1.5x faster (see device.subnormals_flushed)
                 return self._train_step(x)
         finally:
             if tf32:
