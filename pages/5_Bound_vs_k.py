@@ -165,13 +165,12 @@ tables["posterior_draws"] = lambda: export.table_csv([
     {"model": label, "test image": index, "k": k_image, "tau": tau, "seed": seed, "draw": d,
      **{f"z{j}": float(v) for j, v in enumerate(z[:z_dim])}}
     for label, w in weights.items() for d, z in enumerate(w["z"])])
-c_img, c_w = st.columns([1, 4])
-with c_img:
-    st.plotly_chart(fig_image, key="bound-image")
-    downloads.export_buttons(fig_image, "test_image", tables["test_image"], settings)
-with c_w:
-    st.plotly_chart(fig_weights, key="bound-weights")
-    downloads.export_buttons(fig_weights, "importance_weights", tables["importance_weights"], settings)
+# Not in st.columns: Streamlit redraws every chart inside a column block on each rerun, changed or not (each is
+# a full Plotly redraw in the browser), and keeps unchanged charts outside them, so moving the curve's k leaves these.
+st.plotly_chart(fig_image, key="bound-image")
+downloads.export_buttons(fig_image, "test_image", tables["test_image"], settings)
+st.plotly_chart(fig_weights, key="bound-weights")
+downloads.export_buttons(fig_weights, "importance_weights", tables["importance_weights"], settings)
 st.plotly_chart(fig_post, key="bound-posterior")
 downloads.export_buttons(fig_post, "posterior_draws", tables["posterior_draws"], settings)
 downloads.zip_button({**figs, "importance_weights": fig_weights, "posterior_draws": fig_post, "test_image": fig_image},

@@ -151,6 +151,11 @@ def test_bound_vs_k_slider_extends_the_curve(page, server):
     xs = page.locator("[data-testid=stPlotlyChart] .js-plotly-plot").first.evaluate(
         "el => Math.max(...el.data.filter(t => t.mode === 'lines+markers')"
         ".flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
+    # the test image's charts do not depend on the curve's largest k, so the move must not redraw them (a redraw
+    # replaces the data object Plotly keeps on the chart's element)
+    unchanged = [".st-key-bound-image .js-plotly-plot", ".st-key-bound-weights .js-plotly-plot"]
+    for i, selector in enumerate(unchanged):
+        page.locator(selector).evaluate(f"el => {{ window.__kept{i} = el.data; }}")
     move_slider(page, "largest k", presses=1, key="ArrowRight")
     wait_idle(page)
     page.wait_for_url(re.compile(r"k=500"))
@@ -160,6 +165,9 @@ def test_bound_vs_k_slider_extends_the_curve(page, server):
         ".flatMap(t => (t.x || []).filter(v => typeof v === 'number')))")
     assert_no_exception(page, "Bound vs k after the k slider")
     assert xs == 100 and xs_after == 500
+    kept = [page.locator(selector).evaluate(f"el => el.data === window.__kept{i}")
+            for i, selector in enumerate(unchanged)]
+    assert kept == [True, True], "a chart the k move does not change was redrawn"
 
 
 def test_train_live_starts_a_run_and_shows_progress(page, server):
