@@ -165,8 +165,8 @@ tables["posterior_draws"] = lambda: export.table_csv([
     {"model": label, "test image": index, "k": k_image, "tau": tau, "seed": seed, "draw": d,
      **{f"z{j}": float(v) for j, v in enumerate(z[:z_dim])}}
     for label, w in weights.items() for d, z in enumerate(w["z"])])
-# Not in st.columns: Streamlit redraws every chart inside a column block on each rerun, changed or not (each is
-# a full Plotly redraw in the browser), and keeps unchanged charts outside them, so moving the curve's k leaves these.
+# Not in st.columns: there, with the shipped models, Streamlit redrew both charts on every k move though neither
+# changed (two full Plotly redraws in the browser); outside a column block it keeps them.
 st.plotly_chart(fig_image, key="bound-image")
 downloads.export_buttons(fig_image, "test_image", tables["test_image"], settings)
 st.plotly_chart(fig_weights, key="bound-weights")
