@@ -232,7 +232,7 @@ with run_col:
             if p.get("points"):
                 fig = charts.training_curves(info.curve_rows())
                 fig.update_layout(title=None, width=None, uirevision=info.name)  # keep zoom across refreshes
-                st.plotly_chart(fig, key=f"tl_curves_{info.name}")
+                widgets.chart(fig, key=f"tl_curves_{info.name}")
             else:
                 st.caption("The bound and KL curves appear after the first training steps.")
         with grid:

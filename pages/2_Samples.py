@@ -103,7 +103,7 @@ view_settings = downloads.view_settings(shown, view=view, tau=tau, seed=seed, we
                                  **({"test_images": [first, first + n - 1]} if view == "reconstructions"
                                     else {"latent_draws": n}))
 main = next(iter(figs))
-st.plotly_chart(figs[main], key=f"samples-{main}")
+widgets.chart(figs[main], key=f"samples-{main}")
 downloads.export_buttons(figs[main], main, tables[main], view_settings)
 
 st.subheader("Spread across weight draws")
@@ -111,7 +111,7 @@ if draws < 2:
     st.caption("With one weight draw there is no spread: raise *Weight draws θ* in the sidebar.")
 figs["spread"] = compute.figure(figures.spread_map, spread_of,
                                 title=f"Per-pixel spread of p(x|z) across {draws} weight draws ({settings})")
-st.plotly_chart(figs["spread"], key="samples-spread")
+widgets.chart(figs["spread"], key="samples-spread")
 tables["spread"] = lambda: export.images_csv(
     {name: (g.std(0, ddof=1) if len(g) > 1 else g[0] * 0) for name, g in spread_of.items()},
     axes=(index_axis[0],), labels={index_axis[0]: index_axis[1]}, value_name="std across weight draws")

@@ -67,7 +67,7 @@ with col_img:
     else:
         fig_start = compute.figure(figures.image_grid, compute.traversal(model_ref, start, (0,), (0.0,), tau, seed)[0],
                                    nrow=1, title=f"prior draw (seed {seed})")
-    st.plotly_chart(fig_start, key="traversals-start")
+    widgets.chart(fig_start, key="traversals-start")
     downloads.export_buttons(fig_start, "start", settings=settings)
 with col_info:
     st.markdown(f"**{label}** ({zoo.variant_label(entry.variant)}, {entry.dataset}); starting point: "
@@ -82,12 +82,12 @@ fig_trav = compute.figure(figures.traversal_grid, images, units, offsets,
                                 + ("a prior draw" if index is None else f"test image {index}")
                                 + f", τ = {tau:g}, seed {seed}{downloads.objectives_text({label: entry})} "
                                   "(columns: offset from the starting value)")
-st.plotly_chart(fig_trav, key="traversals-grid")
+widgets.chart(fig_trav, key="traversals-grid")
 downloads.export_buttons(fig_trav, "traversals", tables["traversals"], settings)
 figs = {"traversals": fig_trav, "start": fig_start}
 if act:
     fig_act = compute.figure(charts.activity_bar, act["activity"], act["threshold"])
-    st.plotly_chart(fig_act, key="traversals-activity")
+    widgets.chart(fig_act, key="traversals-activity")
     tables["activity"] = lambda: export.table_csv([
         {"model": label, "unit": j, "activity": float(a), "threshold": act["threshold"],
          "active": bool(a > act["threshold"])} for j, a in enumerate(act["activity"])])

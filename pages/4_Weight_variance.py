@@ -68,9 +68,9 @@ if sigma:
     if zrange:
         settings["sigma_colour_scale_log10"] = list(zrange)
     tables["sigma_maps"], tables["snr_maps"] = weights_table(sigma, "sigma"), weights_table(snr, "|mu|/sigma")
-    st.plotly_chart(figs["sigma_maps"], key="weights-sigma")
+    widgets.chart(figs["sigma_maps"], key="weights-sigma")
     downloads.export_buttons(figs["sigma_maps"], "sigma_maps", tables["sigma_maps"], settings)
-    st.plotly_chart(figs["snr_maps"], key="weights-snr")
+    widgets.chart(figs["snr_maps"], key="weights-snr")
     downloads.export_buttons(figs["snr_maps"], "snr_maps", tables["snr_maps"], settings)
 deterministic = [net for net in maps if maps[net]["sigma"] is None]
 if deterministic:
@@ -81,14 +81,14 @@ if deterministic:
     figs["mu_maps"] = figures.weight_tiles(mu, ncol=ncol, value_label="|μ|", colorscale="viridis",
                                            title=f"Deterministic weights |μ| of {label}", first_unit=start)
     tables["mu_maps"] = weights_table(mu, "|mu|")
-    st.plotly_chart(figs["mu_maps"], key="weights-mu")
+    widgets.chart(figs["mu_maps"], key="weights-mu")
     downloads.export_buttons(figs["mu_maps"], "mu_maps", tables["mu_maps"], settings)
 
 sigmas = compute.layer_sigmas(model_ref)
 if sigmas:
     st.subheader("σ per layer against the prior")
     figs["sigma_histograms"] = charts.sigma_histograms(sigmas, prior_std=model.config.prior_std)
-    st.plotly_chart(figs["sigma_histograms"], key="weights-hist")
+    widgets.chart(figs["sigma_histograms"], key="weights-hist")
     downloads.export_buttons(figs["sigma_histograms"], "sigma_histograms", settings=settings)
 st.subheader("Per-layer summary")
 st.dataframe(compute.weight_table(model_ref), hide_index=True, key="weights-table")

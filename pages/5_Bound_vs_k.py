@@ -95,7 +95,7 @@ if curves:
     fig_bound = compute.figure(charts.bound_vs_k, curves, references=references, k_max=k_max, colors=colors,
                                title=f"L_k against k, τ = {tau:g}, seed {seed}, first {n_images} test images"
                                      f"{downloads.objectives_text(models)} (band ± 1 s.e. over images)")
-    st.plotly_chart(fig_bound, key="bound-curve")
+    widgets.chart(fig_bound, key="bound-curve")
     tables["bound_vs_k"] = lambda: curve_table(curves)
     downloads.export_buttons(fig_bound, "bound_vs_k", tables["bound_vs_k"], settings)
     figs["bound_vs_k"] = fig_bound
@@ -117,7 +117,7 @@ if curves:
             colors={f"{label} − {reference}": colors[label] for label in same_data},
             title=f"L_k minus {reference}'s on the same {n_images} images, τ = {tau:g}, seed {seed}"
                   f"{downloads.objectives_text(models)} (band ± 1 paired s.e.)")
-        st.plotly_chart(fig_paired, key="bound-paired")
+        widgets.chart(fig_paired, key="bound-paired")
         tables["bound_vs_k_paired"] = lambda: curve_table(
             {label: paired[f"{label} − {reference}"] for label in same_data if label != reference}, reference=reference)
         settings["reference"] = reference
@@ -167,11 +167,11 @@ tables["posterior_draws"] = lambda: export.table_csv([
     for label, w in weights.items() for d, z in enumerate(w["z"])])
 # Not in st.columns: there, with the shipped models, Streamlit redrew both charts on every k move though neither
 # changed (two full Plotly redraws in the browser); outside a column block it keeps them.
-st.plotly_chart(fig_image, key="bound-image")
+widgets.chart(fig_image, key="bound-image")
 downloads.export_buttons(fig_image, "test_image", tables["test_image"], settings)
-st.plotly_chart(fig_weights, key="bound-weights")
+widgets.chart(fig_weights, key="bound-weights")
 downloads.export_buttons(fig_weights, "importance_weights", tables["importance_weights"], settings)
-st.plotly_chart(fig_post, key="bound-posterior")
+widgets.chart(fig_post, key="bound-posterior")
 downloads.export_buttons(fig_post, "posterior_draws", tables["posterior_draws"], settings)
 downloads.zip_button({**figs, "importance_weights": fig_weights, "posterior_draws": fig_post, "test_image": fig_image},
               "bound_vs_k", tables, downloads.final_link(settings))

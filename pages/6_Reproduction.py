@@ -55,7 +55,7 @@ S = sorted({r["S"] for r in chosen})
 title = (f"{dataset}, τ = {tau:g}: test LL across budgets ({len(seeds)} seeds, first "
          f"{'/'.join(map(str, images))} test images, S = {'/'.join(map(str, S))})")
 figs = {"study": charts.study_curves(summary, chosen, PAPER_TABLE.get(dataset), title=title)}
-st.plotly_chart(figs["study"], key="repro-study")
+widgets.chart(figs["study"], key="repro-study")
 settings = {"study": str(path.name), "dataset": dataset, "tau": tau, "seeds": seeds, "images": images, "S": S,
             "link": {"dataset": dataset, "tau": tau_label(tau)}}
 tables = {"study": lambda: export.table_csv([  # the rows behind the figure, in study.csv's own columns

@@ -646,3 +646,15 @@ def test_progress_bar_reaches_the_browser_at_most_every_interval_and_always_at_t
     for fraction in (0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 1.0):
         bar(fraction, "computing")
     assert shown == [0.1, 0.4, 1.0, 1.0]  # at 0.0 s and 0.3 s, then the end (however soon), then 0.9 s
+
+
+def test_charts_are_drawn_as_exported_on_the_figures_template(zoo, mnist, zipped):
+    """The screen shows what an export writes: no Streamlit theme restyling the charts in the browser, and the
+    figure handed to the exports is the one drawn, on the dashboard's white template."""
+    at = open_app("5_Bound_vs_k.py", k="10", images="20", model="tiny-iwae,tiny-iwae-r")
+    figs = zipped[-1][0]
+    drawn = at.get("plotly_chart")
+    assert len(drawn) == 5 and all(c.proto.theme == "" for c in drawn)  # "" is theme=None; the default is "streamlit"
+    spec = json.loads(drawn[0].proto.spec)
+    assert spec["layout"]["template"]["layout"]["plot_bgcolor"] == "white"
+    assert spec == json.loads(figs["bound_vs_k"].to_json())
