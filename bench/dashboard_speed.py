@@ -1,6 +1,6 @@
 """Dashboard latency in a real browser: cold start, first paint of every page, slider-to-update times, and k -> 5000.
 
-Usage: IWAE_DATA_DIR=DIR python bench/dashboard_speed.py [--zoo DIR ...] [--repeats 3]
+Usage: IWAE_DATA_DIR=DIR python bench/dashboard_speed.py [--zoo DIR ...] [--repeats 5]
 (Bound vs k needs the test images: without IWAE_DATA_DIR that page shows an error and the run stalls.)
 Starts `streamlit run app.py` on a free port (the zoo: pretrained/ + finished runs, or the --zoo folders),
 drives the system Chromium with Playwright, and prints every time and the ratios between them, all from one run.
@@ -116,7 +116,7 @@ class Results(dict):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", nargs="*", help="folders of model folders (default: the app's zoo)")
-    ap.add_argument("--repeats", type=int, default=3, help="slider moves per measurement (median reported)")
+    ap.add_argument("--repeats", type=int, default=5, help="slider moves per measurement (median reported)")
     args = ap.parse_args()
     executable = chromium_path()
     if executable is None:
