@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Which initial sigma lets the mixture reading's weight noise matter? One epoch of MNIST at the paper's
 # settings (batch 20, k = 25, lr 1e-3 cosine to 1e-4, seed 0) for the mixture IWAE-R at init sigma 1e-3,
-# 1e-2 and 1e-1, beside IWAE and the Bayesian IWAE-R; each evaluated on the first 500 test images
-# (S = 1000, tau = 1 and 0). Two runs at a time, one thread each; resumable (finished runs are skipped).
+# 1e-2 and 1e-1, beside IWAE and the Bayesian IWAE-R, and at 1e-2 and 1e-1 with ten times the learning rate
+# on rho (sigma = softplus(rho)); each evaluated on the first 500 test images (S = 1000, tau = 1 and 0). Two runs at a time, one thread each; resumable (finished runs are skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/mixture-sigma-pilot}
@@ -24,5 +24,8 @@ one mixture-s1e-2 --variant iwae-r --objective mixture --init-sigma 0.01 &
 one mixture-s1e-3 --variant iwae-r --objective mixture --init-sigma 0.001 &
 wait
 one bayes-s1e-3 --variant iwae-r &
+wait
+one mixture-s1e-2-rho10 --variant iwae-r --objective mixture --init-sigma 0.01 --rho-lr-scale 10 &
+one mixture-s1e-1-rho10 --variant iwae-r --objective mixture --init-sigma 0.1 --rho-lr-scale 10 &
 wait
 $IWAE table "$OUT"/*/
