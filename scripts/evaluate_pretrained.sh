@@ -3,21 +3,23 @@
 # test set, tau = 1 for all six models, then tau = 0 for the four with random weights (each run keeps the
 # other tau's result), active units; then stores the paired per-image differences between the variants of
 # each dataset in metrics.json. Two single-threaded workers (one per core), longest runs first.
-# Usage: IWAE_DATA_DIR=/path/to/data [DATASETS=mnist] scripts/evaluate_pretrained.sh [LIMIT]
-#   (DATASETS: which datasets' models to evaluate, default both; LIMIT: first N test images only)
+# Usage: IWAE_DATA_DIR=/path/to/data [DATASETS=mnist] [MODELS=DIR] scripts/evaluate_pretrained.sh [LIMIT]
+#   (DATASETS: which datasets' models to evaluate, default both; MODELS: the folder holding the
+#   <dataset>-<variant> model folders, default pretrained; LIMIT: first N test images only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export IWAE=${IWAE:-.venv/bin/iwae} LIMIT=${1:-}
 DATASETS=${DATASETS:-omniglot mnist}
+MODELS=${MODELS:-pretrained}
 tasks=()
 for tau in 1 0; do
   for variant in iwae-r iwae-rrec iwae; do
     [ "$tau" = 0 ] && [ "$variant" = iwae ] && continue  # a deterministic model: tau changes nothing
-    for dataset in $DATASETS; do tasks+=("pretrained/$dataset-$variant $tau"); done
+    for dataset in $DATASETS; do tasks+=("$MODELS/$dataset-$variant $tau"); done
   done
 done
 printf '%s\n' "${tasks[@]}" | xargs -P 2 -L 1 bash -c '
   dir=$0 tau=$1
   OMP_NUM_THREADS=1 "$IWAE" eval "$dir" --k 5000 ${LIMIT:+--limit "$LIMIT"} --noise-scale "$tau" \
     --mc-repeats 3 --mc-images 100 > "$dir/eval-tau$tau.log" 2>&1'
-"$IWAE" table pretrained/*/ --paired --write
+"$IWAE" table "$MODELS"/*/ --paired --write

@@ -2,20 +2,25 @@
 # Trains the six shipped models with the paper preset (784-400-40 tanh, k = 25, Adam) at batch 20 (as
 # Burda et al.), one single-threaded process per model, in parallel; rerunning it resumes unfinished runs.
 #   stage 1, both datasets: 20 epochs, lr 1e-3 with a cosine decay to 1e-4, seed 0
-#     (59,600 steps on MNIST, 23,000 on Omniglot) -> runs/<dataset>-b20/<variant>
+#     (59,600 steps on MNIST, 23,000 on Omniglot) -> $RUNS/<dataset>-b20/<variant>
 #   stage 2, both datasets: 20 more epochs from the stage-1 weights (--init-from), a fresh Adam and a
-#     second cosine from 5e-4 to 5e-5, seed 1 (a new shuffle) -> runs/<dataset>-s2/<variant>
-#   stage 3, MNIST only: stage 2 again from the stage-2 weights, seed 2 -> runs/mnist-s3/<variant>
+#     second cosine from 5e-4 to 5e-5, seed 1 (a new shuffle) -> $RUNS/<dataset>-s2/<variant>
+#   stage 3, MNIST only: stage 2 again from the stage-2 weights, seed 2 -> $RUNS/mnist-s3/<variant>
 # All stages keep the noise-path products in float32 (--noise-precision float32), as the first stages
 # ran before the bfloat16 option existed.
-# The last stage of each model is copied into pretrained/<dataset>-<variant>; metrics.json records every
+# The last stage of each model is copied into $SHIP/<dataset>-<variant>; metrics.json records every
 # stage's command. The paper preset's batch 100 learned far more slowly per epoch here (2-epoch cosine
 # schedules, MNIST valid L_100: -105.3 at batch 20, -117.5 at batch 100).
 # Usage: IWAE_DATA_DIR=/path/to/data scripts/train_pretrained.sh
+#   VARIANTS (default: all three) picks variants, RUNS (default runs) the folder of the stages' runs, SHIP (default
+#   pretrained) where the finished models go; e.g. retraining the random-weight models beside the shipped ones:
+#   VARIANTS="iwae-r iwae-rrec" RUNS=runs/retrain SHIP=runs/retrain/models scripts/train_pretrained.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IWAE=${IWAE:-.venv/bin/iwae}
-VARIANTS="iwae iwae-r iwae-rrec"
+VARIANTS=${VARIANTS:-iwae iwae-r iwae-rrec}
+RUNS=${RUNS:-runs}
+SHIP=${SHIP:-pretrained}
 
 train() {  # train OUT ARGS...: start or resume a run in OUT, logging to OUT/train.log
   local out=$1; shift
@@ -34,21 +39,21 @@ ship() {  # ship RUN DIR: the model folder of a finished run, without its checkp
 }
 
 again() {  # again DATASET FROM TO SEED: one more 20-epoch stage with the second cosine
-  train "runs/$1-$3/$variant" --dataset "$1" --variant "$variant" --epochs 20 --lr 5e-4 --lr-final 5e-5 \
-    --seed "$4" --init-from "runs/$1-$2/$variant"
+  train "$RUNS/$1-$3/$variant" --dataset "$1" --variant "$variant" --epochs 20 --lr 5e-4 --lr-final 5e-5 \
+    --seed "$4" --init-from "$RUNS/$1-$2/$variant"
 }
 
 for variant in $VARIANTS; do
   (
-    train "runs/mnist-b20/$variant" --dataset mnist --variant "$variant" --epochs 20 --seed 0
+    train "$RUNS/mnist-b20/$variant" --dataset mnist --variant "$variant" --epochs 20 --seed 0
     again mnist b20 s2 1
     again mnist s2 s3 2
-    ship "runs/mnist-s3/$variant" "pretrained/mnist-$variant"
+    ship "$RUNS/mnist-s3/$variant" "$SHIP/mnist-$variant"
   ) &
   (
-    train "runs/omniglot-b20/$variant" --dataset omniglot --variant "$variant" --epochs 20 --seed 0
+    train "$RUNS/omniglot-b20/$variant" --dataset omniglot --variant "$variant" --epochs 20 --seed 0
     again omniglot b20 s2 1
-    ship "runs/omniglot-s2/$variant" "pretrained/omniglot-$variant"
+    ship "$RUNS/omniglot-s2/$variant" "$SHIP/omniglot-$variant"
   ) &
 done
 wait
