@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import to_numpy
+from .figures import TEMPLATE, to_numpy
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -32,7 +32,7 @@ def activity_bar(activity: Sequence[float], threshold: float = 0.01, title: str 
     fig.update_yaxes(type="log", title="Var_x E_q[z_j | x]", dtick=1, exponentformat="power")
     n_active = int((act > threshold).sum())
     fig.update_layout(title=title or f"Active units: {n_active} of {len(act)}", height=320, width=900,
-                      margin=dict(l=60, r=10, t=50, b=40), showlegend=False)
+                      template=TEMPLATE, margin=dict(l=60, r=10, t=50, b=40), showlegend=False)
     return fig
 
 
@@ -65,7 +65,7 @@ def sigma_histograms(sigmas: Mapping[str, object], prior_std: float = 1.0, bins:
     fig.update_xaxes(type="log", title_text="weight σ", exponentformat="power")
     fig.update_yaxes(title_text="share of the layer's weights", row=1, col=1)
     fig.update_layout(title=title or "Posterior weight σ per layer against the prior", height=400, width=1100,
-                      margin=dict(l=60, r=10, t=70, b=50), legend=dict(orientation="h", y=-0.3))
+                      template=TEMPLATE, margin=dict(l=60, r=10, t=70, b=50), legend=dict(orientation="h", y=-0.3))
     return fig
 
 
@@ -115,7 +115,7 @@ def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str,
         fig.update_xaxes(range=[math.log10(lo) - 0.1, math.log10(max(k_max, 1)) + 0.1])
     fig.update_yaxes(title=y_title)
     fig.update_layout(title=title or f"L_k against k (band: ± {band:g} standard error over images)",
-                      height=450, width=900, margin=dict(l=60, r=10, t=50, b=50))
+                      template=TEMPLATE, height=450, width=900, margin=dict(l=60, r=10, t=50, b=50))
     return fig
 
 
@@ -176,7 +176,7 @@ def study_curves(summary: Sequence[Mapping], rows: Sequence[Mapping], paper: Map
     fig.update_yaxes(title="test LL (nats)", row=1, col=1)
     fig.update_yaxes(title="difference to IWAE (nats)", row=1, col=2)
     fig.update_layout(title=title or "Test log-likelihood across training budgets and seeds", height=480,
-                      width=1200, margin=dict(l=60, r=10, t=80, b=50))
+                      template=TEMPLATE, width=1200, margin=dict(l=60, r=10, t=80, b=50))
     return fig
 
 
@@ -207,7 +207,7 @@ def importance_weights(results: Mapping[str, Mapping], title: str | None = None)
                      range=[math.log10(max(smallest, FLOOR)) - 0.3, 0.2])
     cut = " (axis cut at 10⁻¹⁵)" if smallest < FLOOR else ""
     fig.update_layout(title=title or f"Importance weights of the chosen image (sorted){cut}", height=380, width=900,
-                      margin=dict(l=60, r=10, t=50, b=50))
+                      template=TEMPLATE, margin=dict(l=60, r=10, t=50, b=50))
     return fig
 
 
@@ -259,7 +259,7 @@ def posterior_scatter(results: Mapping[str, Mapping], dims: tuple[int, int] = (0
             + "; ".join(shares) + " of the weight") if shares else ""
     fig.update_layout(title=(title or "Posterior draws z ~ q(z|x), sized by importance weight (★ weighted mean)")
                       + (f"<br><sup>{note}</sup>" if note else ""),
-                      height=420, width=1100, margin=dict(l=60, r=10, t=80 if note else 70, b=50))
+                      template=TEMPLATE, height=420, width=1100, margin=dict(l=60, r=10, t=80 if note else 70, b=50))
     return fig
 
 
@@ -293,5 +293,5 @@ def training_curves(history_rows: Sequence[Mapping]) -> go.Figure:
                                  line=dict(color=color), marker=dict(size=5)), row=1, col=col)
     fig.update_xaxes(title_text=xname)
     fig.update_layout(title="Training curves", height=360, width=1000, margin=dict(l=60, r=10, t=60, b=50),
-                      legend=dict(orientation="h", y=-0.25))
+                      template=TEMPLATE, legend=dict(orientation="h", y=-0.25))
     return fig

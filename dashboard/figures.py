@@ -22,11 +22,13 @@ import torch
 from iwae_core import explore
 
 SIDE = 28  # images are SIDE x SIDE
-# The plotly template of every figure the dashboard builds (charts.py and this module import it before building):
-# a white background, as in a paper. The pages draw figures without Streamlit's theme, which restyled each chart in
-# the browser on every update (about 0.1 s per chart on a 2-core machine) and made the screen differ from exports.
-TEMPLATE = "plotly_white"
-pio.templates.default = TEMPLATE
+# The plotly template of every figure the dashboard builds, set on each figure (Streamlit makes its own template
+# plotly's default when it is imported, so the default cannot be relied on): a white background, as in a paper. The
+# pages draw figures without Streamlit's theme, which restyled each chart in the browser on every update (about
+# 0.1 s per chart on a 2-core machine) and made the screen differ from the exports. Its layout part only: the
+# trace defaults it would add (colour scales and styles of every trace type) are set by each figure where they
+# matter, and would only lengthen every figure sent to the browser.
+TEMPLATE = go.layout.Template(layout=pio.templates["plotly_white"].layout)
 
 
 def to_numpy(a) -> np.ndarray:
@@ -87,7 +89,7 @@ def _image_layout(domains: Sequence[tuple[list[float], list[float]]], titles: Se
     Figures are built from one such dict (go.Figure(data, layout)): plotly validates it once, where
     make_subplots and update calls validated the layout again at every step, most of the time a rerun with a
     new tau spent on the Samples page."""
-    layout = {"plot_bgcolor": "white", "paper_bgcolor": "white", "annotations": []}
+    layout = {"template": TEMPLATE, "plot_bgcolor": "white", "paper_bgcolor": "white", "annotations": []}
     for i, (x_domain, y_domain) in enumerate(domains, start=1):
         suffix = "" if i == 1 else str(i)
         layout[f"xaxis{suffix}"] = {**IMAGE_X, "anchor": f"y{suffix}", "domain": x_domain}

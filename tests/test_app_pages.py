@@ -650,11 +650,17 @@ def test_progress_bar_reaches_the_browser_at_most_every_interval_and_always_at_t
 
 def test_charts_are_drawn_as_exported_on_the_figures_template(zoo, mnist, zipped):
     """The screen shows what an export writes: no Streamlit theme restyling the charts in the browser, and the
-    figure handed to the exports is the one drawn, on the dashboard's white template."""
+    figure handed to the exports is the one drawn, on the dashboard's white template, whatever plotly's default
+    template is (importing Streamlit makes its own the default)."""
+    import plotly.io as pio
+    import streamlit.elements.plotly_chart  # noqa: F401  (what every page imports: it sets plotly's default)
+    assert pio.templates.default == "streamlit"
     at = open_app("5_Bound_vs_k.py", k="10", images="20", model="tiny-iwae,tiny-iwae-r")
     figs = zipped[-1][0]
     drawn = at.get("plotly_chart")
     assert len(drawn) == 5 and all(c.proto.theme == "" for c in drawn)  # "" is theme=None; the default is "streamlit"
-    spec = json.loads(drawn[0].proto.spec)
-    assert spec["layout"]["template"]["layout"]["plot_bgcolor"] == "white"
-    assert spec == json.loads(figs["bound_vs_k"].to_json())
+    for chart, fig in zip(drawn, [figs[name] for name in ("bound_vs_k", "bound_vs_k_paired", "test_image",
+                                                         "importance_weights", "posterior_draws")], strict=True):
+        spec = json.loads(chart.proto.spec)
+        assert spec["layout"]["template"]["layout"]["plot_bgcolor"] == "white"
+        assert spec == json.loads(fig.to_json())
