@@ -89,7 +89,7 @@ def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str,
         mean = np.array([r["mean"] for r in rows])
         se = np.array([r.get("stderr") or 0.0 for r in rows])
         fig.add_trace(go.Scatter(x=k + k[::-1], y=np.concatenate([mean + band * se, (mean - band * se)[::-1]]),
-                                 fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0),
+                                 mode="lines", fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0),
                                  name=f"{name} ± {band:g} s.e.", showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=k, y=mean, mode="lines+markers", name=name, line=dict(color=color),
                                  error_y=None, customdata=se,
@@ -148,7 +148,7 @@ def study_curves(summary: Sequence[Mapping], rows: Sequence[Mapping], paper: Map
                 continue
             sd = np.array([s[sd_key] or 0.0 for s in points], dtype=float)
             fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=np.concatenate([mean + sd, (mean - sd)[::-1]]),
-                                     fill="toself", fillcolor=colour, opacity=0.15, line=dict(width=0),
+                                     mode="lines", fill="toself", fillcolor=colour, opacity=0.15, line=dict(width=0),
                                      showlegend=False, hoverinfo="skip", legendgroup=arm), row=1, col=col)
             error = dict(type="data", array=[s["paired_se"] or 0.0 for s in points]) if col == 2 else None
             fig.add_trace(go.Scatter(x=epochs, y=mean.tolist(), mode="lines+markers", name=name, legendgroup=arm,

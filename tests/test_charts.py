@@ -101,3 +101,16 @@ def test_training_curves_fall_back_to_the_step_for_live_runs():
     by_name = {t.name: t for t in fig.data}
     assert list(by_name["train L_k"].x) == [1.0, 2.0] and list(by_name["valid L_k"].y) == [-185.0]
     assert fig.layout.xaxis.title.text == "step"
+
+
+def test_bands_are_filled_areas_without_markers_at_their_corners():
+    """A band is a closed outline filled in; plotly draws markers on a trace of fewer than 20 points unless told
+    otherwise, which put a dot of the next default colour on every corner of every band."""
+    curves = {"A": [{"k": k, "mean": -100.0 + k / 10, "stderr": 1.0} for k in (1, 5, 10)]}
+    summary = [{"arm": arm, "epochs": e, "test_ll": -95.0 + e / 10, "test_ll_sd": 0.2,
+                "diff": 0.1 if arm != "iwae" else None, "diff_sd": 0.1, "paired_se": 0.05, "seeds": 3}
+               for arm in ("iwae", "iwae-r") for e in (5, 10)]
+    rows = [{"arm": s["arm"], "epochs": s["epochs"], "test_ll": s["test_ll"], "seed": 0} for s in summary]
+    for fig in (charts.bound_vs_k(curves, k_max=10), charts.study_curves(summary, rows)):
+        bands = [t for t in fig.data if t.fill == "toself"]
+        assert bands and all(t.mode == "lines" for t in bands)
