@@ -221,8 +221,8 @@ DENSITY_SCALE = [[0, "rgba(0,0,0,0)"], [1e-6, "rgba(110,110,110,0.3)"], [1, "rgb
 def posterior_scatter(results: Mapping[str, Mapping], dims: tuple[int, int] = (0, 1),
                       title: str | None = None) -> go.Figure:
     """The k posterior draws z ~ q(z|x) of one image in two latent dimensions, per model side by side: all k
-    as a grey density (a 2-D histogram), the TOP_SHOWN with the largest normalised importance weights as
-    markers coloured and sized by their weight (the subtitle says which share of the weight they carry when
+    as a grey density (a 2-D histogram) when k > TOP_SHOWN, the TOP_SHOWN with the largest normalised importance
+    weights as markers coloured and sized by their weight (the subtitle says which share of the weight they carry when
     that is not all k), and a star at the weighted mean of all k draws.
 
     results: name -> {"z": [k, z_dim], "weights": [k]}.
@@ -239,10 +239,11 @@ def posterior_scatter(results: Mapping[str, Mapping], dims: tuple[int, int] = (0
         shown = np.argsort(-w, kind="stable")[:TOP_SHOWN][::-1]  # the heaviest drawn last, on top
         if len(w) > len(shown):
             shares.append(f"{name}: {w[shown].sum() / max(w.sum(), 1e-300):.1%}")
-        fig.add_trace(go.Histogram2d(x=z[:, a], y=z[:, b], nbinsx=DENSITY_BINS, nbinsy=DENSITY_BINS,
-                                     colorscale=DENSITY_SCALE,
-                                     showscale=False, name=f"{name}: all {len(w):,} draws",
-                                     hovertemplate="%{z} draws<extra></extra>"), row=1, col=i)
+        if len(w) > len(shown):  # else every draw is a marker, and the density's squares only clutter them
+            fig.add_trace(go.Histogram2d(x=z[:, a], y=z[:, b], nbinsx=DENSITY_BINS, nbinsy=DENSITY_BINS,
+                                         colorscale=DENSITY_SCALE,
+                                         showscale=False, name=f"{name}: all {len(w):,} draws",
+                                         hovertemplate="%{z} draws<extra></extra>"), row=1, col=i)
         fig.add_trace(go.Scatter(x=z[shown, a], y=z[shown, b], mode="markers", name=f"{name} draws",
                                  marker=dict(size=4 + 16 * np.sqrt(w[shown] / top), color=w[shown], cmin=0.0,
                                              cmax=top, colorscale="viridis", showscale=(i == 1), opacity=0.7,
