@@ -3,17 +3,19 @@
 # test set, tau = 1 for all six models, then tau = 0 for the four with random weights (each run keeps the
 # other tau's result), active units; then stores the paired per-image differences between the variants of
 # each dataset in metrics.json. Two single-threaded workers (one per core), longest runs first.
-# Usage: IWAE_DATA_DIR=/path/to/data [DATASETS=mnist] [MODELS=DIR] scripts/evaluate_pretrained.sh [LIMIT]
-#   (DATASETS: which datasets' models to evaluate, default both; MODELS: the folder holding the
+# Usage: IWAE_DATA_DIR=/path/to/data [DATASETS=mnist] [VARIANTS=iwae-r] [MODELS=DIR] \
+#          scripts/evaluate_pretrained.sh [LIMIT]
+#   (DATASETS, VARIANTS: which models to evaluate, default all six; MODELS: the folder holding the
 #   <dataset>-<variant> model folders, default pretrained; LIMIT: first N test images only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export IWAE=${IWAE:-.venv/bin/iwae} LIMIT=${1:-}
 DATASETS=${DATASETS:-omniglot mnist}
+VARIANTS=${VARIANTS:-iwae-r iwae-rrec iwae}
 MODELS=${MODELS:-pretrained}
 tasks=()
 for tau in 1 0; do
-  for variant in iwae-r iwae-rrec iwae; do
+  for variant in $VARIANTS; do
     [ "$tau" = 0 ] && [ "$variant" = iwae ] && continue  # a deterministic model: tau changes nothing
     for dataset in $DATASETS; do tasks+=("$MODELS/$dataset-$variant $tau"); done
   done
