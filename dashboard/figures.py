@@ -113,10 +113,11 @@ def image_grid(images, nrow: int = 8, title: str | None = None) -> go.Figure:
     z = tile(images, nrow)
     rows = max(1, math.ceil(n / max(nrow, 1)))
     layout = _image_layout([([0.0, 1.0], [0.0, 1.0])])
+    # wide enough for the images and for the title (about 9 px a character at plotly's title size)
+    width = max(200, min(700, 40 * min(nrow, n or 1) + 60), min(700, 9 * len(title or "") + 40))
     return go.Figure(_heatmap(z, name=title or "images", value_label="p(pixel on)"),
                      {**layout, "title": title, "height": _panel_height(rows, min(nrow, n) or 1, width=500, min_h=160),
-                      "width": max(200, min(700, 40 * min(nrow, n or 1) + 60)),
-                      "margin": {"l": 10, "r": 10, "t": 40, "b": 10}})
+                      "width": width, "margin": {"l": 10, "r": 10, "t": 40, "b": 10}})
 
 
 TILE_PX = 96  # the largest on-screen width of one 28x28 image in the stacked grids
@@ -193,7 +194,7 @@ def traversal_grid(images, units: Sequence[int], values: Sequence[float], title:
     layout = _image_layout([([0.0, 1.0], [0.0, 1.0])])
     layout["yaxis"] |= {"showticklabels": True, "tickmode": "array", "ticktext": [f"z{u}" for u in units],
                         "tickvals": [r * step + SIDE / 2 for r in range(n_units)]}
-    layout["xaxis"] |= {"showticklabels": True, "tickmode": "array", "ticktext": [f"{v:+.2g}" for v in values],
+    layout["xaxis"] |= {"showticklabels": True, "tickmode": "array", "ticktext": [f"{v:+.3g}" for v in values],
                         "tickvals": [c * step + SIDE / 2 for c in range(steps)], "side": "top"}
     return go.Figure(_heatmap(z, name="traversal", value_label="p(pixel on)"),
                      {**layout, "title": title or "Latent traversals",

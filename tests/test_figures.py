@@ -76,6 +76,14 @@ def test_traversal_grid_labels_units_and_offsets():
     assert list(fig.layout.xaxis.ticktext) == ["-1", "+0", "+1"]
     z = np.asarray(fig.data[0].z, dtype=float)
     np.testing.assert_allclose(z[29:57, 58:86], imgs[1, 2].reshape(28, 28), atol=1e-4)
+    nine = figures.traversal_grid(rng(5).random((1, 9, 784)), units=[0], values=list(np.linspace(-3, 3, 9)))
+    assert list(nine.layout.xaxis.ticktext)[:3] == ["-3", "-2.25", "-1.5"]  # every digit of the offsets
+
+
+def test_an_image_grid_is_wide_enough_for_its_title():
+    title = "test image 0 and reconstruction"
+    fig = figures.image_grid(rng(6).random((2, 784)), nrow=2, title=title)
+    assert fig.layout.width >= 9 * len(title)  # two 28-pixel images alone would fit in 200 px
 
 
 def test_weight_tiles_use_log10_and_own_or_shared_colour_scales():
