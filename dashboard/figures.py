@@ -3,7 +3,8 @@ the stacked sample grids and their spread map, latent traversals and the weight 
 
 Images are tiled into one heatmap per panel (pads are NaN, so they show as gaps), on a layout built as one
 dict (_image_layout); `image_grid` returns such a plotly Figure. The line, scatter, bar and histogram charts
-are charts.py; exporting a figure (PNG, SVG, PDF, HTML, CSV, a page's zip) is export.py.
+are charts.py; exporting a figure (PNG, SVG, PDF, HTML, CSV, a page's zip) is export.py. Colour scales avoid
+the few exact colours Streamlit's frontend repaints (see _colorscale).
 
 Every dashboard figure is made on TEMPLATE and drawn as it is (widgets.chart: no Streamlit theme), so the screen
 shows what an export writes.
@@ -18,10 +19,12 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import torch
+from plotly.colors import get_colorscale
 
 from iwae_core import explore
 
 SIDE = 28  # images are SIDE x SIDE
+MAGMA_ZERO = "#010004"  # the colour of 0 in the magma scale (see _colorscale)
 # The plotly template of every figure the dashboard builds, set on each figure (Streamlit makes its own template
 # plotly's default when it is imported, so the default cannot be relied on): a white background, as in a paper. The
 # pages draw figures without Streamlit's theme, which restyled each chart in the browser on every update (about
@@ -45,12 +48,21 @@ def tile(images, ncol: int, pad: int = 1) -> np.ndarray:
     return explore.tile(torch.as_tensor(to_numpy(images)), ncol, pad).numpy()
 
 
+def _colorscale(scale) -> list:
+    """A named or explicit colour scale as explicit stops, nudging colours #000001-#000099 to #01....: Streamlit's
+    frontend uses those exact values as its theme's placeholders and repaints them in every plotly chart, drawn
+    with the theme or not (magma starts at #000004, which came out lavender)."""
+    stops = get_colorscale(scale) if isinstance(scale, str) else [list(s) for s in scale]
+    return [[pos, f"#01{c[3:]}" if isinstance(c, str) and c.lower().startswith("#0000") and c[5:].isdigit() else c]
+            for pos, c in stops]
+
+
 def _heatmap(z: np.ndarray, colorscale="gray", zmin=0.0, zmax=1.0, showscale=False, name="", colorbar=None,
              value_label="value", customdata=None, hovertemplate: str | None = None, panel: int = 1) -> go.Heatmap:
     """Image tiles z as a heatmap on the axes of panel `panel` (see _image_layout). Values are sent rounded to
     4 decimals as float32: half the bytes of float64 for the browser to receive and parse."""
     z = np.round(z, 4).astype(np.float32)
-    return go.Heatmap(z=z, colorscale=colorscale, zmin=zmin, zmax=zmax, showscale=showscale, name=name,
+    return go.Heatmap(z=z, colorscale=_colorscale(colorscale), zmin=zmin, zmax=zmax, showscale=showscale, name=name,
                       colorbar=colorbar, zsmooth=False, hoverongaps=False, customdata=customdata,
                       hovertemplate=hovertemplate
                       or f"{name}<br>row %{{y}}, col %{{x}}<br>{value_label} %{{z:.3g}}<extra></extra>",
@@ -171,7 +183,7 @@ def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Fi
     for i, (name, s) in enumerate(zip(names, spreads, strict=True), start=1):
         flat = not s.max() > 0
         # A constant panel gets a one-colour scale: some plotly.js versions paint constant z mid-scale.
-        scale = [[0, "#000004"], [1, "#000004"]] if flat else "magma"
+        scale = [[0, MAGMA_ZERO], [1, MAGMA_ZERO]] if flat else "magma"
         traces.append(_heatmap(tile(s, len(s)), colorscale=scale, zmin=0.0, zmax=top, showscale=(i == bar_panel),
                                name=name, value_label="std", colorbar=dict(title="std", thickness=12), panel=i))
         if flat:

@@ -67,6 +67,10 @@ def test_spread_map_is_the_per_pixel_std_and_says_when_there_is_none():
     assert np.nanmax(np.asarray(fig.data[1].z, dtype=float)) == 0
     assert fig.data[0].showscale and not fig.data[1].showscale
     assert any("no spread" in a.text for a in fig.layout.annotations)
+    # Streamlit's frontend repaints the exact colours #000001-#000099 (theme placeholders), with or without the
+    # theme (0 on the magma scale came out lavender): none may remain.
+    colours = [c for t in fig.data for _, c in t.colorscale]
+    assert not any(c.lower().startswith("#0000") for c in colours)
 
 
 def test_traversal_grid_labels_units_and_offsets():
