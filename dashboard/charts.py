@@ -237,9 +237,8 @@ def posterior_scatter(results: Mapping[str, Mapping], dims: tuple[int, int] = (0
             continue
         top = w.max() if w.max() > 0 else 1.0
         shown = np.argsort(-w, kind="stable")[:TOP_SHOWN][::-1]  # the heaviest drawn last, on top
-        if len(w) > len(shown):
-            shares.append(f"{name}: {w[shown].sum() / max(w.sum(), 1e-300):.1%}")
         if len(w) > len(shown):  # else every draw is a marker, and the density's squares only clutter them
+            shares.append(f"{name}: {w[shown].sum() / max(w.sum(), 1e-300):.1%}")
             fig.add_trace(go.Histogram2d(x=z[:, a], y=z[:, b], nbinsx=DENSITY_BINS, nbinsy=DENSITY_BINS,
                                          colorscale=DENSITY_SCALE,
                                          showscale=False, name=f"{name}: all {len(w):,} draws",

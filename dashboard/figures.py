@@ -26,11 +26,10 @@ from iwae_core import explore
 SIDE = 28  # images are SIDE x SIDE
 MAGMA_ZERO = "#010004"  # the colour of 0 in the magma scale (see _colorscale)
 # The plotly template of every figure the dashboard builds, set on each figure (Streamlit makes its own template
-# plotly's default when it is imported, so the default cannot be relied on): a white background, as in a paper. The
-# pages draw figures without Streamlit's theme, which restyled each chart in the browser on every update (about
-# 0.1 s per chart on a 2-core machine) and made the screen differ from the exports. Its layout part only: the
-# trace defaults it would add (colour scales and styles of every trace type) are set by each figure where they
-# matter, and would only lengthen every figure sent to the browser.
+# plotly's default when it is imported, so the default cannot be relied on): a white background, as in a paper,
+# drawn without Streamlit's theme (widgets.chart says why). Its layout part only: the trace defaults it would add
+# (colour scales and styles of every trace type) are set by each figure where they matter, and would only lengthen
+# every figure sent to the browser.
 TEMPLATE = go.layout.Template(layout=pio.templates["plotly_white"].layout)
 
 

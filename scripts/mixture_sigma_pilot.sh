@@ -2,7 +2,8 @@
 # Which initial sigma lets the weight noise matter? One epoch of MNIST at the paper's settings (batch 20,
 # k = 25, lr 1e-3 cosine to 1e-4, seed 0) for IWAE-R at init sigma 1e-3, 1e-2 and 1e-1 in both readings
 # (mixture and Bayesian), beside IWAE, and the mixture at 1e-2 and 1e-1 with ten times the learning rate
-# on rho (sigma = softplus(rho)); each evaluated on the first 500 test images (S = 1000, tau = 1 and 0). Two runs at a time, one thread each; resumable (finished runs are skipped).
+# on rho (sigma = softplus(rho)); each evaluated on the first 500 test images (S = 1000, tau = 1 and 0).
+# Two runs at a time, one thread each; resumable (train --resume finishes a stopped run, skips a finished one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/mixture-sigma-pilot}
