@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from iwae_core.maths.layers import BayesLinear, gaussian_kl
+from iwae_core.maths.layers import BayesLinear, inverse_softplus
+from iwae_core.maths.ops import gaussian_kl
 
 
 def make_layer(in_f=3, out_f=2, sigma=0.5, seed=0) -> BayesLinear:
@@ -120,7 +121,8 @@ def test_kl_closed_form_matches_monte_carlo(prior_std):
     log_p = torch.distributions.Normal(0.0, prior_std).log_prob(w).sum(-1)
     ratio = log_q - log_p
     mc, se = ratio.mean(), ratio.std() / math.sqrt(n)
-    assert abs(gaussian_kl(mu, sigma, prior_std) - mc) < 4 * se
+    rho = torch.tensor([inverse_softplus(s) for s in sigma.tolist()], dtype=torch.float64)
+    assert abs(gaussian_kl(mu, rho, prior_std) - mc) < 4 * se
     layer = BayesLinear(3, 2, random=True, prior_std=prior_std, init_sigma=0.2)
     expected = torch.distributions.kl_divergence(
         torch.distributions.Normal(torch.cat([layer.weight_mu.flatten(), layer.bias_mu]),

@@ -12,18 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import flipout_noise, low_precision_linear, softplus, squared_input_product
+from .ops import flipout_noise, gaussian_kl, low_precision_linear, squared_input_product
 
 
 def inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
-
-
-def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_std: float) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, prior_std^2)) summed over all entries, in closed form (as in Blundell et al.,
-    "Weight Uncertainty in Neural Networks", ICML 2015, arXiv:1505.05424, with a Gaussian prior)."""
-    s2 = prior_std**2
-    return (math.log(prior_std) - torch.log(sigma) + (sigma**2 + mu**2) / (2 * s2) - 0.5).sum()
 
 
 class BayesLinear(nn.Module):
@@ -62,18 +55,18 @@ class BayesLinear(nn.Module):
 
     @property
     def weight_sigma(self) -> torch.Tensor:
-        return softplus(self.weight_rho)
+        return F.softplus(self.weight_rho)
 
     @property
     def bias_sigma(self) -> torch.Tensor:
-        return softplus(self.bias_rho)
+        return F.softplus(self.bias_rho)
 
     def kl_divergence(self) -> torch.Tensor:
         """KL(q(W, b) || p(W, b)) in closed form; zero for a deterministic layer."""
         if not self.random:
             return self.weight_mu.new_zeros(())
-        return (gaussian_kl(self.weight_mu, self.weight_sigma, self.prior_std)
-                + gaussian_kl(self.bias_mu, self.bias_sigma, self.prior_std))
+        return (gaussian_kl(self.weight_mu, self.weight_rho, self.prior_std)
+                + gaussian_kl(self.bias_mu, self.bias_rho, self.prior_std))
 
     @staticmethod
     def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

@@ -12,9 +12,8 @@ from torch import nn
 from ..config import ModelConfig
 from .bounds import bernoulli_log_prob, normal_log_prob, normalized_weights
 from .layers import BayesLinear
-from .ops import softplus, tanh
 
-ACTIVATIONS = {"tanh": tanh, "relu": F.relu, "softplus": softplus}
+ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "softplus": F.softplus}
 
 
 class BayesMLP(nn.Module):
@@ -55,7 +54,7 @@ class IWAE(nn.Module):
         g = granularity or self.config.encoder_granularity
         h = self.encoder(x.unsqueeze(0), k, g, tau)
         mean, pre_std = h.chunk(2, dim=-1)
-        return mean, softplus(pre_std) + 1e-6
+        return mean, F.softplus(pre_std) + 1e-6
 
     def decode(self, z: torch.Tensor, tau: float = 1.0,
                granularity: str | None = None) -> torch.Tensor:
