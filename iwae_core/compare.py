@@ -79,16 +79,18 @@ def write_paired(entries: list[zoo.ZooEntry], rows_by_dataset: dict[str, list[di
 def comparison_table(dirs=None) -> str:
     """A plain-text table: the paper's numbers beside those of the given (or shipped) models."""
     entries = zoo.select_models(dirs)
-    lines = [f"{'dataset':9} {'variant':10} {'paper':>17} {'ours (tau=1)':>17} {'ours (tau=0)':>17} "
+    lines = [f"{'dataset':9} {'variant':18} {'paper':>17} {'ours (tau=1)':>17} {'ours (tau=0)':>17} "
              f"{'AU':>3} {'epochs':>6}  model"]
     for e in entries:
+        # the reading of a random-weight model's objective (TrainConfig.objective); the paper's number is its variant's
+        variant = e.variant if e.variant == "iwae" else f"{e.variant} {e.run.train.objective}"
         paper = PAPER_TABLE.get(e.dataset, {}).get(e.variant)
         test = e.metrics.get("test", {}).get("by_tau", {})
         fmt = lambda r: f"{r['mean']:.3f} ± {r['stderr']:.3f}" if r and r.get("stderr") else "-"  # noqa: E731
         paper_s = f"{paper[0]:.3f} ± {paper[1]:.3f}" if paper else "-"
         au = e.metrics.get("test", {}).get("active_units", "-")
         epochs = e.metrics.get("training", {}).get("epochs", "-")
-        lines.append(f"{e.dataset:9} {e.variant:10} {paper_s:>17} {fmt(test.get('1')):>17} "
+        lines.append(f"{e.dataset:9} {variant:18} {paper_s:>17} {fmt(test.get('1')):>17} "
                      f"{fmt(test.get('0')):>17} {au!s:>3} {epochs!s:>6}  {e.name}"
                      + ("  (evaluated with other weights: run iwae eval again)" if stale_evaluation(e) else ""))
     return "\n".join(lines)

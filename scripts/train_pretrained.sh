@@ -15,12 +15,19 @@
 #   VARIANTS (default: all three) picks variants, RUNS (default runs) the folder of the stages' runs, SHIP (default
 #   pretrained) where the finished models go; e.g. retraining the random-weight models beside the shipped ones:
 #   VARIANTS="iwae-r iwae-rrec" RUNS=runs/retrain SHIP=runs/retrain/models scripts/train_pretrained.sh
+#   The variant iwae-r-mixture is IWAE-R read as a mixture (--objective mixture), with the initial sigma of the
+#   study's mixture arm (1e-2; see results/mixture_sigma_pilot.md), on the same schedule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IWAE=${IWAE:-.venv/bin/iwae}
 VARIANTS=${VARIANTS:-iwae iwae-r iwae-rrec}
 RUNS=${RUNS:-runs}
 SHIP=${SHIP:-pretrained}
+
+options() {  # options VARIANT: the training options that make a variant
+  if [ "$1" = iwae-r-mixture ]; then echo "--variant iwae-r --objective mixture --init-sigma 1e-2"
+  else echo "--variant $1"; fi
+}
 
 train() {  # train OUT ARGS...: start or resume a run in OUT, logging to OUT/train.log
   local out=$1; shift
@@ -39,19 +46,19 @@ ship() {  # ship RUN DIR: the model folder of a finished run, without its checkp
 }
 
 again() {  # again DATASET FROM TO SEED: one more 20-epoch stage with the second cosine
-  train "$RUNS/$1-$3/$variant" --dataset "$1" --variant "$variant" --epochs 20 --lr 5e-4 --lr-final 5e-5 \
+  train "$RUNS/$1-$3/$variant" --dataset "$1" $(options "$variant") --epochs 20 --lr 5e-4 --lr-final 5e-5 \
     --seed "$4" --init-from "$RUNS/$1-$2/$variant"
 }
 
 for variant in $VARIANTS; do
   (
-    train "$RUNS/mnist-b20/$variant" --dataset mnist --variant "$variant" --epochs 20 --seed 0
+    train "$RUNS/mnist-b20/$variant" --dataset mnist $(options "$variant") --epochs 20 --seed 0
     again mnist b20 s2 1
     again mnist s2 s3 2
     ship "$RUNS/mnist-s3/$variant" "$SHIP/mnist-$variant"
   ) &
   (
-    train "$RUNS/omniglot-b20/$variant" --dataset omniglot --variant "$variant" --epochs 20 --seed 0
+    train "$RUNS/omniglot-b20/$variant" --dataset omniglot $(options "$variant") --epochs 20 --seed 0
     again omniglot b20 s2 1
     ship "$RUNS/omniglot-s2/$variant" "$SHIP/omniglot-$variant"
   ) &

@@ -42,3 +42,24 @@ def test_results_of_other_weights_are_recognised_and_left_out(tmp_path, capsys):
     weights = ckpt.read_tensors(a / "model.safetensors")
     save_file({k: v * 1.01 for k, v in weights.items()}, str(a / "model.safetensors"))  # retrained
     assert stale_evaluation(entry(a)) and paired_differences([entry(a), entry(b)]) == []
+
+
+def test_table_names_the_objective_of_random_weight_models(tmp_path, capsys):
+    """`iwae table` tells a mixture-reading IWAE-R from a Bayesian one: same variant, other objective."""
+    import json
+
+    from iwae_core.cli import main
+
+    for name in ("omniglot-iwae", "omniglot-iwae-r"):
+        shutil.copytree(zoo.PRETRAINED_DIR / name, tmp_path / name,
+                        ignore=shutil.ignore_patterns("checkpoint", "*.log"))
+    mixture = tmp_path / "omniglot-iwae-r-mixture"
+    shutil.copytree(tmp_path / "omniglot-iwae-r", mixture)
+    config = json.loads((mixture / "config.json").read_text())
+    config["train"].update(objective="mixture", beta=0.0)
+    config["model"].update(encoder_granularity="sample", decoder_granularity="sample")
+    (mixture / "config.json").write_text(json.dumps(config))
+    assert main(["table", str(tmp_path / "omniglot-iwae"), str(tmp_path / "omniglot-iwae-r"), str(mixture)]) == 0
+    rows = {line.split()[-1]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert " iwae-r bayes " in rows["omniglot-iwae-r"] and " iwae-r mixture " in rows["omniglot-iwae-r-mixture"]
+    assert "bayes" not in rows["omniglot-iwae"] and "mixture" not in rows["omniglot-iwae"]
