@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make app    installs into .venv and starts the dashboard
-#   make test   installs into .venv (and Chromium for the browser tests) and runs the whole test suite
+#   make test   installs into .venv (and Chromium for the browser tests, and a C++ compiler for torch.compile if
+#               there is none) and runs the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 IWAE_DATA_DIR ?= $(abspath ../shared/data)
 export IWAE_DATA_DIR
 
-.PHONY: app test install chromium bench lint
+.PHONY: app test install chromium compiler bench lint
 
 install: $(VENV)/.installed
 
@@ -21,10 +22,15 @@ chromium:
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
 	  echo "Chromium not installed (need root for apt-get): browser tests and PNG/SVG/PDF export are unavailable"
 
+compiler:
+	@command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++; } || \
+	  echo "No C++ compiler (need root for apt-get): training runs uncompiled (iwae train --compile)"
+
 app: install
 	$(BIN)/streamlit run app.py
 
-test: install chromium
+test: install chromium compiler
 	$(BIN)/python -m pytest -ra
 
 bench: install

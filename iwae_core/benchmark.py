@@ -7,6 +7,8 @@
   also with float32;
 - the IWAE and IWAE-R steps in bf16-mixed (--precision) / the same run's float32 steps, and the bare
   products in bfloat16;
+- where torch.compile can run (compiled.compile_unavailable), the same four ratios with the loss compiled,
+  as a long run trains by default (--compile auto; the compilation itself is done in the warm-up);
 - test log-likelihood (S = 5000): images per second, and peak memory for several batch sizes, each
   measured in a fresh process so peaks do not mask each other.
 """
@@ -22,6 +24,7 @@ import time
 import torch
 
 from .allocator import retain_freed_memory
+from .compiled import compile_unavailable
 from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
 from .device import noise_dtype
 from .train import Trainer
@@ -44,14 +47,15 @@ def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = "float32"):
-    """One step of the Trainer itself (the paper preset: objective, KL, Adam, NaN guard) on a fixed batch."""
+def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = "float32", compile: str = "off"):
+    """One step of the Trainer itself (the paper preset: objective, KL, Adam, NaN guard) on a fixed batch; with
+    compile="on" its loss is compiled (the first call compiles it)."""
     torch.manual_seed(0)
     images = torch.rand(1000, 784)
     train = {**PAPER_PRESET["train"], "batch_size": BATCH, "k": K}
     run = RunConfig(model=ModelConfig.for_variant(variant, **PAPER_PRESET["model"]),
                     train=TrainConfig(**train, device="cpu", threads=torch.get_num_threads(),
-                                      noise_precision=noise_precision, precision=precision))
+                                      noise_precision=noise_precision, precision=precision, compile=compile))
     trainer = Trainer(run, data={"train": images, "valid": images[:100]})
     x = torch.bernoulli(torch.full((BATCH, 784), 0.13))
     return lambda: trainer.train_step(x)
@@ -126,6 +130,11 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
            **{f"{v} bf16-mixed": train_step_fn(v, precision="bf16-mixed") for v in ("iwae", "iwae-r")}}
     if precision != "float32":
         fns["iwae-r float32"] = train_step_fn("iwae-r", noise_precision="float32")
+    compiling = compile_unavailable(torch.device("cpu")) is None
+    if compiling:
+        for v in ("iwae", "iwae-r"):
+            fns[f"{v} compiled"] = train_step_fn(v, compile="on")
+            fns[f"{v} bf16-mixed compiled"] = train_step_fn(v, precision="bf16-mixed", compile="on")
     times = median_times(fns, repeats)
     steps = {v: times[v] for v in fns if not v.startswith("bare")}
     bare = times["bare iwae"]
@@ -154,6 +163,21 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
     say(f"bf16-mixed step / float32 step: iwae {ratios['iwae_bf16_mixed_step_over_float32_step']:.2f}, "
         f"iwae-r {ratios['iwae_r_bf16_mixed_step_over_float32_step']:.2f} (targets <= 0.7; the float32 steps "
         f"above, the same run)")
+    if compiling:
+        ratios.update({
+            "iwae_compiled_step_over_bare_matmuls": steps["iwae compiled"] / bare,  # target <= 1.3
+            "iwae_r_compiled_step_over_iwae_compiled_step": steps["iwae-r compiled"] / steps["iwae compiled"],
+            "iwae_bf16_mixed_compiled_step_over_float32_compiled_step":
+                steps["iwae bf16-mixed compiled"] / steps["iwae compiled"],
+            "iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step":
+                steps["iwae-r bf16-mixed compiled"] / steps["iwae-r compiled"]})
+        say(f"compiled loss (--compile on; auto compiles runs of 5 million rows or more): iwae step / IWAE bare "
+            f"matmuls = {ratios['iwae_compiled_step_over_bare_matmuls']:.2f}, iwae-r step / iwae step = "
+            f"{ratios['iwae_r_compiled_step_over_iwae_compiled_step']:.2f}, bf16-mixed / float32: iwae "
+            f"{ratios['iwae_bf16_mixed_compiled_step_over_float32_compiled_step']:.2f}, iwae-r "
+            f"{ratios['iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step']:.2f}")
+    else:
+        say(f"compiled loss: not measured ({compile_unavailable(torch.device('cpu'))})")
     S = 5000
     mem = {}
     for b, seconds in ([(1, None), (100, None)] if quick else [(1, None), (100, None), (1000, 20.0),

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .config import (
+    COMPILE_MODES,
     DATASETS,
     ESTIMATORS,
     GRANULARITIES,
@@ -40,7 +41,7 @@ def build_run(args) -> RunConfig:
             model_kw[name] = tuple(args.hidden) if name == "hidden" else getattr(args, name)
     for name in ("k", "epochs", "max_steps", "batch_size", "lr", "lr_final", "device", "estimator", "beta",
                  "seed", "threads", "init_from", "noise_precision", "objective", "adam_eps", "rho_adam_eps",
-                 "rho_lr_scale"):
+                 "rho_lr_scale", "compile"):
         if getattr(args, name) is not None:
             train_kw[name] = getattr(args, name)
     if getattr(args, "precision", None) is not None:
@@ -187,6 +188,9 @@ def train_until_done(args, trainer, out: Path, signals: list, bar) -> int:
             return 0
         else:
             print(f"resuming {out} at step {trainer.step} (epoch {trainer.epoch})")
+    trainer.decide_compile()
+    print(f"training step {trainer.compile_note}"
+          + ("; its first step compiles it (10-30 s)" if trainer.compiled_loss is not None else ""))
     reason = trainer.fit()
     if bar() is not None:
         bar().close()
@@ -357,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="matrix products of the training step: float32 (default), bf16-mixed (bfloat16 inputs, "
                         "float32 accumulation; parameters, Adam, draws and the bound stay float32) or auto "
                         "(bf16-mixed where the device multiplies bfloat16 natively); see docs/precision.md")
+    t.add_argument("--compile", choices=COMPILE_MODES,
+                   help="compile the training step's loss with torch.compile: auto (default) where it pays back the "
+                        "10-30 s of compiling (runs of 5 million rows of steps x batch x k or more, with a C++ "
+                        "compiler or CUDA), on, or off")
     t.add_argument("--init-from", metavar="DIR",
                    help="start from the weights of this trained model folder: a further training stage with "
                         "its own schedule, counting on from that model's epochs and history")

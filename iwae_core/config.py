@@ -26,6 +26,8 @@ NOISE_PRECISIONS = ("auto", "float32", "bfloat16")
 PRECISIONS = ("float32", "bf16-mixed", "auto")
 # the two readings of a random-weight IWAE (see TrainConfig.objective)
 OBJECTIVES = ("bayes", "mixture")
+# whether the training step's loss is compiled with torch.compile; auto = where it pays (see compiled.py)
+COMPILE_MODES = ("auto", "on", "off")
 # how the random draws of a test log-likelihood pass are seeded (evaluate.log_likelihood_range):
 #   stream:    one torch stream seeded once per pass, running through the images in order; every number
 #              shipped so far was computed this way, and it stays the default.
@@ -132,6 +134,7 @@ class TrainConfig:
     noise_precision: str = "auto"
     # float32 until a fidelity study (3 seeds, 10 epochs) shows bf16-mixed within 0.05 nats; see PRECISIONS
     precision: str = "float32"
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -142,6 +145,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if self.objective == "mixture" and self.beta != 0:
             raise ValueError(f"the mixture objective has no prior over the weights, so no KL term: beta must be 0, "
                              f"got {self.beta}")

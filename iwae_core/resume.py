@@ -22,8 +22,8 @@ from .config import RunConfig, TrainConfig
 from .folders import FileError
 
 # settings a resumed run may change: how long, where and how fast it runs, and how it is watched
-RESUMABLE_SETTINGS = ("epochs", "max_steps", "device", "threads", "checkpoint_every", "eval_k", "eval_images",
-                      "valid_every")
+RESUMABLE_SETTINGS = ("epochs", "max_steps", "device", "threads", "compile", "checkpoint_every", "eval_k",
+                      "eval_images", "valid_every")
 
 
 def changed_settings(saved: TrainConfig, asked: TrainConfig) -> list[tuple[str, object, object]]:

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from . import checkpoint as ckpt
 from . import history as history_csv
 from .allocator import retain_freed_memory
+from .compiled import compile_unavailable, compiled, should_compile
 from .config import RunConfig
 from .data import Batches, binarize, load_dataset
 from .device import check_training_memory, matmul_dtype, noise_dtype, pick_device, subnormals_flushed
@@ -69,6 +71,13 @@ class Trainer:
         self.model.set_noise_precision(self.noise_dtype)
         self.model.set_mean_precision(self.matmul_dtype)
         self.net = distributed.wrap(self.model, self.device)
+        if self.cfg.compile == "on" and (why := compile_unavailable(self.device, self.world_size)):
+            raise ValueError(f"compile on: {why}; use compile auto or off")
+        # the loss compiled with torch.compile, where the run compiles (decided at its first step, when a resumed
+        # run knows how many steps it has left; compiled.should_compile), and what was decided and why
+        self.compiled_loss: Callable | None = None
+        self.compile_note: str | None = None
+        self._compile_tried = False
         self.optimizer = build_adam(self.model, self.cfg, self.device)
         self.batches = Batches(distributed.shard(self.data["train"]), self.cfg.batch_size,
                                seed=self.cfg.seed + self.rank)
@@ -166,18 +175,59 @@ class Trainer:
             if tf32:
                 torch.backends.cuda.matmul.allow_tf32 = allow_tf32
 
-    def _train_step(self, x: torch.Tensor) -> dict:
-        set_lr(self.optimizer, self.lr_at(self.step))
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(loss, log_w, KL/N or None) of a batch x [batch, x_dim]: loss = -((1/B) sum_b L_k(x_b) - beta KL/N)
+        (the surrogate's mean for stl and dreg), log_w [k, batch]; the Trainer compiles this where it pays."""
         log_w = self.net(x, self.cfg.k, estimator=self.cfg.estimator)
         objective = surrogate_objective(log_w, self.cfg.estimator).mean()
         kl = self.kl_per_datapoint() if self.has_kl else None
         if kl is not None:
             objective = objective - self.cfg.beta * kl
-        loss = -objective
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(self._diverged_message("the loss is not finite"))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        return -objective, log_w, kl
+
+    def decide_compile(self) -> None:
+        """Compile the loss or not (compiled.should_compile, from the steps left to run); the first step calls
+        this unless the caller did, e.g. to say so before a first step that spends 10-30 s compiling."""
+        steps = self.total_steps if self.cfg.max_steps is None else min(self.total_steps, self.cfg.max_steps)
+        rows = max(steps - self.step, 0) * self.cfg.batch_size * self.cfg.k
+        use, why = should_compile(self.cfg.compile, self.device, rows, self.world_size)
+        self.compile_note = f"{'compiled' if use else 'not compiled'}: {why}"
+        self.compiled_loss = compiled(self.loss) if use else None
+
+    def _loss_and_gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The loss of a batch and its gradients in .grad, through the compiled loss where the run compiles. The
+        compiled loss's first step compiles it; should that fail (no working compiler, an op inductor cannot
+        handle), the run warns, naming the error, and goes on uncompiled from the same random state."""
+        if self.compile_note is None:
+            self.decide_compile()
+        first_compiled = self.compiled_loss is not None and not self._compile_tried
+        rng = torch.random.get_rng_state() if first_compiled else None
+        cuda_rng = torch.cuda.get_rng_state(self.device) if first_compiled and self.device.type == "cuda" else None
+        try:
+            loss, log_w, kl = (self.compiled_loss or self.loss)(x)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(self._diverged_message("the loss is not finite"))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except TrainingDiverged:
+            raise
+        except Exception as err:
+            if not first_compiled:
+                raise
+            torch.random.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+            self.compiled_loss = None
+            self.compile_note = f"not compiled: compiling failed ({ckpt.one_line(err)})"
+            warnings.warn(f"torch.compile of the training step failed, so the run goes on uncompiled: "
+                          f"{ckpt.one_line(err)}", RuntimeWarning, stacklevel=2)
+            return self._loss_and_gradients(x)
+        self._compile_tried = self._compile_tried or first_compiled
+        return loss, log_w, kl
+
+    def _train_step(self, x: torch.Tensor) -> dict:
+        set_lr(self.optimizer, self.lr_at(self.step))
+        loss, log_w, kl = self._loss_and_gradients(x)
         self.optimizer.step()
         # one sum per tensor: NaN or inf anywhere makes it non-finite (a quarter of isfinite's passes)
         if not torch.stack([p.detach().sum() for p in self.model.parameters()]).isfinite().all():
@@ -407,6 +457,7 @@ class Trainer:
             "processes": self.world_size,
             "noise_precision": str(self.noise_dtype or torch.float32).removeprefix("torch."),
             "precision": "float32" if self.matmul_dtype is None else "bf16-mixed",
+            "compiled": self.compiled_loss is not None,
             "objective": self.cfg.objective, "beta": self.cfg.beta, "init_sigma": self.run.model.init_sigma,
             "adam_eps": self.cfg.adam_eps, "rho_adam_eps": self.cfg.rho_adam_eps,
             "rho_lr_scale": self.cfg.rho_lr_scale,

@@ -30,6 +30,20 @@ def test_the_block_flushes_and_leaves_the_threads_mode_as_it_found_it(before):
     assert torch.tensor([SMALLEST_NORMAL]).div(8).item() > 0.0  # subnormals exist again
 
 
+@needs_mode
+def test_the_block_flushes_in_every_thread_of_a_parallel_op():
+    """The mode belongs to a CPU thread: the other threads of a parallel op must flush too, and be restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.full((4_000_000,), SMALLEST_NORMAL / 4)  # large enough to be split across both threads
+        with subnormals_flushed():
+            assert (x.mul(1.0) != 0).sum().item() == 0  # was 2,000,000: the second thread's half kept
+        assert (x.mul(1.0) != 0).sum().item() == len(x)  # and both threads keep subnormals again after it
+    finally:
+        torch.set_num_threads(threads)
+
+
 def gradients(model: IWAE, x: torch.Tensor, k: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     torch.manual_seed(1)
     log_w = model.log_weights(x, k)  # [k, batch]

@@ -130,7 +130,10 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
 
     made_up = {"bare iwae": 0.030, "bare iwae-rrec": 0.040, "bare iwae-r": 0.070, "bare iwae bfloat16": 0.015,
                "bare iwae-r bfloat16": 0.035, "iwae": 0.039, "iwae-rrec": 0.060, "iwae-r": 0.090,
-               "iwae bf16-mixed": 0.026, "iwae-r bf16-mixed": 0.060, "iwae-r float32": 0.110}
+               "iwae bf16-mixed": 0.026, "iwae-r bf16-mixed": 0.060, "iwae-r float32": 0.110,
+               "iwae compiled": 0.036, "iwae-r compiled": 0.075, "iwae bf16-mixed compiled": 0.022,
+               "iwae-r bf16-mixed compiled": 0.050}
+    monkeypatch.setattr(benchmark, "compile_unavailable", lambda *a, **k: None)  # the compiled rows, measured or not
     monkeypatch.setattr(benchmark, "train_step_fn", lambda *a, **k: None)
     monkeypatch.setattr(benchmark, "bare_matmul_fn", lambda *a, **k: None)
     monkeypatch.setattr(benchmark, "median_times", lambda fns, repeats: {name: made_up[name] for name in fns})
@@ -147,3 +150,6 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
     assert ratios["iwae_r_step_over_iwae_step"] == round(0.09 / 0.039, 3)
     assert result["bare_matmul_ms"]["iwae bfloat16"] == 15.0 and result["step_ms"]["iwae-r bf16-mixed"] == 60.0
     assert result["eval_images_per_s"] == {"1": 9.5, "100": 9.5} and result["eval_peak_mb"]["100"] == 950
+    assert ratios["iwae_compiled_step_over_bare_matmuls"] == 1.2
+    assert ratios["iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step"] == round(0.050 / 0.075, 3)
+    assert "compiled loss" in captured.err

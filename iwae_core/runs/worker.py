@@ -150,9 +150,11 @@ class Worker(Job):
                 if not resumed:
                     self.state["stride"] = 1
             total = t.total_steps if t.cfg.max_steps is None else min(t.cfg.max_steps, t.total_steps)
+            t.decide_compile()  # a long run compiles its loss in the first step: say so, it takes 10-30 s
+            compiling = "; compiling the training step (10-30 s)" if t.compiled_loss is not None else ""
             self.set(total_steps=total, steps_per_epoch=t.steps_per_epoch, step=t.step, epoch=t.epoch,
                      history=list(t.history), resumed_from=t.step if resumed else None, device=str(t.device),
-                     message=f"{'resumed at' if resumed else 'started at'} step {t.step}")
+                     message=f"{'resumed at' if resumed else 'started at'} step {t.step}{compiling}")
             self.setup_validation(t, resumed)
             self._rate = (time.monotonic(), t.step)
             self.snapshots.start(t)
