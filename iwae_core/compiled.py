@@ -46,14 +46,19 @@ def compile_unavailable(device: torch.device, world_size: int = 1) -> str | None
     return None
 
 
+def check_compile_mode(mode: str, device: torch.device, world_size: int = 1) -> None:
+    """A ValueError for compile 'on' where compiling cannot work (the Trainer checks this before it starts)."""
+    if mode == "on" and (why := compile_unavailable(device, world_size)):
+        raise ValueError(f"compile on: {why}; use compile auto or off")
+
+
 def should_compile(mode: str, device: torch.device, planned_rows: int, world_size: int = 1) -> tuple[bool, str]:
     """(compile?, why) for TrainConfig.compile = mode and a run with planned_rows (steps x batch x k) to go;
     'on' where compiling cannot work is a ValueError."""
     if mode == "off":
         return False, "compile off"
+    check_compile_mode(mode, device, world_size)
     if why := compile_unavailable(device, world_size):
-        if mode == "on":
-            raise ValueError(f"compile on: {why}; use compile auto or off")
         return False, why
     if mode == "on":
         return True, "compile on"
@@ -63,7 +68,7 @@ def should_compile(mode: str, device: torch.device, planned_rows: int, world_siz
     return True, f"{planned_rows:,} rows (steps x batch x k) to go"
 
 
-def compiled(fn: Callable) -> Callable:
+def compile_loss(fn: Callable) -> Callable:
     """torch.compile(fn), drawing its random numbers from torch's own generator (see the module docstring)."""
     import torch._inductor.config as inductor_config
 

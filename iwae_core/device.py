@@ -119,8 +119,10 @@ def _omp_parallel():
             return None
         try:
             maps = Path("/proc/self/maps").read_text()  # Linux: the runtime torch loaded
+            torch_lib = str(Path(torch.__file__).parent / "lib")  # torch's own runtime first, if another is loaded
             libs = sorted({line.split()[-1] for line in maps.splitlines()
-                           if any(name in line for name in ("libgomp", "libomp", "libiomp"))})
+                           if any(name in line for name in ("libgomp", "libomp", "libiomp"))},
+                          key=lambda path: (not path.startswith(torch_lib), path))
             run = ctypes.CDLL(libs[0]).GOMP_parallel
             run.argtypes, run.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint], None
             _OMP["run"] = run

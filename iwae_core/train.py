@@ -20,7 +20,7 @@ import torch
 from . import checkpoint as ckpt
 from . import history as history_csv
 from .allocator import retain_freed_memory
-from .compiled import compile_unavailable, compiled, should_compile
+from .compiled import check_compile_mode, compile_loss, should_compile
 from .config import RunConfig
 from .data import Batches, binarize, load_dataset
 from .device import check_training_memory, matmul_dtype, noise_dtype, pick_device, subnormals_flushed
@@ -71,8 +71,7 @@ class Trainer:
         self.model.set_noise_precision(self.noise_dtype)
         self.model.set_mean_precision(self.matmul_dtype)
         self.net = distributed.wrap(self.model, self.device)
-        if self.cfg.compile == "on" and (why := compile_unavailable(self.device, self.world_size)):
-            raise ValueError(f"compile on: {why}; use compile auto or off")
+        check_compile_mode(self.cfg.compile, self.device, self.world_size)
         # the loss compiled with torch.compile, where the run compiles (decided at its first step, when a resumed
         # run knows how many steps it has left; compiled.should_compile), and what was decided and why
         self.compiled_loss: Callable | None = None
@@ -192,7 +191,7 @@ class Trainer:
         rows = max(steps - self.step, 0) * self.cfg.batch_size * self.cfg.k
         use, why = should_compile(self.cfg.compile, self.device, rows, self.world_size)
         self.compile_note = f"{'compiled' if use else 'not compiled'}: {why}"
-        self.compiled_loss = compiled(self.loss) if use else None
+        self.compiled_loss = compile_loss(self.loss) if use else None
 
     def _loss_and_gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The loss of a batch and its gradients in .grad, through the compiled loss where the run compiles. The

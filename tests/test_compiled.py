@@ -71,8 +71,8 @@ def test_a_failing_compilation_falls_back_to_the_plain_step_on_the_same_draws(mo
             raise RuntimeError("C++ compile error: inductor could not build the kernel")
         return call
 
-    monkeypatch.setattr(train_module, "compiled", broken)
-    monkeypatch.setattr(train_module, "compile_unavailable", lambda *a: None)
+    monkeypatch.setattr(train_module, "compile_loss", broken)
+    monkeypatch.setattr(train_module, "check_compile_mode", lambda *a: None)
     monkeypatch.setattr(train_module, "should_compile", lambda mode, *a: (mode == "on", f"compile {mode}"))
     with pytest.warns(RuntimeWarning, match="failed.*uncompiled.*could not build"):
         failing, bounds_failing, next_failing = run_steps("on", 3)
@@ -99,7 +99,6 @@ def test_auto_compiles_only_where_it_pays_and_on_is_refused_where_it_cannot_run(
     assert not use and "no C++ compiler" in why
     with pytest.raises(ValueError, match=r"compile on: no C\+\+ compiler"):
         compiled_module.should_compile("on", CPU, many)
-    monkeypatch.setattr(train_module, "compile_unavailable", compiled_module.compile_unavailable)
     with pytest.raises(ValueError, match=r"compile on: no C\+\+ compiler"):
         tiny_trainer("on")  # refused before anything runs, not at the first step
 
