@@ -293,9 +293,9 @@ def cmd_table(args) -> int:
         print("\npaired differences a - b of per-image test LL (tau = 1, same binarised test images):")
         for dataset in sorted(rows):
             for r in rows[dataset]:
+                z = f"{r['z']:+.1f} SE" if r["z"] is not None else "identical"
                 print(f"{dataset:9} {r['a']:>20} - {r['b']:<20} {r['mean_difference']:+.3f} ± "
-                      f"{r['paired_stderr']:.3f}  ({r['mean_difference'] / r['paired_stderr']:+.1f} SE, "
-                      f"{r['n_images']} images)")
+                      f"{r['paired_stderr']:.3f}  ({z}, {r['n_images']} images)")
         if args.write:
             write_paired(entries, rows)
     return 0

@@ -42,6 +42,13 @@ def stale_evaluation(entry: zoo.ZooEntry) -> bool:
                for tau, result in by_tau.items())
 
 
+def label(entry: zoo.ZooEntry, entries: list[zoo.ZooEntry]) -> str:
+    """The entry's folder name, with its parent's where another entry has the same name (a retrained model
+    beside the shipped one: retrain/mnist-iwae-r and pretrained/mnist-iwae-r)."""
+    same = sum(e.name == entry.name for e in entries)
+    return entry.name if same < 2 else f"{entry.path.parent.name}/{entry.name}"
+
+
 def paired_differences(entries: list[zoo.ZooEntry], tau: str = "1") -> list[dict]:
     """For models of one dataset evaluated on the same images: mean per-image difference and its
     paired standard error, for every ordered pair (a better than b when the difference is > 0)."""
@@ -50,7 +57,7 @@ def paired_differences(entries: list[zoo.ZooEntry], tau: str = "1") -> list[dict
         if not stale_evaluation(e) and (e.path / "test_ll.safetensors").exists():
             stored = ckpt.read_tensors(e.path / "test_ll.safetensors")
             if per_image_name(tau) in stored:
-                lls[e.name] = stored[per_image_name(tau)]
+                lls[label(e, entries)] = stored[per_image_name(tau)]
     rows = []
     names = sorted(lls)
     for i, a in enumerate(names):
@@ -72,7 +79,7 @@ def write_paired(entries: list[zoo.ZooEntry], rows_by_dataset: dict[str, list[di
         rows = rows_by_dataset[dataset] if rows_by_dataset else paired_differences(group)
         for e in group:
             metrics = ckpt.read_json_object(e.path / "metrics.json")
-            metrics["paired"] = [r for r in rows if e.name in (r["a"], r["b"])]
+            metrics["paired"] = [r for r in rows if label(e, group) in (r["a"], r["b"])]
             ckpt.write_json(e.path / "metrics.json", metrics)
 
 
@@ -91,6 +98,6 @@ def comparison_table(dirs=None) -> str:
         au = e.metrics.get("test", {}).get("active_units", "-")
         epochs = e.metrics.get("training", {}).get("epochs", "-")
         lines.append(f"{e.dataset:9} {variant:18} {paper_s:>17} {fmt(test.get('1')):>17} "
-                     f"{fmt(test.get('0')):>17} {au!s:>3} {epochs!s:>6}  {e.name}"
+                     f"{fmt(test.get('0')):>17} {au!s:>3} {epochs!s:>6}  {label(e, entries)}"
                      + ("  (evaluated with other weights: run iwae eval again)" if stale_evaluation(e) else ""))
     return "\n".join(lines)

@@ -63,3 +63,21 @@ def test_table_names_the_objective_of_random_weight_models(tmp_path, capsys):
     rows = {line.split()[-1]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert " iwae-r bayes " in rows["omniglot-iwae-r"] and " iwae-r mixture " in rows["omniglot-iwae-r-mixture"]
     assert "bayes" not in rows["omniglot-iwae"] and "mixture" not in rows["omniglot-iwae"]
+
+
+def test_models_of_one_name_in_two_folders_are_told_apart_and_paired(tmp_path, capsys):
+    """A retrained model beside the shipped one (same folder name, other parent): both are listed and paired,
+    each under its parent's name; identical per-image results give a zero difference, not a division by zero."""
+    from iwae_core.cli import main
+
+    for parent in ("shipped", "retrained"):
+        shutil.copytree(zoo.PRETRAINED_DIR / "omniglot-iwae", tmp_path / parent / "omniglot-iwae",
+                        ignore=shutil.ignore_patterns("checkpoint", "*.log"))
+    a, b = tmp_path / "shipped" / "omniglot-iwae", tmp_path / "retrained" / "omniglot-iwae"
+    assert main(["table", str(a), str(b), "--paired", "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "shipped/omniglot-iwae" in out and "retrained/omniglot-iwae" in out
+    assert "+0.000 ± 0.000  (identical" in out
+    import json
+    paired = json.loads((a / "metrics.json").read_text())["paired"]
+    assert len(paired) == 1 and {paired[0]["a"], paired[0]["b"]} == {"shipped/omniglot-iwae", "retrained/omniglot-iwae"}
