@@ -114,9 +114,7 @@ def cmd_train(args) -> int:
     def on_step(trainer, m):
         nonlocal bar
         if bar is None:
-            total = trainer.total_steps if trainer.cfg.max_steps is None else min(trainer.cfg.max_steps,
-                                                                                   trainer.total_steps)
-            bar = tqdm(total=total, initial=trainer.step - 1, unit="step",
+            bar = tqdm(total=trainer.planned_steps, initial=trainer.step - 1, unit="step",
                        desc=f"{run.model.variant} {run.train.dataset}",
                        disable=None)
         bar.update(1)

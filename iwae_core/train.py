@@ -103,6 +103,11 @@ class Trainer:
         return self.cfg.epochs * self.steps_per_epoch
 
     @property
+    def planned_steps(self) -> int:
+        """The steps the run ends at: its epochs' steps, or max_steps if that comes first."""
+        return self.total_steps if self.cfg.max_steps is None else min(self.total_steps, self.cfg.max_steps)
+
+    @property
     def max_steps_reached(self) -> bool:
         return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
 
@@ -187,8 +192,7 @@ class Trainer:
     def decide_compile(self) -> None:
         """Compile the loss or not (compiled.should_compile, from the steps left to run); the first step calls
         this unless the caller did, e.g. to say so before a first step that spends 10-30 s compiling."""
-        steps = self.total_steps if self.cfg.max_steps is None else min(self.total_steps, self.cfg.max_steps)
-        rows = max(steps - self.step, 0) * self.cfg.batch_size * self.cfg.k
+        rows = max(self.planned_steps - self.step, 0) * self.cfg.batch_size * self.cfg.k
         use, why = should_compile(self.cfg.compile, self.device, rows, self.world_size)
         self.compile_note = f"{'compiled' if use else 'not compiled'}: {why}"
         self.compiled_loss = compile_loss(self.loss) if use else None

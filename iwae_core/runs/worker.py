@@ -149,7 +149,7 @@ class Worker(Job):
                 self.state["points"] = [p for p in self.state["points"] if p[0] <= t.step] if resumed else []
                 if not resumed:
                     self.state["stride"] = 1
-            total = t.total_steps if t.cfg.max_steps is None else min(t.cfg.max_steps, t.total_steps)
+            total = t.planned_steps
             t.decide_compile()  # a long run compiles its loss in the first step: say so, it takes 10-30 s
             compiling = "; compiling the training step (10-30 s)" if t.compiled_loss is not None else ""
             self.set(total_steps=total, steps_per_epoch=t.steps_per_epoch, step=t.step, epoch=t.epoch,
