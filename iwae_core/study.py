@@ -10,6 +10,10 @@ not models trained to convergence at that budget.
 Everything is resumable: a trial resumes from its checkpoint (bit-exact), a budget whose evaluation is in
 its folder is skipped, and results/study.csv and study.md are rebuilt from the folders on disk (after every
 trial's budget, at the end, and alone with --summarize; study_results.py reads the folders and writes them).
+The results outlive the folders: each evaluation's per-image results are kept in results/per_image/, and a
+budget already there (or in study.csv for every arm of its seed) is not run again. A trial with its
+earlier budgets in results/ trains straight through them to the first one missing, on the same schedule;
+so the study can go on in a new checkout with an empty --root, trial by trial.
 
   python -m iwae_core.study --root runs/study --datasets mnist --seeds 0 1 2 --workers 2
 
@@ -190,13 +194,15 @@ def run_study(cfg: StudyConfig, address: str | None = None) -> None:
     from tqdm import tqdm
 
     from .scale.cluster import ray_session, say
-    from .study_results import write_results  # here, not at the top: study_results imports ARMS from this module
+    from .study_results import settled, write_results  # here, not at the top: study_results imports ARMS
 
     keys = [(d, a, s) for d in cfg.datasets for s in cfg.seeds for a in cfg.arms]
-    todo = [(key, budget) for budget in cfg.budgets_to_run for key in keys]
+    done = settled(cfg.results, cfg.arms)  # in results/ already, from this root or an earlier one
+    todo = [(key, budget) for budget in cfg.budgets_to_run for key in keys if (*key, budget) not in done]
     with ray_session(address, num_cpus=None if address else cfg.workers) as (ray, where):
         slots = cfg.workers if address is None else max(1, int(ray.cluster_resources().get("CPU", 1)))
-        say(f"study: {len(keys)} trials x {len(cfg.budgets_to_run)} budgets on {where}")
+        say(f"study: {len(todo)} evaluations to run ({len(keys)} trials x {len(cfg.budgets_to_run)} budgets, "
+            f"{len(keys) * len(cfg.budgets_to_run) - len(todo)} of them in {cfg.results} already) on {where}")
         task = ray.remote(_task).options(num_cpus=1, max_retries=3)
         pending: dict = {}  # Ray reference -> (key, budget)
         bar = tqdm(total=len(todo), desc="study", unit="evaluation", file=sys.stderr)

@@ -5,6 +5,12 @@ them) or a sweep's (`iwae sweep`: DIR/<trial>/), and pairs each with the same se
 a bf16-mixed trial also with its float32 twin. Nothing here trains or evaluates, and nothing is written
 into the run folders, so results can be rebuilt at any time, while the study runs, from whatever is on disk.
 
+The study outlives its run folders: write_results() archives every snapshot's per-image results (a few KB,
+with its config and metrics as metadata) in results/per_image/, and pairs from the folders and that archive
+together, so a trial trained later, somewhere else, is still paired image by image with an IWAE trained
+before. Rows of study.csv that neither the folders nor the archive hold (written before the archive
+existed) are kept as they are; settled() tells the study which budgets it need not run again.
+
 study.csv has one row per (dataset, arm, seed, budget, tau), in the columns CSV_FIELDS: the test LL and
 its standard error over images, the paired difference to IWAE and its standard error (diff_to_iwae,
 diff_stderr), and for bf16-mixed arms the paired difference to float32 (diff_to_float32,
@@ -21,6 +27,7 @@ across rebuilds unless a new note replaces it.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -38,14 +45,15 @@ CSV_FIELDS = ["dataset", "arm", "variant", "objective", "init_sigma", "seed", "e
               "diff_to_float32", "diff_float32_stderr"]
 
 
-def collect(root: Path) -> list[dict]:
-    """One row per evaluated (trial, budget, tau), with the paired difference to the same seed's IWAE.
+ARCHIVE = "per_image"  # results/per_image/<trial>-eNNN.safetensors: one evaluated snapshot's per-image results
+
+
+def snapshots(root: Path) -> list[dict]:
+    """Every evaluated snapshot under root, as {name, run, test, training, per_image, arm, group}.
 
     root is a study's folder (trials with epochs-NNN/ snapshots) or a sweep's (`iwae sweep`, trials named
     key=value,...: a trial's arm is its name without the seed, and its IWAE is the trial of variant iwae
     whose name differs only in variant and seed)."""
-    from safetensors.torch import load_file
-
     root = Path(root)
     sweep = (root / "sweep.json").is_file()
     found = []
@@ -56,13 +64,56 @@ def collect(root: Path) -> list[dict]:
         if not test or not (snap / "test_ll.safetensors").exists():
             continue
         run = ckpt.load_run_config(snap)
-        per_image = load_file(str(snap / "test_ll.safetensors"))
         if sweep:
-            arm, group = _without(snap.name, "seed"), _without(snap.name, "seed", "variant")
+            arm, group, name = _without(snap.name, "seed"), _without(snap.name, "seed", "variant"), snap.name
         else:
             arm, group = training.get("study", {}).get("arm") or _arm_of(run), ""
-        found.append({"snap": snap, "run": run, "test": test, "training": training, "per_image": per_image,
-                      "arm": arm, "group": group})
+            name = f"{snap.parent.name}-e{training['epochs']:03d}"
+        found.append({"name": name, "run": run, "test": test, "training": training, "arm": arm, "group": group,
+                      "per_image": ckpt.read_tensors(snap / "test_ll.safetensors")})
+    return found
+
+
+def archive(found: list[dict], directory: Path) -> None:
+    """Keep each snapshot's per-image results, config and metrics in directory/<name>.safetensors."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in found:
+        meta = {"config": f["run"].to_json(), "test": json.dumps(ckpt.finite_json(f["test"])),
+                "training": json.dumps(ckpt.finite_json(f["training"])), "arm": f["arm"]}
+        tensors = {k: v.contiguous() for k, v in f["per_image"].items()}
+        ckpt.atomic_write(directory / f"{f['name']}.safetensors",
+                          lambda tmp, tensors=tensors, meta=meta: save_file(tensors, tmp, metadata=meta))
+
+
+def archived(directory: Path) -> list[dict]:
+    """The snapshots archive() kept in directory, in the form snapshots() gives."""
+    found = []
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        meta = ckpt.read_metadata(path)
+        try:
+            run, test, training = (RunConfig.from_json(meta["config"]), json.loads(meta["test"]),
+                                   json.loads(meta["training"]))
+        except (KeyError, ValueError, TypeError) as err:
+            raise ckpt.CheckpointError(f"{path} is not an archived study result: {ckpt.one_line(err)}") from err
+        found.append({"name": path.stem, "run": run, "test": test, "training": training, "arm": meta.get("arm"),
+                      "group": "", "per_image": ckpt.read_tensors(path)})
+    return found
+
+
+def collect(root: Path, archive_dir: Path | None = None) -> list[dict]:
+    """One row per evaluated (trial, budget, tau) under root, and in archive_dir (results/per_image) where root
+    does not hold the same snapshot, with the paired difference to the same seed's IWAE."""
+    found = snapshots(root)
+    if archive_dir is not None and Path(archive_dir).is_dir():
+        names = {f["name"] for f in found}
+        found += [f for f in archived(archive_dir) if f["name"] not in names]
+    return pair(found)
+
+
+def pair(found: list[dict]) -> list[dict]:
+    """study.csv's rows of the snapshots (snapshots(), archived()), each paired with the same seed's IWAE."""
     def key(f: dict, *extra) -> tuple:
         return (f["group"], f["run"].train.dataset, f["run"].train.seed, f["training"]["epochs"], *extra)
 
@@ -186,12 +237,25 @@ def _fidelity(row: dict, rs: list[dict], float32_rs: list[dict]) -> None:
         row["fidelity_verdict"] = f"not within {FIDELITY_NATS} nats and the seed spread: keep float32"
 
 
+def row_key(r: dict) -> tuple:
+    return r["dataset"], r["arm"], r["seed"], r["epochs"], r["tau"]
+
+
 def write_results(root: Path, results: Path, note: str | None = None) -> list[dict]:
-    """Rebuild results/study.csv and results/study.md (with `note` as its status paragraph, or the one
-    study.md has) from the study's folders."""
-    rows = collect(root)
+    """Archive the study's evaluated snapshots in results/per_image/ and rebuild results/study.csv and
+    results/study.md (with `note` as its status paragraph, or the one study.md has) from the folders, the
+    archive and the rows of study.csv that neither holds (written before the archive existed)."""
+    results = Path(results)
+    found = snapshots(root)
+    if not (Path(root) / "sweep.json").is_file():
+        archive(found, results / ARCHIVE)
+    rows = collect(root, results / ARCHIVE)
+    if (results / "study.csv").exists():
+        new = {row_key(r) for r in rows}
+        rows += [r for r in read_csv(results / "study.csv") if row_key(r) not in new]
     if not rows:
         return rows
+    rows.sort(key=lambda r: (r["dataset"], arm_order(r["arm"]), r["seed"], r["epochs"], -r["tau"]))
     results.mkdir(parents=True, exist_ok=True)
 
     def write(tmp):
@@ -204,6 +268,20 @@ def write_results(root: Path, results: Path, note: str | None = None) -> list[di
         note = _status((results / "study.md").read_text())
     ckpt.atomic_write(results / "study.md", lambda tmp: Path(tmp).write_text(markdown(rows, note)))
     return rows
+
+
+def settled(results: Path, arms) -> set[tuple[str, str, int, int]]:
+    """The (dataset, arm, seed, epochs) the study need not train to and evaluate again: archived in
+    results/per_image/, or in study.csv at a budget of a seed that every one of `arms` has (paired already,
+    so no trial to come needs their per-image results)."""
+    results = Path(results)
+    done = {(f["run"].train.dataset, f["arm"], f["run"].train.seed, f["training"]["epochs"])
+            for f in (archived(results / ARCHIVE) if (results / ARCHIVE).is_dir() else [])}
+    rows = read_csv(results / "study.csv") if (results / "study.csv").exists() else []
+    have: dict[tuple, set] = {}
+    for r in rows:
+        have.setdefault((r["dataset"], r["seed"], r["epochs"]), set()).add(r["arm"])
+    return done | {(d, a, s, e) for (d, s, e), got in have.items() if set(arms) <= got for a in got}
 
 
 def _f(value, fmt: str = "+.3f") -> str:
@@ -227,9 +305,10 @@ def markdown(rows: list[dict], note: str | None = None) -> str:
     lines = [
         "# The budget × seed study",
         "",
-        "Generated by `python -m iwae_core.study` from the study's run folders (`results/study.csv` holds one row",
-        "per dataset, arm, seed, budget and τ). Every model: the paper's architecture and objective (784-400-40",
-        "tanh, k = 25), batch 20, Adam lr 1e-3 cosine-decayed to 1e-4 over one schedule of the largest budget,",
+        "Generated by `python -m iwae_core.study` from the study's run folders and the per-image results it keeps in",
+        "`results/per_image/` (`results/study.csv` holds one row per dataset, arm, seed, budget and τ). Every",
+        "model: the paper's architecture and objective (784-400-40 tanh, k = 25), batch 20, Adam lr 1e-3",
+        "cosine-decayed to 1e-4 over one schedule of the largest budget,",
         "evaluated at each budget along it; test LL with S = "
         f"{', '.join(map(str, S))} joint draws on the first {', '.join(map(str, n_images))} test images",
         "(binarised with the fixed evaluation seed, the same images for every model). Differences are paired:",

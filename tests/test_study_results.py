@@ -73,3 +73,37 @@ def test_bf16_may_become_the_default_only_within_005_nats_and_the_seed_spread():
     assert verdict([0.06, 0.07, 0.05], spread=0.5)["fidelity_verdict"].endswith("keep float32")  # > 0.05 nats
     assert verdict([0.03, 0.04, 0.03], spread=0.01)["fidelity_verdict"].endswith("keep float32")  # > seed spread
     assert FIDELITY_NATS == 0.05
+
+
+@pytest.mark.slow
+def test_results_outlive_the_run_folders(tiny_study, tmp_path):
+    """A new checkout has results/ (study.csv, per_image/) but no run folders: rebuilding gives the same rows,
+    paired image by image from the archive; rows written before the archive existed are kept; and the study
+    knows which budgets are settled."""
+    import shutil
+
+    from iwae_core.study_results import ARCHIVE, settled
+
+    cfg = tiny_study
+    rows = write_results(cfg.root, cfg.results)
+    assert len(list((cfg.results / ARCHIVE).glob("*.safetensors"))) == 2 * 2 * 2  # arms x seeds x budgets
+    moved = tmp_path / "results"
+    shutil.copytree(cfg.results, moved)
+    legacy = {**rows[0], "arm": "iwae-rrec", "epochs": 1, "seed": 0, "test_ll": -123.0}  # from an older study.csv
+    with open(moved / "study.csv", "a", newline="") as f:
+        import csv
+        csv.DictWriter(f, fieldnames=list(legacy)).writerow(legacy)
+    again = write_results(tmp_path / "no-runs-here", moved)
+    assert [r for r in again if r["arm"] != "iwae-rrec"] == rows
+    assert [r["test_ll"] for r in again if r["arm"] == "iwae-rrec"] == [-123.0]
+    done = settled(moved, cfg.arms)
+    assert done == {("mnist", a, s, e) for a in cfg.arms for s in (0, 1) for e in (1, 2)} | {
+        ("mnist", "iwae-rrec", 0, 1)}  # a legacy row of a budget every arm of its seed has
+    # a budget that only some arms have in study.csv, and nothing archived, is not settled: its trials are
+    # run again so that their pairs can be computed from per-image results
+    shutil.rmtree(moved / ARCHIVE)
+    (moved / "study.csv").write_text("".join(
+        line for line in (moved / "study.csv").read_text().splitlines(keepends=True)
+        if ",iwae-r-mixture," not in line or ",2,30," not in line))  # drop the mixture arm's 2-epoch rows
+    assert settled(moved, cfg.arms) == {("mnist", a, s, 1) for a in (*cfg.arms, "iwae-rrec") for s in (0, 1)
+                                        if a != "iwae-rrec" or s == 0}
