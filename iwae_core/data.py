@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -213,9 +214,15 @@ def _omniglot28_cached(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         images[i] = np.rint(255 - small).astype(np.uint8)  # ink = 0 in the originals: invert
         drawers[i] = int(path.stem.split("_")[-1])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, images=images, drawers=drawers)
-    os.replace(tmp, cache)
+    # a temporary file of this process's own: two processes building the cache at once (a study's workers)
+    # each rename a complete file over it, and neither finds the other's temporary file gone
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.stem}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, images=images, drawers=drawers)
+        os.replace(tmp, cache)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return images, drawers
 
 

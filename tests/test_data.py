@@ -118,3 +118,32 @@ def test_chardata_mat_is_preferred_and_read_column_major(tmp_path):
     assert len(data["valid"]) == OMNIGLOT_VALID and len(train) == len(images)
     rows = {tuple(r[:5].tolist()) for r in train}  # the same images, shuffled
     assert rows == {tuple(r[:5].tolist()) for r in torch.from_numpy(images.reshape(-1, 784))}
+
+
+def test_two_processes_building_the_omniglot_cache_at_once_both_succeed(tmp_path, monkeypatch):
+    """A study's workers load Omniglot at the same moment: each writes its own temporary file and renames it over
+    the cache. Simulated by a second build that runs, start to finish, while the first is writing."""
+    import iwae_core.data as data
+
+    src = require_data("omniglot-py") / "omniglot-py"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folders = []
+    for part in ("images_background", "images_evaluation"):
+        character = next((src / part).glob("*/character*"))
+        dest = tmp_path / "omniglot-py" / part / character.parent.name / character.name
+        dest.mkdir(parents=True)
+        for png in sorted(character.glob("*.png"))[:3]:
+            shutil.copy(png, dest / png.name)
+        folders.append(tmp_path / "omniglot-py" / part)
+    save, other = np.savez_compressed, {}
+
+    def save_while_another_builds(path, **arrays):
+        save(path, **arrays)
+        if "started" not in other:
+            other["started"] = True
+            other["images"] = data._omniglot28_cached(folders)[0]  # the other process, done before this one renames
+    monkeypatch.setattr(data.np, "savez_compressed", save_while_another_builds)
+    images, drawers = data._omniglot28_cached(folders)
+    assert images.shape == (6, 28, 28) and np.array_equal(images, other["images"])
+    left = [p.name for p in (tmp_path / "cache" / "iwae_core").iterdir()]
+    assert len(left) == 1 and left[0].startswith("omniglot28-") and left[0].endswith(".npz")  # no temporary files
