@@ -183,6 +183,16 @@ def next_runnable(todo: list[tuple[tuple, int]], busy: set[tuple]) -> tuple[tupl
     return None
 
 
+def study_todo(cfg: StudyConfig) -> list[tuple[tuple, int]]:
+    """The (trial key, budget) pairs still to train and evaluate, budget by budget: all of cfg's but those
+    settled in cfg.results (study_results.settled), from this root or an earlier one."""
+    from .study_results import settled  # here, not at the top: study_results imports ARMS from this module
+
+    keys = [(d, a, s) for d in cfg.datasets for s in cfg.seeds for a in cfg.arms]
+    done = settled(cfg.results, cfg.arms)
+    return [(key, budget) for budget in cfg.budgets_to_run for key in keys if (*key, budget) not in done]
+
+
 def run_study(cfg: StudyConfig, address: str | None = None) -> None:
     """Every budget of every trial as Ray tasks of one CPU (and one torch thread) each, on a local Ray of
     cfg.workers CPUs or on the cluster at `address` (whose nodes must see cfg.root at the same path).
@@ -194,11 +204,10 @@ def run_study(cfg: StudyConfig, address: str | None = None) -> None:
     from tqdm import tqdm
 
     from .scale.cluster import ray_session, say
-    from .study_results import settled, write_results  # here, not at the top: study_results imports ARMS
+    from .study_results import write_results  # here, not at the top: study_results imports ARMS from this module
 
     keys = [(d, a, s) for d in cfg.datasets for s in cfg.seeds for a in cfg.arms]
-    done = settled(cfg.results, cfg.arms)  # in results/ already, from this root or an earlier one
-    todo = [(key, budget) for budget in cfg.budgets_to_run for key in keys if (*key, budget) not in done]
+    todo = study_todo(cfg)
     with ray_session(address, num_cpus=None if address else cfg.workers) as (ray, where):
         slots = cfg.workers if address is None else max(1, int(ray.cluster_resources().get("CPU", 1)))
         say(f"study: {len(todo)} evaluations to run ({len(keys)} trials x {len(cfg.budgets_to_run)} budgets, "

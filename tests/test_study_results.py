@@ -80,8 +80,10 @@ def test_results_outlive_the_run_folders(tiny_study, tmp_path):
     """A new checkout has results/ (study.csv, per_image/) but no run folders: rebuilding gives the same rows,
     paired image by image from the archive; rows written before the archive existed are kept; and the study
     knows which budgets are settled."""
+    import csv
     import shutil
 
+    from iwae_core.study import StudyConfig, study_todo
     from iwae_core.study_results import ARCHIVE, settled
 
     cfg = tiny_study
@@ -91,11 +93,13 @@ def test_results_outlive_the_run_folders(tiny_study, tmp_path):
     shutil.copytree(cfg.results, moved)
     legacy = {**rows[0], "arm": "iwae-rrec", "epochs": 1, "seed": 0, "test_ll": -123.0}  # from an older study.csv
     with open(moved / "study.csv", "a", newline="") as f:
-        import csv
         csv.DictWriter(f, fieldnames=list(legacy)).writerow(legacy)
     again = write_results(tmp_path / "no-runs-here", moved)
     assert [r for r in again if r["arm"] != "iwae-rrec"] == rows
     assert [r["test_ll"] for r in again if r["arm"] == "iwae-rrec"] == [-123.0]
+    elsewhere = StudyConfig(root=tmp_path / "no-runs-here", results=moved, datasets=("mnist",), seeds=(0, 1, 2),
+                            arms=cfg.arms, budgets=(1, 2))
+    assert study_todo(elsewhere) == [(("mnist", a, 2), b) for b in (1, 2) for a in cfg.arms]  # only seed 2 to run
     done = settled(moved, cfg.arms)
     assert done == {("mnist", a, s, e) for a in cfg.arms for s in (0, 1) for e in (1, 2)} | {
         ("mnist", "iwae-rrec", 0, 1)}  # a legacy row of a budget every arm of its seed has
