@@ -13,7 +13,8 @@
 # schedules, MNIST valid L_100: -105.3 at batch 20, -117.5 at batch 100).
 # Usage: IWAE_DATA_DIR=/path/to/data scripts/train_pretrained.sh
 #   VARIANTS (default: all three) picks variants, DATASETS (default: mnist omniglot) datasets, RUNS (default
-#   runs) the folder of the stages' runs, SHIP (default pretrained) where the finished models go; e.g. retraining the random-weight models beside the shipped ones:
+#   runs) the folder of the stages' runs, SHIP (default pretrained) where the finished models go; e.g.
+#   retraining the random-weight models beside the shipped ones:
 #   VARIANTS="iwae-r iwae-rrec" RUNS=runs/retrain SHIP=runs/retrain/models scripts/train_pretrained.sh
 #   The variant iwae-r-mixture is IWAE-R read as a mixture (--objective mixture), with the initial sigma of the
 #   study's mixture arm (1e-2; see results/mixture_sigma_pilot.md), on the same schedule.
