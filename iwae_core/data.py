@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .checkpoint import atomic_write
 
 MNIST_VALID = 400  # last training images held out, as in Burda et al.
 OMNIGLOT_VALID = 1345  # held out of the shuffled training images, as in Burda et al.
@@ -214,15 +215,12 @@ def _omniglot28_cached(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         images[i] = np.rint(255 - small).astype(np.uint8)  # ink = 0 in the originals: invert
         drawers[i] = int(path.stem.split("_")[-1])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    # a temporary file of this process's own: two processes building the cache at once (a study's workers)
-    # each rename a complete file over it, and neither finds the other's temporary file gone
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.stem}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, images=images, drawers=drawers)
-        os.replace(tmp, cache)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # atomic_write's temporary file is this process's own: two processes building the cache at once (a study's
+    # workers) each rename a complete file over it, and neither finds the other's temporary file gone
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez_compressed would add .npz to a name
+            np.savez_compressed(f, images=images, drawers=drawers)
+    atomic_write(cache, write)
     return images, drawers
 
 

@@ -105,11 +105,15 @@ def archived(directory: Path) -> list[dict]:
 def collect(root: Path, archive_dir: Path | None = None) -> list[dict]:
     """One row per evaluated (trial, budget, tau) under root, and in archive_dir (results/per_image) where root
     does not hold the same snapshot, with the paired difference to the same seed's IWAE."""
-    found = snapshots(root)
-    if archive_dir is not None and Path(archive_dir).is_dir():
-        names = {f["name"] for f in found}
-        found += [f for f in archived(archive_dir) if f["name"] not in names]
-    return pair(found)
+    return pair(_with_archived(snapshots(root), archive_dir))
+
+
+def _with_archived(found: list[dict], archive_dir: Path | None) -> list[dict]:
+    """found, and the snapshots archived in archive_dir that found does not hold."""
+    if archive_dir is None or not Path(archive_dir).is_dir():
+        return found
+    names = {f["name"] for f in found}
+    return found + [f for f in archived(archive_dir) if f["name"] not in names]
 
 
 def pair(found: list[dict]) -> list[dict]:
@@ -249,7 +253,7 @@ def write_results(root: Path, results: Path, note: str | None = None) -> list[di
     found = snapshots(root)
     if not (Path(root) / "sweep.json").is_file():
         archive(found, results / ARCHIVE)
-    rows = collect(root, results / ARCHIVE)
+    rows = pair(_with_archived(found, results / ARCHIVE))  # the folders read once, for the archive and the rows
     if (results / "study.csv").exists():
         new = {row_key(r) for r in rows}
         rows += [r for r in read_csv(results / "study.csv") if row_key(r) not in new]
