@@ -1,14 +1,14 @@
 """Trainer: Adam on (1/B) sum_b L_k(x_b) - beta KL/N, with hooks, atomic checkpoints, exact resume, NaN guard.
 
-The device, the precision of its products and the memory check are device.py's; what a checkpoint must hold
-and which settings a resumed run may change are resume.py's.
+The device, the precision of its products and the memory check are device.py's; writing and reading a
+checkpoint, what it must hold and which settings a resumed run may change are resume.py's; Adam's parameter
+groups are optim.py's.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -26,7 +26,8 @@ from .data import Batches, binarize, load_dataset
 from .device import check_training_memory, matmul_dtype, noise_dtype, pick_device, subnormals_flushed
 from .maths.bounds import iwae_bound, surrogate_objective
 from .maths.model import IWAE
-from .resume import changed_settings, check_trainer_state, read_earlier_stages
+from .optim import build_adam, set_lr
+from .resume import read_checkpoint, read_earlier_stages, write_checkpoint
 from .scale import distributed
 
 
@@ -91,7 +92,7 @@ class Trainer:
         self.history: list[dict] = list(self.before["history"])
         self.seconds = 0.0
         self._stop = False
-        self._epoch_sums = {"bound": 0.0, "n": 0}
+        self.epoch_sums = {"bound": 0.0, "n": 0}
 
     # ---- schedule and objective -------------------------------------------------------------
     @property
@@ -237,8 +238,8 @@ class Trainer:
             raise TrainingDiverged(self._diverged_message("a weight became NaN or infinite"))
         self.step += 1
         bound = iwae_bound(log_w.detach()).mean().item()
-        self._epoch_sums["bound"] += bound
-        self._epoch_sums["n"] += 1
+        self.epoch_sums["bound"] += bound
+        self.epoch_sums["n"] += 1
         return {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch + 1,
                 "steps_per_epoch": self.steps_per_epoch, "bound": bound,
                 "kl_per_datapoint": None if kl is None else kl.item(),
@@ -300,9 +301,9 @@ class Trainer:
         valid = self.validation_bound()
         for hook in self.hooks.on_eval:
             hook(self, {"epoch": self.epoch, "step": self.before["steps"] + self.step, "valid_bound": valid})
-        n = max(self._epoch_sums["n"], 1)
+        n = max(self.epoch_sums["n"], 1)
         kl = self.kl_per_datapoint().item() if self.has_kl else None  # no KL in the objective: none to report
-        train_bound = self._epoch_sums["bound"] / n
+        train_bound = self.epoch_sums["bound"] / n
         enc_sigma, dec_sigma = self.sigma_means()
         row = {"epoch": self.before["epochs"] + self.epoch, "step": self.before["steps"] + self.step,
                "lr": self.lr_at(self.step), "train_bound": train_bound,
@@ -311,123 +312,23 @@ class Trainer:
                "mean_sigma_encoder": enc_sigma, "mean_sigma_decoder": dec_sigma,
                "seconds": round(self.before["train_seconds"] + self.seconds, 2)}
         self.history.append(row)
-        self._epoch_sums = {"bound": 0.0, "n": 0}
+        self.epoch_sums = {"bound": 0.0, "n": 0}
         for hook in self.hooks.on_epoch:
             hook(self, row)
         if self.out:
             self.save_checkpoint()
 
-    # ---- checkpoints ---------------------------------------------------------------------------
+    # ---- checkpoints (resume.py writes and reads them) -----------------------------------------
     def save_checkpoint(self) -> None:
-        """Write the model folder and DIR/checkpoint/ (optimizer, RNG, position) atomically (rank 0 only)."""
-        if not self.out or self.rank != 0:
+        """Write the model folder and DIR/checkpoint/ atomically (rank 0 only); see resume.write_checkpoint."""
+        if not write_checkpoint(self):
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        ckpt.save_model(self.out, self.model, self.run)
-        history_csv.write(self.out / "history.csv", self.history)
-        tmp = self.out / f".checkpoint.tmp-{os.getpid()}"
-        tmp.mkdir(exist_ok=True)
-        opt_tensors, opt_plain = ckpt.optimizer_tensors(self.optimizer)
-        from safetensors.torch import save_file
-
-        shutil.copyfile(self.out / "model.safetensors", tmp / "model.safetensors")  # just written above
-        rng = {"torch_rng": torch.get_rng_state(), "batches_rng": self.batches.generator.get_state()}
-        if self.perm is not None:
-            rng["perm"] = self.perm
-        if self.device.type == "cuda":
-            rng["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file(rng, str(tmp / "rng.safetensors"))
-        ckpt.write_json(tmp / "trainer_state.json", {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "seconds": self.seconds, "optimizer": opt_plain, "epoch_sums": self._epoch_sums,
-            "history": self.history, "run": self.run.to_json()})
-        ckpt.replace_dir(tmp, self.out / "checkpoint")
         for hook in self.hooks.on_checkpoint:
             hook(self, {"step": self.step, "epoch": self.epoch})
 
     def resume(self, allow_changes: bool = False) -> bool:
-        """Continue from DIR/checkpoint if it exists; returns whether there was one to resume.
-
-        A checkpoint that a kill during the swap left at checkpoint.old is put back first, and unfinished
-        .checkpoint.tmp-PID folders are removed (self.recovered says what was done). The checkpoint must
-        be of the same model and dataset; training settings that differ (k, batch size, rates, ...) are
-        refused with their names unless allow_changes (then self.changed lists them). Every file is
-        checked before it is used: a bad one is a CheckpointError naming it.
-        """
-        self.recovered, self.changed = None, []
-        if not self.out:
-            return False
-        folder = self.out / "checkpoint"
-        if self.rank == 0:
-            self.recovered = ckpt.recover_dir(folder)
-            for name in ("model.safetensors", "config.json", "history.csv"):  # atomic writes a kill cut short
-                for tmp in self.out.glob(f".{name}.*.tmp"):
-                    tmp.unlink(missing_ok=True)
-        if self.world_size > 1:
-            torch.distributed.barrier()  # the other processes read the checkpoint once rank 0 has put it back
-        if not folder.exists():
-            return False
-        state_path = folder / "trainer_state.json"
-        if not state_path.exists():
-            raise ckpt.CheckpointError(f"{state_path} is missing: {folder} is not a complete checkpoint")
-        state = check_trainer_state(ckpt.read_json_object(state_path), state_path)
-        try:
-            saved = RunConfig.from_json(state["run"])
-        except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as err:
-            raise ckpt.CheckpointError(f"{state_path}: its run settings are not valid: {ckpt.one_line(err)}") from err
-        if saved.model != self.run.model or saved.train.dataset != self.cfg.dataset:
-            raise ckpt.CheckpointError(
-                f"{folder} holds a {saved.train.dataset} {saved.model.variant} model with other settings; "
-                "resume it with the same --dataset/--variant/sizes or choose another --out")
-        self.changed = changed_settings(saved.train, self.cfg)
-        if self.changed and not allow_changes:
-            raise ckpt.CheckpointError(
-                f"{folder} was trained with {', '.join(f'{o} {a}' for o, a, _ in self.changed)}; this run asks "
-                f"for {', '.join(f'{o} {b}' for o, _, b in self.changed)}: resume with the checkpoint's settings, "
-                "or pass --force to continue with the new ones")
-        shapes = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
-        weights = ckpt.checked_state(folder / "model.safetensors", shapes)
-        opt_path, rng_path = folder / "optimizer.safetensors", folder / "rng.safetensors"
-        opt_tensors = ckpt.read_tensors(opt_path)
-        for name, t in opt_tensors.items():
-            if not torch.isfinite(t).all():
-                raise ckpt.CheckpointError(f"{opt_path}: tensor {name} holds NaN or infinite values")
-        rng = ckpt.read_tensors(rng_path)
-        self._check_rng(rng, rng_path)
-        try:
-            ckpt.restore_optimizer(self.optimizer, opt_tensors, state["optimizer"])
-        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as err:
-            raise ckpt.CheckpointError(f"{opt_path} and {state_path} hold no optimizer state of this model: "
-                                       f"{ckpt.one_line(err)}") from err
-        self.model.load_state_dict(weights)
-        try:
-            torch.set_rng_state(rng["torch_rng"])
-            self.batches.generator.set_state(rng["batches_rng"])
-            if "cuda_rng" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
-        except RuntimeError as err:
-            raise ckpt.CheckpointError(f"{rng_path} holds no valid random generator state: "
-                                       f"{ckpt.one_line(err)}") from err
-        self.perm = rng.get("perm")
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.batch_in_epoch, self.seconds = state["batch_in_epoch"], state["seconds"]
-        self._epoch_sums, self.history = state["epoch_sums"], state["history"]
-        return True
-
-    def _check_rng(self, rng: dict, path: Path) -> None:
-        """The generator states and the epoch's permutation must be what this trainer would save."""
-        expected = {"torch_rng": torch.get_rng_state(), "batches_rng": self.batches.generator.get_state()}
-        for name, like in expected.items():
-            t = rng.get(name)
-            if t is None or t.dtype != like.dtype or t.shape != like.shape:
-                raise ckpt.CheckpointError(
-                    f"{path}: tensor {name} is " + ("missing" if t is None else f"{t.dtype} {tuple(t.shape)}")
-                    + f", a generator state is {like.dtype} {tuple(like.shape)}")
-        perm, n = rng.get("perm"), len(self.batches.x)
-        if perm is not None and (perm.dtype != torch.int64 or perm.shape != (n,)
-                                 or not torch.equal(perm.sort().values, torch.arange(n))):
-            raise ckpt.CheckpointError(f"{path}: tensor perm is not a permutation of the {n} training images")
+        """Continue from DIR/checkpoint if it exists; returns whether there was one (resume.read_checkpoint)."""
+        return read_checkpoint(self, allow_changes)
 
     def finished_record(self) -> bool:
         """Whether metrics.json records this run's training up to its current step (finish() has run)."""
@@ -469,28 +370,3 @@ class Trainer:
             **extra_metrics,
             "stages": self.before["stages"] + [stage]}
         ckpt.write_json(metrics_path, metrics)
-
-
-def build_adam(model: torch.nn.Module, cfg, device: torch.device | None = None) -> torch.optim.Adam:
-    """Adam for a model: the weight means with cfg.adam_eps, the rho parameters (sigma = softplus(rho)) in a
-    group of their own with cfg.rho_adam_eps and a learning rate cfg.rho_lr_scale times the schedule's (see
-    TrainConfig.rho_adam_eps for why). With the same settings for both, one group, as runs had before.
-    """
-    named = list(model.named_parameters())
-    rho = [p for name, p in named if name.endswith("_rho")]
-    means = [p for name, p in named if not name.endswith("_rho")]
-    if rho and (cfg.rho_adam_eps != cfg.adam_eps or cfg.rho_lr_scale != 1):
-        groups = [{"params": means, "eps": cfg.adam_eps, "lr_scale": 1.0},
-                  {"params": rho, "eps": cfg.rho_adam_eps, "lr_scale": cfg.rho_lr_scale}]
-    else:
-        groups = [{"params": means + rho, "eps": cfg.adam_eps, "lr_scale": 1.0}]
-    # fused: one kernel per step instead of a dozen passes per parameter (CPU and CUDA support it)
-    fused = device is not None and device.type in ("cpu", "cuda")
-    return torch.optim.Adam(groups, lr=cfg.lr, fused=fused or None)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The schedule's learning rate for this step, times each group's lr_scale."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-
