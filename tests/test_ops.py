@@ -2,11 +2,13 @@
 against float64 references, gradients by gradcheck."""
 
 import math
+import os
 
 import pytest
 import torch
 
-from iwae_core.maths.ops import flipout_noise, gaussian_kl, squared_input_product
+from iwae_core.compiled import compile_unavailable
+from iwae_core.maths.ops import flipout_noise, gaussian_kl, squared_input_product, tanh
 
 
 @pytest.mark.parametrize("prior_std", [1.0, 0.3])
@@ -67,3 +69,20 @@ def test_squared_input_product_backward_passes_gradcheck():
     b = torch.rand(6, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(squared_input_product, (x, v, b))
     assert torch.allclose(squared_input_product(x, v, b), (x * x) @ v.T + b, rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+def test_tanh_under_compilation_is_atens_and_its_gradient_is_one_minus_tanh_squared():
+    why = compile_unavailable(torch.device("cpu"))
+    if why and not os.environ.get("CI"):
+        pytest.skip(f"torch.compile cannot run here: {why}")
+    torch.manual_seed(0)
+    # both tails (where tanh rounds to +-1 and 1 - y^2 to 0), zero and tiny values
+    x = torch.cat([torch.randn(2000) * 3, torch.tensor([-1e4, -40.0, -1e-30, 0.0, 1e-30, 40.0, 1e4])])
+    compiled = torch.compile(lambda v: tanh(v * 1.0))  # a product before it, as after a layer
+    assert torch.equal(compiled(x), torch.tanh(x))  # ATen's tanh, not a re-implementation
+    xd = x.double().requires_grad_()
+    (grad,) = torch.autograd.grad(compiled(xd).sum(), xd)
+    assert torch.allclose(grad, 1 - torch.tanh(x.double()) ** 2, rtol=1e-12, atol=0)
+    xs = torch.randn(6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(compiled, (xs,))

@@ -12,8 +12,9 @@ from torch import nn
 from ..config import ModelConfig
 from .bounds import bernoulli_log_prob, normal_log_prob, normalized_weights
 from .layers import BayesLinear
+from .ops import tanh
 
-ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "softplus": F.softplus}
+ACTIVATIONS = {"tanh": tanh, "relu": F.relu, "softplus": F.softplus}
 
 
 class BayesMLP(nn.Module):

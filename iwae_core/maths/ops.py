@@ -226,3 +226,32 @@ def low_precision_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | Non
     """F.linear(x, w, b) with its products (forward and backward) in `dtype`, float32 in and out
     (see _LowPrecisionLinear); x [..., in], w [out, in], b [out] or None."""
     return _LowPrecisionLinear.apply(x, w, b, dtype)
+
+
+@torch.library.custom_op("iwae_core::tanh", mutates_args=())
+def _tanh_op(x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x)
+
+
+@_tanh_op.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _tanh_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    ctx.save_for_backward(output)
+
+
+def _tanh_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    (y,) = ctx.saved_tensors
+    return grad * (1 - y * y)  # d tanh / dx = 1 - tanh^2, from the saved output
+
+
+_tanh_op.register_autograd(_tanh_backward, setup_context=_tanh_setup)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """torch.tanh, kept out of torch.compile's generated code: inductor's vectorised tanh took 1.54 ms on a
+    [2500, 400] tensor on one CPU thread, ATen's own 0.36 ms, so under compilation tanh is an opaque op that
+    calls ATen's (its backward, grad * (1 - y^2), is still fused by inductor). The same values either way."""
+    return _tanh_op(x) if torch.compiler.is_compiling() else torch.tanh(x)
