@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the six shipped models with the paper preset (784-400-40 tanh, k = 25, Adam) at batch 20 (as
+# Trains the shipped models with the paper preset (784-400-40 tanh, k = 25, Adam) at batch 20 (as
 # Burda et al.), one single-threaded process per model, in parallel; rerunning it resumes unfinished runs.
 #   stage 1, both datasets: 20 epochs, lr 1e-3 with a cosine decay to 1e-4, seed 0
 #     (59,600 steps on MNIST, 23,000 on Omniglot) -> $RUNS/<dataset>-b20/<variant>
@@ -12,12 +12,13 @@
 # stage's command. The paper preset's batch 100 learned far more slowly per epoch here (2-epoch cosine
 # schedules, MNIST valid L_100: -105.3 at batch 20, -117.5 at batch 100).
 # Usage: IWAE_DATA_DIR=/path/to/data scripts/train_pretrained.sh
-#   VARIANTS (default: all three) picks variants, DATASETS (default: mnist omniglot) datasets, RUNS (default
+#   VARIANTS (default: iwae iwae-r iwae-rrec) picks variants, DATASETS (default: mnist omniglot) datasets, RUNS (default
 #   runs) the folder of the stages' runs, SHIP (default pretrained) where the finished models go; e.g.
 #   retraining the random-weight models beside the shipped ones:
 #   VARIANTS="iwae-r iwae-rrec" RUNS=runs/retrain SHIP=runs/retrain/models scripts/train_pretrained.sh
 #   The variant iwae-r-mixture is IWAE-R read as a mixture (--objective mixture), with the initial sigma of the
-#   study's mixture arm (1e-2; see results/mixture_sigma_pilot.md), on the same schedule.
+#   study's mixture arm (1e-2; see results/mixture_sigma_pilot.md), on the same schedule; it is shipped for
+#   Omniglot only (DATASETS=omniglot VARIANTS=iwae-r-mixture; docs/results.md says why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IWAE=${IWAE:-.venv/bin/iwae}
