@@ -102,18 +102,15 @@ def archived(directory: Path) -> list[dict]:
     return found
 
 
-def collect(root: Path, archive_dir: Path | None = None) -> list[dict]:
+def collect(root: Path, archive_dir: Path | None = None, found: list[dict] | None = None) -> list[dict]:
     """One row per evaluated (trial, budget, tau) under root, and in archive_dir (results/per_image) where root
-    does not hold the same snapshot, with the paired difference to the same seed's IWAE."""
-    return pair(_with_archived(snapshots(root), archive_dir))
-
-
-def _with_archived(found: list[dict], archive_dir: Path | None) -> list[dict]:
-    """found, and the snapshots archived in archive_dir that found does not hold."""
-    if archive_dir is None or not Path(archive_dir).is_dir():
-        return found
-    names = {f["name"] for f in found}
-    return found + [f for f in archived(archive_dir) if f["name"] not in names]
+    does not hold the same snapshot, with the paired difference to the same seed's IWAE. found: root's
+    snapshots, where the caller has read them already."""
+    found = snapshots(root) if found is None else found
+    if archive_dir is not None and Path(archive_dir).is_dir():
+        names = {f["name"] for f in found}
+        found = found + [f for f in archived(archive_dir) if f["name"] not in names]
+    return pair(found)
 
 
 def pair(found: list[dict]) -> list[dict]:
@@ -253,7 +250,7 @@ def write_results(root: Path, results: Path, note: str | None = None) -> list[di
     found = snapshots(root)
     if not (Path(root) / "sweep.json").is_file():
         archive(found, results / ARCHIVE)
-    rows = pair(_with_archived(found, results / ARCHIVE))  # the folders read once, for the archive and the rows
+    rows = collect(root, results / ARCHIVE, found)  # the folders read once, for the archive and the rows
     if (results / "study.csv").exists():
         new = {row_key(r) for r in rows}
         rows += [r for r in read_csv(results / "study.csv") if row_key(r) not in new]
