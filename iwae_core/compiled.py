@@ -3,9 +3,9 @@
 Compiling fuses the element-wise work around the matrix products (the likelihood's passes over
 [k, batch, 784], tanh, the noise path's sign flips and casts, the KL) into a few generated loops; the
 products stay with oneDNN/MKL (cuBLAS on CUDA). On this project's CPU, one thread, an IWAE step went from about
-1.6x to 1.35-1.43x its bare matrix products (15 % faster) and an IWAE-R step became 21 % faster
-(docs/benchmarks.md). The price is the compilation, 10-30 s in the first step (a few seconds when inductor's
-on-disk cache already holds the graph).
+1.6x to 1.27-1.29x its bare matrix products and an IWAE-R step became about a quarter faster
+(docs/benchmarks.md, with the later changes that reached those figures). The price is the compilation, 10-30 s
+in the first step (a few seconds when inductor's on-disk cache already holds the graph).
 
 TrainConfig.compile: off, on, or auto, which compiles only where it pays: a run planned for at least
 COMPILE_MIN_ROWS rows (steps x batch x k, about three MNIST epochs at k = 25), on CPU with a C++ compiler or
@@ -68,9 +68,9 @@ def should_compile(mode: str, device: torch.device, planned_rows: int, world_siz
     return True, f"{planned_rows:,} rows (steps x batch x k) to go"
 
 
-def compile_loss(fn: Callable) -> Callable:
-    """torch.compile(fn), drawing its random numbers from torch's own generator (see the module docstring)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fallback_random = True
-    return torch.compile(fn)
+def compile_loss(fn: Callable, device: torch.device) -> Callable:
+    """torch.compile(fn), drawing its random numbers from torch's own generator (see the module docstring). On
+    CPU the graph's wrapper (the code that allocates the buffers and calls the kernels and products in turn) is
+    generated C++ rather than Python (inductor's cpp_wrapper): an IWAE step is about 1 ms faster and the first
+    step compiles no slower (docs/benchmarks.md)."""
+    return torch.compile(fn, options={"fallback_random": True, "cpp_wrapper": device.type == "cpu"})

@@ -196,7 +196,7 @@ class Trainer:
         rows = max(self.planned_steps - self.step, 0) * self.cfg.batch_size * self.cfg.k
         use, why = should_compile(self.cfg.compile, self.device, rows, self.world_size)
         self.compile_note = f"{'compiled' if use else 'not compiled'}: {why}"
-        self.compiled_loss = compile_loss(self.loss) if use else None
+        self.compiled_loss = compile_loss(self.loss, self.device) if use else None
 
     def _loss_and_gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The loss of a batch and its gradients in .grad, through the compiled loss where the run compiles. The

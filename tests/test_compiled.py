@@ -65,7 +65,7 @@ def test_compiled_step_draws_what_the_plain_step_draws_and_trains_alike():
 
 
 def test_a_failing_compilation_falls_back_to_the_plain_step_on_the_same_draws(monkeypatch):
-    def broken(fn):
+    def broken(fn, device):
         def call(*args):
             torch.randn(1000)  # it consumed random numbers before failing: the fallback must undo that
             raise RuntimeError("C++ compile error: inductor could not build the kernel")
