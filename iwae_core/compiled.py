@@ -3,7 +3,7 @@
 Compiling fuses the element-wise work around the matrix products (the likelihood's passes over
 [k, batch, 784], tanh, the noise path's sign flips and casts, the KL) into a few generated loops; the
 products stay with oneDNN/MKL (cuBLAS on CUDA). On this project's CPU, one thread, an IWAE step went from about
-1.6x to 1.27-1.29x its bare matrix products and an IWAE-R step became about a quarter faster
+1.6x to 1.27-1.29x its bare matrix products (a fifth faster) and an IWAE-R step became a quarter faster
 (docs/benchmarks.md, with the later changes that reached those figures). The price is the compilation, 10-30 s
 in the first step (a few seconds when inductor's on-disk cache already holds the graph).
 
