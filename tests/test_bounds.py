@@ -1,11 +1,13 @@
 """Closed-form checks of the pure functions on log weights (iwae_core/maths/bounds.py): logmeanexp, ESS and the
-Gaussian and Bernoulli log densities."""
+Gaussian and Bernoulli log densities (the Bernoulli one also compiled)."""
 
 import math
+import os
 
 import pytest
 import torch
 
+from iwae_core.compiled import compile_unavailable
 from iwae_core.maths.bounds import bernoulli_log_prob, effective_sample_size, logmeanexp, normal_log_prob
 
 
@@ -40,15 +42,22 @@ def test_normal_log_prob_matches_torch_distributions():
     assert torch.allclose(normal_log_prob(z, m, s), expected, atol=1e-5)
 
 
-def test_bernoulli_log_prob_matches_torch_distributions_in_value_and_gradient():
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("d", [50, 17, 784])
+def test_bernoulli_log_prob_matches_torch_distributions_in_value_and_gradient(d, compiled):
+    """Eager, and under torch.compile, whose form logs products of up to 16 sigmoids in blocks (ops._product_length:
+    10 blocks of 5 for d = 50, 17 of 1 for the prime 17, 7 of 112 for 784)."""
+    if compiled and (why := compile_unavailable(torch.device("cpu"))) and not os.environ.get("CI"):
+        pytest.skip(f"torch.compile cannot run here: {why}")
+    log_prob = torch.compile(bernoulli_log_prob) if compiled else bernoulli_log_prob
     # Includes |logits| up to 200, where exp(-|y|) underflows and a naive log(sigmoid) would give -inf.
     torch.manual_seed(0)
-    x = torch.bernoulli(torch.full((6, 50), 0.3, dtype=torch.float64))
-    logits = (torch.randn(4, 6, 50, dtype=torch.float64) * 20).clamp(-200, 200)
+    x = torch.bernoulli(torch.full((6, d), 0.3, dtype=torch.float64))
+    logits = (torch.randn(4, 6, d, dtype=torch.float64) * 20).clamp(-200, 200)
     logits[0, 0, :4] = torch.tensor([200.0, -200.0, 90.0, -90.0], dtype=torch.float64)
     logits.requires_grad_(True)
     expected = torch.distributions.Bernoulli(logits=logits).log_prob(x.expand_as(logits)).sum(-1)
-    got = bernoulli_log_prob(x, logits)
+    got = log_prob(x, logits)
     assert got.shape == (4, 6)
     assert torch.allclose(got, expected, rtol=0, atol=1e-9)
     upstream = torch.randn(4, 6, dtype=torch.float64)
@@ -59,7 +68,7 @@ def test_bernoulli_log_prob_matches_torch_distributions_in_value_and_gradient():
     x32 = torch.bernoulli(torch.full((100, 784), 0.13))
     l32 = torch.randn(25, 100, 784) * 3
     exact = bernoulli_log_prob(x32.double(), l32.double())
-    assert (bernoulli_log_prob(x32, l32).double() - exact).abs().max().item() < 1e-3
+    assert (log_prob(x32, l32).double() - exact).abs().max().item() < 1e-3
 
 
 def test_bernoulli_log_prob_gradient_in_x_and_broadcasting_pass_gradcheck():
