@@ -52,7 +52,10 @@ summary = study_results.summarize(chosen)
 seeds = sorted({r["seed"] for r in chosen})
 images = sorted({r["n_images"] for r in chosen})
 S = sorted({r["S"] for r in chosen})
-title = (f"{dataset}, τ = {tau:g}: test LL across budgets ({len(seeds)} seeds, first "
+per_point = sorted({s["seeds"] for s in summary})  # a study still running has fewer seeds at its late budgets
+seed_text = (f"{per_point[0]} seeds" if len(per_point) == 1
+             else f"{per_point[0]}–{per_point[-1]} seeds per point")
+title = (f"{dataset}, τ = {tau:g}: test LL across budgets ({seed_text}, first "
          f"{'/'.join(map(str, images))} test images, S = {'/'.join(map(str, S))})")
 figs = {"study": charts.study_curves(summary, chosen, PAPER_TABLE.get(dataset), title=title)}
 widgets.chart(figs["study"], key="repro-study")

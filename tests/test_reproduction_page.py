@@ -87,6 +87,20 @@ def test_study_curves_follow_tau_and_the_verdict_is_shown(tmp_path):
     assert at.query_params["tau"] == "0"
 
 
+def test_the_title_counts_the_seeds_behind_each_point(tmp_path):
+    def title(at: AppTest) -> str:
+        return json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+
+    path = write_study(tmp_path / "study.csv")
+    assert "(3 seeds," in title(open_page(path))
+    rows = [r for r in csv.DictReader(open(path)) if not (r["epochs"] == "10" and r["seed"] == "2")]
+    with open(path, "w", newline="") as f:  # a study still running: seed 2 has not reached 10 epochs yet
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    assert "(2–3 seeds per point," in title(open_page(path))
+
+
 def test_missing_study_says_what_to_run(tmp_path):
     at = open_page(tmp_path / "none.csv")
     assert any("python -m iwae_core.study" in i.value for i in at.info)
