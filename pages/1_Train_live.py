@@ -111,8 +111,9 @@ with form_col:
         budget = f" A run's training step may use about {runs.step_memory_limit() / 2**30:.1f} GB (IWAE_MAX_STEP_GB)."
     except runs.RunError as err:
         budget = f" {err}."
-    st.caption(f"At most {runs.max_runs()} run(s) train at once (IWAE_MAX_RUNS); more wait in a queue. "
-               f"Runs are kept in {runs.runs_dir()}.{budget}")
+    limit = runs.max_runs()
+    st.caption(f"At most {limit} {'run trains' if limit == 1 else 'runs train'} at once (IWAE_MAX_RUNS); more "
+               f"wait in a queue. Runs are kept in {runs.runs_dir()}.{budget}")
 
 
 def count(n) -> str:
