@@ -6,7 +6,7 @@ Usage: python bench/compiled_profile.py [--threads 2] [--variant iwae] [--precis
 uncompiled step by ATen call. This profiles the compiled step (`iwae bench`'s setup: the Trainer's own step, paper
 model, batch 100, k = 25) with torch.profiler: the time inside the compiled forward and backward graphs (their
 products and generated loops) against each ATen call and Python region outside them (Adam, the draws, the opaque
-tanh, the NaN guard, dynamo's guard check), per step. The bare products and the plain step are timed first, in
+tanh, the NaN guard, dynamo's guard check), per step. The bare products and the whole step are timed first, in
 the same run, so the remainder has a scale.
 """
 
