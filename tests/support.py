@@ -1,5 +1,6 @@
-"""Helpers shared by the tests: where the real data is (and what to do when it is missing), the
-dashboard opened in Streamlit's AppTest, and the log weights of a deterministic model in closed form."""
+"""Helpers shared by the tests: where the real data is and whether torch.compile runs (and what to do when
+either is missing), the dashboard opened in Streamlit's AppTest, and the log weights of a deterministic model
+in closed form."""
 
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ def require_data(*parts: str) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return Path(root)
+
+
+def require_compile() -> None:
+    """torch.compile on this CPU (a C++ compiler, a supported torch): its absence fails in CI and skips elsewhere."""
+    from iwae_core.compiled import compile_unavailable
+
+    if why := compile_unavailable(torch.device("cpu")):
+        msg = f"torch.compile cannot run here: {why}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
 
 
 APP = Path(__file__).resolve().parent.parent / "app.py"

@@ -2,13 +2,12 @@
 Gaussian and Bernoulli log densities (the Bernoulli one also compiled)."""
 
 import math
-import os
 
 import pytest
 import torch
 
-from iwae_core.compiled import compile_unavailable
 from iwae_core.maths.bounds import bernoulli_log_prob, effective_sample_size, logmeanexp, normal_log_prob
+from support import require_compile
 
 
 def test_logmeanexp_is_stable_far_below_zero():
@@ -47,8 +46,8 @@ def test_normal_log_prob_matches_torch_distributions():
 def test_bernoulli_log_prob_matches_torch_distributions_in_value_and_gradient(d, compiled):
     """Eager, and under torch.compile, whose form logs products of up to 16 sigmoids in blocks (ops._product_length:
     10 blocks of 5 for d = 50, 17 of 1 for the prime 17, 7 of 112 for 784)."""
-    if compiled and (why := compile_unavailable(torch.device("cpu"))) and not os.environ.get("CI"):
-        pytest.skip(f"torch.compile cannot run here: {why}")
+    if compiled:
+        require_compile()
     log_prob = torch.compile(bernoulli_log_prob) if compiled else bernoulli_log_prob
     # Includes |logits| up to 200, where exp(-|y|) underflows and a naive log(sigmoid) would give -inf.
     torch.manual_seed(0)

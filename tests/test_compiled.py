@@ -2,7 +2,6 @@
 plain step and trains to the same weights up to rounding; a compilation that fails falls back to the plain step
 on the same draws; auto compiles only where the compilation pays back, and `on` where it cannot run is refused."""
 
-import os
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from iwae_core import train as train_module
 from iwae_core.config import ModelConfig, RunConfig, TrainConfig
 from iwae_core.resume import changed_settings
 from iwae_core.train import Trainer
+from support import require_compile
 
 CPU = torch.device("cpu")
 
@@ -39,8 +39,7 @@ def run_steps(compile: str, n: int = 4) -> tuple[Trainer, list[float], torch.Ten
 
 @pytest.mark.slow
 def test_compiled_step_draws_what_the_plain_step_draws_and_trains_alike():
-    if compiled_module.compile_unavailable(CPU) and not os.environ.get("CI"):
-        pytest.skip(f"torch.compile cannot run here: {compiled_module.compile_unavailable(CPU)}")
+    require_compile()
     # IWAE-R with its KL: Flipout in the decoder, local reparameterisation in the encoder, the hand-written ops
     plain, bounds_plain, next_plain = run_steps("off")
     fused, bounds_fused, next_fused = run_steps("on")

@@ -2,13 +2,12 @@
 against float64 references, gradients by gradcheck."""
 
 import math
-import os
 
 import pytest
 import torch
 
-from iwae_core.compiled import compile_unavailable
 from iwae_core.maths.ops import flipout_noise, gaussian_kl, squared_input_product, tanh
+from support import require_compile
 
 
 @pytest.mark.parametrize("prior_std", [1.0, 0.3])
@@ -73,9 +72,7 @@ def test_squared_input_product_backward_passes_gradcheck():
 
 @pytest.mark.slow
 def test_tanh_under_compilation_is_atens_and_its_gradient_is_one_minus_tanh_squared():
-    why = compile_unavailable(torch.device("cpu"))
-    if why and not os.environ.get("CI"):
-        pytest.skip(f"torch.compile cannot run here: {why}")
+    require_compile()
     torch.manual_seed(0)
     # both tails (where tanh rounds to +-1 and 1 - y^2 to 0), zero and tiny values
     x = torch.cat([torch.randn(2000) * 3, torch.tensor([-1e4, -40.0, -1e-30, 0.0, 1e-30, 40.0, 1e4])])
@@ -86,7 +83,6 @@ def test_tanh_under_compilation_is_atens_and_its_gradient_is_one_minus_tanh_squa
     assert torch.allclose(grad, 1 - torch.tanh(x.double()) ** 2, rtol=1e-12, atol=0)
     xs = torch.randn(6, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(compiled, (xs,))
-
 
 
 def test_compiled_likelihood_blocks_are_at_most_16_long_and_vectorise_where_they_can():

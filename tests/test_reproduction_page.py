@@ -28,6 +28,10 @@ def write_study(path, dataset="mnist"):
             for tau, diff in ((1.0, 0.5 + 0.01 * seed), (0.0, -0.2 - 0.01 * seed)):
                 rows.append({**rows[-1 - (tau == 0.0)], "arm": "iwae-r", "variant": "iwae-r",
                              "tau": tau, "test_ll": base + diff, "diff_to_iwae": diff, "diff_stderr": 0.05})
+    return write_rows(path, rows)
+
+
+def write_rows(path, rows):
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
@@ -93,11 +97,8 @@ def test_the_title_counts_the_seeds_behind_each_point(tmp_path):
 
     path = write_study(tmp_path / "study.csv")
     assert "(3 seeds," in title(open_page(path))
-    rows = [r for r in csv.DictReader(open(path)) if not (r["epochs"] == "10" and r["seed"] == "2")]
-    with open(path, "w", newline="") as f:  # a study still running: seed 2 has not reached 10 epochs yet
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    # a study still running: seed 2 has not reached 10 epochs yet
+    write_rows(path, [r for r in csv.DictReader(open(path)) if not (r["epochs"] == "10" and r["seed"] == "2")])
     assert "(2–3 seeds per point," in title(open_page(path))
 
 
