@@ -1,5 +1,5 @@
 """The Bayesian IWAE explorer (`streamlit run app.py`): the home page (model zoo, the paper's table beside
-ours, data status) and the navigation to the views, one file each under pages/.
+ours, data status) and the navigation to the views, one file each under views/.
 """
 
 from pathlib import Path
@@ -60,7 +60,9 @@ def home() -> None:
 
 
 st.set_page_config(page_title="Bayesian IWAE explorer", layout="wide")
+# The views' folder is not named pages/: Streamlit reads a pages/ folder beside the entry script as its older
+# multipage layout, and a dashboard just started then listed the home page as "app" to a shared link's first visit.
 views = [st.Page(str(path.relative_to(Path(__file__).parent)), title=tables.page_title(path),
                  url_path=tables.page_title(path).replace(" ", "_"))
-         for path in sorted(Path(__file__).parent.glob("pages/*.py"))]
+         for path in sorted(Path(__file__).parent.glob("views/*.py"))]
 st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), *views]).run()

@@ -12,15 +12,15 @@ from iwae_core.zoo import ZooEntry
 from .zoo import variant_label
 
 PAGES = {  # page file -> what it shows, for the home page's links
-    "pages/2_Samples.py": "Samples",
-    "pages/3_Latent_traversals.py": "Latent traversals",
-    "pages/4_Weight_variance.py": "Weight variance",
-    "pages/5_Bound_vs_k.py": "Bound vs k",
+    "views/2_Samples.py": "Samples",
+    "views/3_Latent_traversals.py": "Latent traversals",
+    "views/4_Weight_variance.py": "Weight variance",
+    "views/5_Bound_vs_k.py": "Bound vs k",
 }
 
 
 def page_title(path: Path) -> str:
-    """'pages/3_Latent_traversals.py' -> 'Latent traversals' (the pages/ folder naming convention)."""
+    """'views/3_Latent_traversals.py' -> 'Latent traversals' (the views/ folder naming convention)."""
     stem = Path(path).stem
     return stem.split("_", 1)[1].replace("_", " ") if stem.split("_", 1)[0].isdigit() and "_" in stem else stem
 

@@ -40,7 +40,7 @@ APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
 def open_app(page: str | None = None, timeout: float = 180, **params):
-    """Run the app (home first, as a browser would), then switch to pages/<page>; URL params set before."""
+    """Run the app (home first, as a browser would), then switch to views/<page>; URL params set before."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(APP), default_timeout=timeout)
@@ -49,7 +49,7 @@ def open_app(page: str | None = None, timeout: float = 180, **params):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     if page:
-        at.switch_page(f"pages/{page}").run()
+        at.switch_page(f"views/{page}").run()
         assert not at.exception, [e.value for e in at.exception]
     return at
 

@@ -117,7 +117,7 @@ def test_home_and_pages_say_clearly_when_there_is_no_model_or_no_data(tmp_path, 
     at = open_app()
     assert "No trained model yet" in texts(at, "info") and "empty-zoo" in texts(at, "info")
     assert "no-data-here" in texts(at, "warning") and "MNIST" in texts(at, "warning")
-    at.switch_page("pages/2_Samples.py")
+    at.switch_page("views/2_Samples.py")
     rerun(at)
     assert "No trained model found" in texts(at, "info")
     assert not at.get("plotly_chart")

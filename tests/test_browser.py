@@ -323,3 +323,21 @@ def test_a_shared_link_reproduces_the_latent_traversal_in_a_fresh_browser(page, 
     assert "prior draw (seed 5)" in changed["figures"][0] and "τ = 0.5, seed 5" in changed["figures"][1]
     assert_same_view(reopen_in_a_fresh_context(page, page.url), changed, default,
                      ["Model", "Start from", "τ (weight-noise scale)", "Steps", "Seed"])
+
+
+def test_a_link_to_a_page_is_the_first_thing_a_fresh_dashboard_serves(chromium, tiny_zoo, tmp_path):
+    """A shared link opened on a dashboard just started: the sidebar lists Home and the six pages as on the home
+    page, not Streamlit's reading of a pages/ folder beside app.py (which named the home page 'app')."""
+    env = {"IWAE_ZOO_DIRS": str(tiny_zoo), "IWAE_RUNS_DIR": str(tmp_path / "runs")}
+    with Server(env) as srv, sync_playwright() as pw:
+        browser = launch(pw, chromium)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(120_000)
+        pg.goto(f"{srv.url}/Weight_variance?model=tiny-iwae-r")
+        wait_idle(pg)
+        pg.wait_for_selector("h1")
+        links = pg.locator("[data-testid=stSidebarNavLink]").all_inner_texts()
+        browser.close()
+    labels = [link.split("\n")[-1] for link in links]  # the home link's text is its icon's name, then "Home"
+    assert labels == [
+        "Home", "Train live", "Samples", "Latent traversals", "Weight variance", "Bound vs k", "Reproduction"]

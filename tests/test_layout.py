@@ -2,8 +2,8 @@
 without the dashboard's packages.
 
   iwae_core/maths/   the mathematics: imports nothing of the project but itself and iwae_core.config
-  iwae_core/         the engine: never imports dashboard/, app.py or pages/, nor Streamlit, Plotly, pandas, kaleido
-  dashboard/         the Streamlit glue: imports the engine, never app.py or pages/
+  iwae_core/         the engine: never imports dashboard/, app.py or views/, nor Streamlit, Plotly, pandas, kaleido
+  dashboard/         the Streamlit glue: imports the engine, never app.py or views/
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def test_the_mathematics_imports_only_itself_and_the_config():
 
 
 @pytest.mark.parametrize("folder, forbidden", [
-    ("iwae_core", ("dashboard", "app", "pages", *APP_PACKAGES)),
-    ("dashboard", ("app", "pages")),
+    ("iwae_core", ("dashboard", "app", "views", *APP_PACKAGES)),
+    ("dashboard", ("app", "views")),
 ])
 def test_no_module_imports_upwards(folder, forbidden):
     for path in files(folder):
@@ -98,7 +98,7 @@ print(len(names))
 def test_no_script_folder_shadows_a_package():
     """bench/ and tests/ go on sys.path (the browser tests import bench/'s helpers): a module there named
     like a package of the project would hide it from every later import in the same process."""
-    packages = {"iwae_core", "dashboard", "app", "pages"}
+    packages = {"iwae_core", "dashboard", "app", "views"}
     for folder in ("bench", "tests", "scripts"):
         clash = {p.stem for p in (ROOT / folder).glob("*.py")} & packages
         assert not clash, f"{folder}/ has modules named like the project's packages: {sorted(clash)}"

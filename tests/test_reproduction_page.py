@@ -44,7 +44,7 @@ def open_page(path, **params) -> AppTest:
     for name, value in params.items():
         at.query_params[name] = value
     at.run()
-    at.switch_page("pages/6_Reproduction.py").run()
+    at.switch_page("views/6_Reproduction.py").run()
     assert not at.exception, [e.value for e in at.exception]
     at.text_input(key="repro:path").set_value(str(path)).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -113,7 +113,7 @@ def test_a_link_with_a_tau_the_study_lacks_says_so(tmp_path):
     at = AppTest.from_file(str(APP), default_timeout=120)
     at.query_params["tau"] = "0.5"
     at.run()
-    at.switch_page("pages/6_Reproduction.py").run()
+    at.switch_page("views/6_Reproduction.py").run()
     at.text_input(key="repro:path").set_value(str(path)).run()
     assert not at.exception
     assert at.radio(key="repro:tau").value == "1"

@@ -430,7 +430,7 @@ def test_curve_points_are_merged_pairwise_and_grid_png_is_written(tmp_path):
 # ---- the Train live page -------------------------------------------------------------------------------
 
 def page(tmp_root: Path) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Train_live.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "1_Train_live.py"), default_timeout=60)
     return at
 
 
