@@ -308,11 +308,12 @@ def test_weight_variance_maps_histograms_and_unit_slider(zoo, no_data):
     assert [s["layout"]["title"]["text"] for s in specs] == [
         "Posterior weight σ of tiny-iwae-r; objective bayes", "Signal-to-noise |μ|/σ of tiny-iwae-r; objective bayes",
         "Posterior weight σ per layer against the prior"]
-    # one fixed colour scale: log10 sigma from the smallest initial sigma (0.05) to the prior std (1), written on
-    # the bar; hover names the unit and the pixel
+    # one colour scale for both maps: log10 sigma from the smallest initial sigma (0.05), or from the maps' lowest
+    # 0.5th percentile where sigma shrank below it, to the prior std (1), written on the bar; hover names the
+    # unit and the pixel
     heat = [t for t in specs[0]["data"] if t.get("type") == "heatmap"]
-    assert [(t["zmin"], t["zmax"]) for t in heat] == [(pytest.approx(np.log10(0.05)), 0.0)] * 2
-    assert "smallest initial σ" in heat[0]["colorbar"]["title"]["text"]
+    floor = min(0.05, *(float(np.quantile(sigma_of(zoo / "tiny-iwae-r", name), 0.005)) for name in MAPPED_RHOS))
+    assert [(t["zmin"], t["zmax"]) for t in heat] == [(pytest.approx(np.log10(floor)), 0.0)] * 2
     assert "unit %{customdata[0]}, pixel (%{customdata[1]}, %{customdata[2]})" in heat[0]["hovertemplate"]
     cells = array(heat[0]["customdata"]).reshape(4 * 29 - 1, 8 * 29 - 1, 3)
     assert list(cells[29 + 3, 2 * 29 + 5]) == [8 + 2, 3, 5]  # second row of tiles, third tile: unit 10
@@ -328,6 +329,42 @@ def test_weight_variance_maps_histograms_and_unit_slider(zoo, no_data):
     assert at.query_params["units"] in ("8", ["8"]) and at.query_params["cols"] in ("4", ["4"])
     stats = at.dataframe[0].value
     assert list(stats["layer"]) == ["encoder.0", "encoder.1", "decoder.0", "decoder.1"]
+
+
+MAPPED_RHOS = ("encoder.layers.0.weight_rho", "decoder.layers.1.weight_rho")  # the layers Weight variance maps
+
+
+def sigma_of(folder: Path, name: str) -> np.ndarray:
+    """sigma = softplus(rho) of one weight, read from the model file itself."""
+    from safetensors.torch import load_file
+
+    return torch.nn.functional.softplus(load_file(folder / "model.safetensors")[name]).numpy()
+
+
+@pytest.mark.parametrize("sigma, floor, named", [(0.005, 0.005, "0.5th percentile of this model's σ"),
+                                                 (0.1, 0.05, "smallest initial σ")])
+def test_weight_variance_colour_scale_reaches_down_to_a_shrunk_sigma(zoo, tmp_path, monkeypatch, no_data,
+                                                                     sigma, floor, named):
+    """A model whose mapped sigmas all shrank to 0.005, a tenth of their initial 0.05, is drawn on a scale from
+    log10 0.005, not clipped to one colour at 0.05; one whose sigmas grew keeps the initial sigma as the floor."""
+    from safetensors.torch import load_file, save_file
+
+    from iwae_core.maths.layers import inverse_softplus
+
+    changed = tmp_path / "zoo" / "changed-iwae-r"
+    shutil.copytree(zoo / "tiny-iwae-r", changed)
+    state = load_file(changed / "model.safetensors")
+    for name in MAPPED_RHOS:
+        state[name] = torch.full_like(state[name], inverse_softplus(sigma))
+    save_file(state, str(changed / "model.safetensors"))
+    assert np.allclose(sigma_of(changed, MAPPED_RHOS[0]), sigma, rtol=1e-5)
+    monkeypatch.setenv("IWAE_ZOO_DIRS", str(tmp_path / "zoo"))
+    spec = charts(open_app("4_Weight_variance.py", model="changed-iwae-r"))[0]
+    heat = [t for t in spec["data"] if t.get("type") == "heatmap"]
+    assert [(t["zmin"], t["zmax"]) for t in heat] == [(pytest.approx(np.log10(floor), abs=1e-5), 0.0)] * 2
+    assert f"({named}, {floor:g})" in heat[0]["colorbar"]["title"]["text"]
+    tiles = panels(spec)["first encoder layer (units 0–31)"]  # log10 sigma, float32: inside the scale
+    assert np.nanmax(np.abs(tiles - np.log10(sigma))) < 1e-4 and np.nanmin(tiles) >= heat[0]["zmin"] - 1e-4
 
 
 def test_weight_variance_of_a_deterministic_model_shows_mu(zoo, no_data):

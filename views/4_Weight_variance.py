@@ -43,12 +43,16 @@ def weights_table(maps_shown: dict, value_name: str):
 sigma = {titles[net]: maps[net]["sigma"][units] for net in maps if maps[net]["sigma"] is not None}
 if sigma:
     # one colour scale for every model and unit: log10 sigma from the smallest initial sigma of the zoo's random
-    # networks to the prior std, so a map whose sigma barely moved looks flat instead of like structure
+    # networks to the prior std, so a map whose sigma barely moved looks flat instead of like structure. Where
+    # this model's sigma shrank below that (a random encoder's does: no KL holds it up), the scale starts at its
+    # 0.5th percentile instead, else the shrinkage would be clipped to the bottom colour and look flat too.
     inits = [e.run.model.init_sigma for e in zoo.entries().values() if e.variant != "iwae"] + [model.config.init_sigma]
-    lo, hi = math.log10(min(inits)), math.log10(model.config.prior_std)
+    shrunk = min(float(np.quantile(np.asarray(maps[net]["sigma"]), 0.005)) for net in maps
+                 if maps[net]["sigma"] is not None)
+    floor_text = "smallest initial σ" if shrunk >= min(inits) else "0.5th percentile of this model's σ"
+    lo, hi = math.log10(min(min(inits), shrunk)), math.log10(model.config.prior_std)
     zrange = (lo, hi) if hi > lo else None
-    range_text = (f"from {lo:.2f} (smallest initial σ, {min(inits):g})<br>to {hi:.2f} (prior std)"
-                  if zrange else None)
+    range_text = (f"from {lo:.2f} ({floor_text}, {10 ** lo:.2g})<br>to {hi:.2f} (prior std)" if zrange else None)
     for net in maps:
         s = maps[net]["sigma"]
         if s is None:
