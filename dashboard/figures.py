@@ -112,6 +112,29 @@ def _image_layout(domains: Sequence[tuple[list[float], list[float]]], titles: Se
     return layout
 
 
+TITLE_CHARS = 90  # about 770 px of plotly's 17 px title font: the page's column, narrower than an export's 1100 px
+TITLE_LINE_PX = 22
+
+
+def wrapped_title(title: str, chars: int = TITLE_CHARS) -> tuple[str, int]:
+    """(title in lines of at most `chars` characters, broken after '; ', ', ' or a space, in that order of
+    preference; the number of lines): plotly never wraps a title, and a long one ran past the figure's edge."""
+    lines, rest = [], title
+    while len(rest) > chars:
+        cut = next((i + len(sep) for sep in ("; ", ", ", " ") if (i := rest.rfind(sep, 0, chars)) > 0), chars)
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:]
+    return "<br>".join([*lines, rest]), len(lines) + 1
+
+
+def _titled(layout: dict, title: str | None, top: int, height: int) -> dict:
+    """layout with `title` wrapped, the top margin `top` and the figure `height` grown by its extra lines."""
+    text, lines = wrapped_title(title) if title else (title, 1)
+    extra = TITLE_LINE_PX * (lines - 1)
+    margin = {**layout.get("margin", {}), "t": top + extra}
+    return {**layout, "title": text, "margin": margin, "height": height + extra}
+
+
 def _panel_height(rows: int, cols_total: int, width: int = 1100, min_h: int = 220, extra: int = 90) -> int:
     """Figure height that keeps square tiles for panels totalling cols_total tiles across `width` pixels."""
     tile_px = min(60.0, width / max(cols_total, 1))
@@ -160,9 +183,9 @@ def sample_grids(samples: Mapping[str, object], title: str | None = None) -> go.
     traces = [_heatmap(tile(a.reshape(a.shape[0] * a.shape[1], -1), a.shape[1]), name=name,
                        value_label="p(pixel on)", panel=i)
               for i, (name, a) in enumerate(zip(names, arrays, strict=True), start=1)]
-    return go.Figure(traces, {**layout, "height": height, "width": 1100, "margin": {"l": 10, "r": 10, "t": 70, "b": 10},
-                              "title": title or "Samples: rows are weight draws θ ~ q(θ), columns the same latent "
-                                                "draws z"})
+    return go.Figure(traces, _titled({**layout, "width": 1100, "margin": {"l": 10, "r": 10, "b": 10}},
+                                     title or "Samples: rows are weight draws θ ~ q(θ), columns the same latent "
+                                              "draws z", top=70, height=height))
 
 
 def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Figure:
@@ -192,8 +215,8 @@ def spread_map(samples: Mapping[str, object], title: str | None = None) -> go.Fi
                                           "yref": f"{axes['yaxis']} domain", "x": 1.0, "y": 1.02,
                                           "xanchor": "right", "yanchor": "bottom",
                                           "font": {"size": 11, "color": "#555"}})
-    return go.Figure(traces, {**layout, "height": height, "width": 1100, "margin": {"l": 10, "r": 10, "t": 70, "b": 10},
-                              "title": title or "Per-pixel spread of p(x|z) across weight draws"})
+    return go.Figure(traces, _titled({**layout, "width": 1100, "margin": {"l": 10, "r": 10, "b": 10}},
+                                     title or "Per-pixel spread of p(x|z) across weight draws", top=70, height=height))
 
 
 def traversal_grid(images, units: Sequence[int], values: Sequence[float], title: str | None = None) -> go.Figure:
@@ -208,9 +231,9 @@ def traversal_grid(images, units: Sequence[int], values: Sequence[float], title:
     layout["xaxis"] |= {"showticklabels": True, "tickmode": "array", "ticktext": [f"{v:+.3g}" for v in values],
                         "tickvals": [c * step + SIDE / 2 for c in range(steps)], "side": "top"}
     return go.Figure(_heatmap(z, name="traversal", value_label="p(pixel on)"),
-                     {**layout, "title": title or "Latent traversals",
-                      "height": _panel_height(max(n_units, 1), steps, width=800), "width": max(400, 60 * steps + 120),
-                      "margin": {"l": 50, "r": 10, "t": 90, "b": 10}})
+                     _titled({**layout, "width": max(400, 60 * steps + 120), "margin": {"l": 50, "r": 10, "b": 10}},
+                             title or "Latent traversals", top=90,
+                             height=_panel_height(max(n_units, 1), steps, width=800)))
 
 
 def weight_tiles(maps: Mapping[str, object], ncol: int = 8, log10: bool = True, colorscale: str = "viridis",
@@ -252,6 +275,6 @@ def weight_tiles(maps: Mapping[str, object], ncol: int = 8, log10: bool = True, 
                                hovertemplate=f"{name}<br>unit %{{customdata[0]}}, pixel (%{{customdata[1]}}, "
                                              f"%{{customdata[2]}})<br>{label} %{{z:.4g}}<extra></extra>", panel=i))
     rows = max((math.ceil(len(a) / ncol) for a in arrays), default=1)
-    return go.Figure(traces, {**_image_layout(domains, names), "title": title, "width": 1100,
-                              "height": _panel_height(rows, ncol * panels, width=1000, extra=100),
-                              "margin": {"l": 10, "r": 60, "t": 70, "b": 10}})
+    return go.Figure(traces, _titled({**_image_layout(domains, names), "width": 1100,
+                                      "margin": {"l": 10, "r": 60, "b": 10}}, title, top=70,
+                                     height=_panel_height(rows, ncol * panels, width=1000, extra=100)))

@@ -90,6 +90,24 @@ def test_an_image_grid_is_wide_enough_for_its_title():
     assert fig.layout.width >= 9 * len(title)  # two 28-pixel images alone would fit in 200 px
 
 
+def test_a_long_title_is_wrapped_into_lines_that_fit_and_the_figure_grows_by_them():
+    """Plotly never wraps a title: the Samples title (134 characters) ran past the edge of the page's column."""
+    title = ("Prior samples, not aligned across models (τ = 1, seed 0, 4 weight draws; objective bayes); "
+             "rows: weight draws, columns: latent draws z")
+    samples = {"IWAE": rng(1).random((2, 3, 784))}
+    short, long = figures.sample_grids(samples, title="Samples"), figures.sample_grids(samples, title=title)
+    lines = long.layout.title.text.split("<br>")
+    assert len(lines) == 2 and all(len(line) <= figures.TITLE_CHARS for line in lines)
+    assert " ".join(lines) == title  # broken at a space, nothing lost
+    assert lines[0].endswith("weight draws;")  # after '; ', the preferred break
+    assert short.layout.title.text == "Samples"
+    grown = figures.TITLE_LINE_PX
+    assert (long.layout.margin.t, long.layout.height) == (short.layout.margin.t + grown, short.layout.height + grown)
+    c = figures.TITLE_CHARS
+    one_word = "x" * (2 * c + 5)  # no space to break at: cut at the limit
+    assert figures.wrapped_title(one_word) == ("<br>".join([one_word[:c], one_word[c:2 * c], one_word[2 * c:]]), 3)
+
+
 def test_weight_tiles_use_log10_and_own_or_shared_colour_scales():
     small, large = np.full((4, 784), 1e-3), np.full((4, 784), 1e-1)
     small[0, 0], large[0, 0] = 2e-3, 2e-1
