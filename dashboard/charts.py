@@ -17,9 +17,18 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import TEMPLATE, to_numpy
+from .figures import TEMPLATE, TITLE_LINE_PX, to_numpy, wrapped_title
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def _titled(title: str, height: int, top: int, **margin) -> dict:
+    """update_layout's title, height and margin for `title`, wrapped (figures.wrapped_title: plotly never wraps,
+    and a title naming several models' objectives ran past the chart) with the top margin and the height grown by
+    its extra lines, so the plot keeps its size."""
+    text, lines = wrapped_title(title)
+    extra = TITLE_LINE_PX * (lines - 1)
+    return {"title": text, "height": height + extra, "margin": dict(t=top + extra, **margin)}
 
 
 def activity_bar(activity: Sequence[float], threshold: float = 0.01, title: str | None = None) -> go.Figure:
@@ -31,8 +40,8 @@ def activity_bar(activity: Sequence[float], threshold: float = 0.01, title: str 
     fig.add_hline(y=threshold, line_dash="dash", annotation_text=f"active above {threshold:g}")
     fig.update_yaxes(type="log", title="Var_x E_q[z_j | x]", dtick=1, exponentformat="power")
     n_active = int((act > threshold).sum())
-    fig.update_layout(title=title or f"Active units: {n_active} of {len(act)}", height=320, width=900,
-                      template=TEMPLATE, margin=dict(l=60, r=10, t=50, b=40), showlegend=False)
+    fig.update_layout(**_titled(title or f"Active units: {n_active} of {len(act)}", 320, top=50, l=60, r=10, b=40),
+                      width=900, template=TEMPLATE, showlegend=False)
     return fig
 
 
@@ -64,8 +73,8 @@ def sigma_histograms(sigmas: Mapping[str, object], prior_std: float = 1.0, bins:
                   row=1, col=2)
     fig.update_xaxes(type="log", title_text="weight σ", exponentformat="power")
     fig.update_yaxes(title_text="share of the layer's weights", row=1, col=1)
-    fig.update_layout(title=title or "Posterior weight σ per layer against the prior", height=400, width=1100,
-                      template=TEMPLATE, margin=dict(l=60, r=10, t=70, b=50), legend=dict(orientation="h", y=-0.3))
+    fig.update_layout(**_titled(title or "Posterior weight σ per layer against the prior", 400, top=70, l=60, r=10,
+                                b=50), width=1100, template=TEMPLATE, legend=dict(orientation="h", y=-0.3))
     return fig
 
 
@@ -114,8 +123,8 @@ def bound_vs_k(curves: Mapping[str, Sequence[Mapping]], references: Mapping[str,
     if k_max:
         fig.update_xaxes(range=[math.log10(lo) - 0.1, math.log10(max(k_max, 1)) + 0.1])
     fig.update_yaxes(title=y_title)
-    fig.update_layout(title=title or f"L_k against k (band: ± {band:g} standard error over images)",
-                      template=TEMPLATE, height=450, width=900, margin=dict(l=60, r=10, t=50, b=50))
+    fig.update_layout(**_titled(title or f"L_k against k (band: ± {band:g} standard error over images)", 450,
+                                top=50, l=60, r=10, b=50), template=TEMPLATE, width=900)
     return fig
 
 
@@ -175,8 +184,8 @@ def study_curves(summary: Sequence[Mapping], rows: Sequence[Mapping], paper: Map
     fig.update_xaxes(title="training epochs", type="log", tickvals=all_epochs)
     fig.update_yaxes(title="test LL (nats)", row=1, col=1)
     fig.update_yaxes(title="difference to IWAE (nats)", row=1, col=2)
-    fig.update_layout(title=title or "Test log-likelihood across training budgets and seeds", height=480,
-                      template=TEMPLATE, width=1200, margin=dict(l=60, r=10, t=80, b=50))
+    fig.update_layout(**_titled(title or "Test log-likelihood across training budgets and seeds", 480, top=80, l=60,
+                                r=10, b=50), template=TEMPLATE, width=1200)
     return fig
 
 
@@ -206,8 +215,8 @@ def importance_weights(results: Mapping[str, Mapping], title: str | None = None)
     fig.update_yaxes(type="log", title="normalised weight w_m / Σ w", exponentformat="power",
                      range=[math.log10(max(smallest, FLOOR)) - 0.3, 0.2])
     cut = " (axis cut at 10⁻¹⁵)" if smallest < FLOOR else ""
-    fig.update_layout(title=title or f"Importance weights of the chosen image (sorted){cut}", height=380, width=900,
-                      template=TEMPLATE, margin=dict(l=60, r=10, t=50, b=50))
+    fig.update_layout(**_titled(title or f"Importance weights of the chosen image (sorted){cut}", 380, top=50, l=60,
+                                r=10, b=50), width=900, template=TEMPLATE)
     return fig
 
 

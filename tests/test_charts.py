@@ -39,6 +39,18 @@ def test_bound_vs_k_draws_means_bands_references_and_the_chosen_k_range():
     assert wider.layout.xaxis.range[1] == pytest.approx(3.1)
 
 
+def test_a_long_chart_title_is_wrapped_and_the_plot_keeps_its_height():
+    """Two models of different objectives make the Bound vs k title long enough to run past the chart."""
+    curves = {"A": [{"k": 1, "mean": -100.0, "stderr": 1.0}]}
+    title = ("L_k against k, τ = 1, seed 0, first 100 test images; objectives mnist-iwae-r: bayes, "
+             "omniglot-iwae-r-mixture: mixture (band ± 1 s.e. over images)")
+    short, long = charts.bound_vs_k(curves, title="L_k"), charts.bound_vs_k(curves, title=title)
+    lines = long.layout.title.text.split("<br>")
+    assert len(lines) == 2 and " ".join(lines) == title
+    plot = [fig.layout.height - fig.layout.margin.t - fig.layout.margin.b for fig in (short, long)]
+    assert long.layout.margin.t > short.layout.margin.t and plot[0] == plot[1]
+
+
 def test_importance_weights_sorts_weights_and_reports_ess():
     w = np.array([0.1, 0.6, 0.3])
     fig = charts.importance_weights({"m": {"weights": w, "ess": 2.17}})
