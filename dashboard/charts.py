@@ -285,14 +285,17 @@ def _number(v) -> float | None:
 
 def training_curves(history_rows: Sequence[Mapping]) -> go.Figure:
     """Per-epoch training curves from rows with history.FIELDS keys (values may be CSV strings):
-    the bound (train and validation) and the weight KL per data point against the epoch."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("bound (nats)", "KL(q(W) ‖ p(W)) / N"),
+    the bound (train and validation) and the weight KL per data point against the epoch. A KL that is 0 throughout
+    (an IWAE, an IWAE-Rrec: no random decoder) gets no panel of its own."""
+    has_kl = any(_number(r.get("kl_per_datapoint")) for r in history_rows)
+    fig = make_subplots(rows=1, cols=2 if has_kl else 1,
+                        subplot_titles=("bound (nats)", "KL(q(W) ‖ p(W)) / N") if has_kl else ("bound (nats)",),
                         horizontal_spacing=0.1)
     use_epoch = any(_number(r.get("epoch")) is not None for r in history_rows)
     xname = "epoch" if use_epoch else "step"
     series = (("train_bound", "train L_k", 1, PALETTE[0]), ("valid_bound", "valid L_k", 1, PALETTE[1]),
               ("objective", "objective", 1, PALETTE[2]), ("kl_per_datapoint", "KL per data point", 2, PALETTE[3]))
-    for field, label, col, color in series:
+    for field, label, col, color in series[:None if has_kl else -1]:
         pts = [(_number(r.get(xname)), _number(r.get(field))) for r in history_rows]
         pts = [(x, y) for x, y in pts if x is not None and y is not None]
         if not pts:

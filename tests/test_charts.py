@@ -113,6 +113,18 @@ def test_training_curves_fall_back_to_the_step_for_live_runs():
     assert fig.layout.xaxis.title.text == "step"
 
 
+def test_training_curves_leave_out_a_kl_that_is_zero_throughout():
+    """An IWAE run records a KL of 0 (no random weights): a flat panel of zeros said nothing."""
+    rows = [{"step": 1, "train_bound": -200.0, "kl_per_datapoint": 0.0},
+            {"step": 2, "train_bound": -190.0, "kl_per_datapoint": "0.0"}]
+    fig = charts.training_curves(rows)
+    assert [t.name for t in fig.data] == ["train L_k"] and "xaxis2" not in fig.layout
+    assert [a.text for a in fig.layout.annotations] == ["bound (nats)"]
+    rows[1]["kl_per_datapoint"] = 0.25  # a random decoder's KL, however small, keeps its panel
+    fig = charts.training_curves(rows)
+    assert [t.name for t in fig.data] == ["train L_k", "KL per data point"] and fig.data[1].xaxis == "x2"
+
+
 def test_bands_are_filled_areas_without_markers_at_their_corners():
     """A band is a closed outline filled in; plotly draws markers on a trace of fewer than 20 points unless told
     otherwise, which put a dot of the next default colour on every corner of every band."""
