@@ -67,6 +67,9 @@ def zoo_table(entries: dict[str, ZooEntry],
         paper = evaluate.PAPER_TABLE.get(e.dataset, {}).get(e.variant)
         valid = training.get("final_valid_bound")
         valid = valid if valid is not None else last.get("valid_bound")
+        # tau scales sigma alone: without random weights tau = 0 is tau = 1, and an evaluation does not repeat it
+        random = e.run.model.random_encoder or e.run.model.random_decoder
+        tau0 = _fmt(by_tau.get("0")) if random or "0" in by_tau else "same as τ=1 (no random weights)"
         rows.append({
             "model": label, "dataset": e.dataset, "variant": variant_label(e.variant),
             "objective": e.run.train.objective if e.run.model.variant != "iwae" else "—",
@@ -74,7 +77,7 @@ def zoo_table(entries: dict[str, ZooEntry],
             "epochs": training.get("epochs", last.get("epoch")),
             "steps": training.get("steps", last.get("step")),
             "valid L_k": round(valid, 2) if valid is not None else None,
-            "test LL (τ=1)": _fmt(by_tau.get("1")), "test LL (τ=0)": _fmt(by_tau.get("0")),
+            "test LL (τ=1)": _fmt(by_tau.get("1")), "test LL (τ=0)": tau0,
             "paper test LL": f"{paper[0]:.3f} ± {paper[1]:.3f}" if paper else "—",
             "test images": test.get("n_images"), "S": test.get("S"),
             "active units": test.get("active_units"), "folder": str(e.path), "problem": e.problem,
