@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .figures import TEMPLATE, TITLE_LINE_PX, to_numpy, wrapped_title
+from .figures import TEMPLATE, title_and_room, to_numpy
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -26,8 +26,7 @@ def _titled(title: str, height: int, top: int, **margin) -> dict:
     """update_layout's title, height and margin for `title`, wrapped (figures.wrapped_title: plotly never wraps,
     and a title naming several models' objectives ran past the chart) with the top margin and the height grown by
     its extra lines, so the plot keeps its size."""
-    text, lines = wrapped_title(title)
-    extra = TITLE_LINE_PX * (lines - 1)
+    text, extra = title_and_room(title)
     return {"title": text, "height": height + extra, "margin": dict(t=top + extra, **margin)}
 
 

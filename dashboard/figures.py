@@ -130,10 +130,15 @@ def wrapped_title(title: str, chars: int = TITLE_CHARS) -> tuple[str, int]:
     return "<br>".join([*lines, rest]), len(lines) + 1
 
 
+def title_and_room(title: str | None) -> tuple[str | None, int]:
+    """(the title wrapped, the pixels its extra lines need above the plot)."""
+    text, lines = wrapped_title(title) if title else (title, 1)
+    return text, TITLE_LINE_PX * (lines - 1)
+
+
 def _titled(layout: dict, title: str | None, top: int, height: int) -> dict:
     """layout with `title` wrapped, the top margin `top` and the figure `height` grown by its extra lines."""
-    text, lines = wrapped_title(title) if title else (title, 1)
-    extra = TITLE_LINE_PX * (lines - 1)
+    text, extra = title_and_room(title)
     margin = {**layout.get("margin", {}), "t": top + extra}
     return {**layout, "title": text, "margin": margin, "height": height + extra}
 
