@@ -282,6 +282,9 @@ def _number(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
+EARLY_FRACTION, EARLY_CLIP_MIN_POINTS = 0.1, 50  # a live run's per-step curve: the bound axis skips its first steps
+
+
 def training_curves(history_rows: Sequence[Mapping]) -> go.Figure:
     """Per-epoch training curves from rows with history.FIELDS keys (values may be CSV strings):
     the bound (train and validation) and the weight KL per data point against the epoch. A KL that is 0 throughout
@@ -294,14 +297,29 @@ def training_curves(history_rows: Sequence[Mapping]) -> go.Figure:
     xname = "epoch" if use_epoch else "step"
     series = (("train_bound", "train L_k", 1, PALETTE[0]), ("valid_bound", "valid L_k", 1, PALETTE[1]),
               ("objective", "objective", 1, PALETTE[2]), ("kl_per_datapoint", "KL per data point", 2, PALETTE[3]))
+    bound_points = []
     for field, label, col, color in series[:None if has_kl else -1]:
         pts = [(_number(r.get(xname)), _number(r.get(field))) for r in history_rows]
         pts = [(x, y) for x, y in pts if x is not None and y is not None]
         if not pts:
             continue
+        bound_points += pts if col == 1 else []
         xs, ys = zip(*pts, strict=True)
         fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", name=label,
                                  line=dict(color=color), marker=dict(size=5)), row=1, col=col)
+    if len(bound_points) >= EARLY_CLIP_MIN_POINTS:
+        # the first steps' bound (-500 at step 0 against -100 later) flattens everything after it: where the
+        # earlier points would take over half the axis (and over a nat), it spans the bound from the first tenth of
+        # the steps on, and says so
+        first, last = min(x for x, _ in bound_points), max(x for x, _ in bound_points)
+        later = [y for x, y in bound_points if x >= first + EARLY_FRACTION * (last - first)]
+        lo, hi = min(later), max(y for _, y in bound_points)
+        pad = 0.05 * (hi - lo)
+        if lo - min(y for _, y in bound_points) > max(hi - lo, 1.0):
+            fig.update_yaxes(range=[lo - pad, hi + pad], row=1, col=1)
+            fig.add_annotation(text=f"the first {EARLY_FRACTION:.0%} of the {xname}s run below the axis",
+                               xref="x domain", yref="y domain", x=1.0, y=0.02, xanchor="right",
+                               yanchor="bottom", showarrow=False, font=dict(size=11, color="#555"))
     fig.update_xaxes(title_text=xname)
     fig.update_layout(title="Training curves", height=360, width=1000, margin=dict(l=60, r=10, t=60, b=50),
                       template=TEMPLATE, legend=dict(orientation="h", y=-0.25))

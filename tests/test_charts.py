@@ -125,6 +125,26 @@ def test_training_curves_leave_out_a_kl_that_is_zero_throughout():
     assert [t.name for t in fig.data] == ["train L_k", "KL per data point"] and fig.data[1].xaxis == "x2"
 
 
+def test_a_live_runs_bound_axis_leaves_out_the_first_steep_steps_and_says_so():
+    """A live run's bound rises from about -540 to -100 in its first steps; on an axis down to -540 the rest of
+    training was a flat line. The axis spans the bound from the first tenth of the steps on."""
+    steps = np.arange(1, 201)
+    bound = -100 - 440 * np.exp(-steps / 5.0)  # -100 from about step 40 on
+    rows = [{"step": int(s), "train_bound": float(b), "kl_per_datapoint": 1.0}
+            for s, b in zip(steps, bound, strict=True)]
+    fig = charts.training_curves(rows)
+    later = bound[steps >= 1 + 0.1 * 199]
+    pad = 0.05 * (bound.max() - later.min())
+    assert fig.layout.yaxis.range == pytest.approx((later.min() - pad, bound.max() + pad))
+    assert bound[0] < fig.layout.yaxis.range[0]  # the first steps run below the axis
+    assert fig.layout.yaxis2.range is None  # the KL panel keeps its own autoscale
+    assert [a.text for a in fig.layout.annotations][-1] == "the first 10% of the steps run below the axis"
+    flat = charts.training_curves(rows[100:])  # nothing steep left: the axis is plotly's own
+    assert flat.layout.yaxis.range is None and "below the axis" not in str(flat.layout.annotations)
+    few = charts.training_curves(rows[:20])  # a per-epoch history (a few points): every point shown
+    assert few.layout.yaxis.range is None
+
+
 def test_bands_are_filled_areas_without_markers_at_their_corners():
     """A band is a closed outline filled in; plotly draws markers on a trace of fewer than 20 points unless told
     otherwise, which put a dot of the next default colour on every corner of every band."""
