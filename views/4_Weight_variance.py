@@ -47,8 +47,8 @@ if sigma:
     # this model's sigma shrank below that (a random encoder's does: no KL holds it up), the scale starts at its
     # 0.5th percentile instead, else the shrinkage would be clipped to the bottom colour and look flat too.
     inits = [e.run.model.init_sigma for e in zoo.entries().values() if e.variant != "iwae"] + [model.config.init_sigma]
-    shrunk = min(float(np.quantile(np.asarray(maps[net]["sigma"]), 0.005)) for net in maps
-                 if maps[net]["sigma"] is not None)
+    shrunk = max(min(float(np.quantile(np.asarray(maps[net]["sigma"]), 0.005)) for net in maps
+                     if maps[net]["sigma"] is not None), 1e-12)  # the tiles' own floor (figures.weight_tiles)
     floor_text = "smallest initial σ" if shrunk >= min(inits) else "0.5th percentile of this model's σ"
     lo, hi = math.log10(min(min(inits), shrunk)), math.log10(model.config.prior_std)
     zrange = (lo, hi) if hi > lo else None
