@@ -46,7 +46,8 @@ def export_buttons(fig, name: str, table: Callable[[], str] | None = None, setti
     """Download buttons for one figure (files made only when clicked); PNG/SVG/PDF need a Chromium. `table`
     makes the tidy CSV (else the figure's traces in long form); `settings` adds a JSON of them."""
     reason = export.export_unavailable_reason()
-    with st.popover(f"Export {name.replace('_', ' ')}", icon=":material/download:"):  # files keep the name as is
+    label = {"ab": "A/B"}.get(name, name.replace("_", " "))  # the files keep the name as it is
+    with st.popover(f"Export {label}", icon=":material/download:"):
         formats = export.TEXT_FORMATS if reason else export.FORMATS
         cols = st.columns(len(formats) + (settings is not None))
         for col, fmt in zip(cols, formats, strict=False):
