@@ -2,7 +2,6 @@
 plain step and trains to the same weights up to rounding; a compilation that fails falls back to the plain step
 on the same draws; auto compiles only where the compilation pays back, and `on` where it cannot run is refused."""
 
-
 import pytest
 import torch
 
