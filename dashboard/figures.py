@@ -120,11 +120,10 @@ def wrapped_title(title: str, chars: int = TITLE_CHARS) -> tuple[str, int]:
     """(title in lines of at most `chars` characters, the number of lines): plotly never wraps a title, and a long
     one ran past the figure's edge. A line ends after its last '; ' or ', ' in its final 30 %, else after its last
     space (else at `chars`), so the breaks fall between phrases without costing a line."""
+    breaks = (("; ", int(0.7 * chars)), (", ", int(0.7 * chars)), (" ", 1))  # (after what, from where in a line)
     lines, rest = [], title
     while len(rest) > chars:
-        starts = (int(0.7 * chars), int(0.7 * chars), 1)
-        cut = next((i + len(sep) for sep, start in zip(("; ", ", ", " "), starts, strict=True)
-                    if (i := rest.rfind(sep, start, chars)) > 0), chars)
+        cut = next((i + len(sep) for sep, start in breaks if (i := rest.rfind(sep, start, chars)) > 0), chars)
         lines.append(rest[:cut].rstrip())
         rest = rest[cut:]
     return "<br>".join([*lines, rest]), len(lines) + 1
