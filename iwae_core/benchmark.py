@@ -135,16 +135,19 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
         for v in ("iwae", "iwae-r"):
             fns[f"{v} compiled"] = train_step_fn(v, compile="on")
             fns[f"{v} bf16-mixed compiled"] = train_step_fn(v, precision="bf16-mixed", compile="on")
+        if precision != "float32":
+            fns["iwae-r float32 compiled"] = train_step_fn("iwae-r", noise_precision="float32", compile="on")
     times = median_times(fns, repeats)
     steps = {v: times[v] for v in fns if not v.startswith("bare")}
     bare = times["bare iwae"]
     say(f"bare float32 matrix products of one IWAE step: {bare * 1e3:.1f} ms "
         f"(bfloat16: {times['bare iwae bfloat16'] * 1e3:.1f} ms); of one IWAE-R step: "
         f"{times['bare iwae-r'] * 1e3:.1f} ms (bfloat16: {times['bare iwae-r bfloat16'] * 1e3:.1f} ms)")
-    labels = {"iwae-r float32": "iwae-r, float32 noise path"}
+    labels = {"iwae-r float32": "iwae-r, float32 noise path",
+              "iwae-r float32 compiled": "iwae-r, float32 noise, compiled"}
     for v, t in steps.items():
         own = times[f"bare {v.split()[0]}"]
-        say(f"train step {labels.get(v, v):27s} {t * 1e3:7.1f} ms   step / IWAE bare matmuls = {t / bare:.2f}   "
+        say(f"train step {labels.get(v, v):31s} {t * 1e3:7.1f} ms   step / IWAE bare matmuls = {t / bare:.2f}   "
             f"step / its own bare float32 matmuls ({own * 1e3:.1f} ms) = {t / own:.2f}")
     ratios = {
         "iwae_step_over_bare_matmuls": steps["iwae"] / bare,  # target <= 1.3
@@ -156,13 +159,19 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
         "bare_matmuls_bfloat16_over_float32": times["bare iwae bfloat16"] / bare,
     }
     line = f"iwae-r step / iwae step = {ratios['iwae_r_step_over_iwae_step']:.2f}"
+    # the float32 IWAE-R step's noise path already multiplies in bfloat16 where the CPU does so natively (auto),
+    # so bf16-mixed is also timed against an IWAE-R step with every product in float32
+    all_float32 = ""
     if "iwae-r float32" in steps:
         ratios["iwae_r_float32_noise_step_over_iwae_step"] = steps["iwae-r float32"] / steps["iwae"]
         line += f" (float32 noise path: {ratios['iwae_r_float32_noise_step_over_iwae_step']:.2f})"
+        ratios["iwae_r_bf16_mixed_step_over_all_float32_step"] = steps["iwae-r bf16-mixed"] / steps["iwae-r float32"]
+        all_float32 = (f"; iwae-r against a float32 step whose noise path is float32 too: "
+                       f"{ratios['iwae_r_bf16_mixed_step_over_all_float32_step']:.2f}")
     say(f"{line}   iwae-rrec step / iwae step = {ratios['iwae_rrec_step_over_iwae_step']:.2f}")
     say(f"bf16-mixed step / float32 step: iwae {ratios['iwae_bf16_mixed_step_over_float32_step']:.2f}, "
         f"iwae-r {ratios['iwae_r_bf16_mixed_step_over_float32_step']:.2f} (targets <= 0.7; the float32 steps "
-        f"above, the same run)")
+        f"above, the same run){all_float32}")
     if compiling:
         ratios.update({
             "iwae_compiled_step_over_bare_matmuls": steps["iwae compiled"] / bare,  # target <= 1.3
@@ -171,11 +180,17 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
                 steps["iwae bf16-mixed compiled"] / steps["iwae compiled"],
             "iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step":
                 steps["iwae-r bf16-mixed compiled"] / steps["iwae-r compiled"]})
+        all_float32 = ""
+        if "iwae-r float32 compiled" in steps:
+            ratios["iwae_r_bf16_mixed_compiled_step_over_all_float32_compiled_step"] = (
+                steps["iwae-r bf16-mixed compiled"] / steps["iwae-r float32 compiled"])
+            all_float32 = (f" (against a float32 step whose noise path is float32 too: "
+                           f"{ratios['iwae_r_bf16_mixed_compiled_step_over_all_float32_compiled_step']:.2f})")
         say(f"compiled loss (--compile on; auto compiles runs of 5 million rows or more): iwae step / IWAE bare "
             f"matmuls = {ratios['iwae_compiled_step_over_bare_matmuls']:.2f}, iwae-r step / iwae step = "
             f"{ratios['iwae_r_compiled_step_over_iwae_compiled_step']:.2f}, bf16-mixed / float32: iwae "
             f"{ratios['iwae_bf16_mixed_compiled_step_over_float32_compiled_step']:.2f}, iwae-r "
-            f"{ratios['iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step']:.2f}")
+            f"{ratios['iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step']:.2f}{all_float32}")
     else:
         say(f"compiled loss: not measured ({compile_unavailable(torch.device('cpu'))})")
     S = 5000

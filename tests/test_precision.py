@@ -132,8 +132,9 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
                "bare iwae-r bfloat16": 0.035, "iwae": 0.039, "iwae-rrec": 0.060, "iwae-r": 0.090,
                "iwae bf16-mixed": 0.026, "iwae-r bf16-mixed": 0.060, "iwae-r float32": 0.110,
                "iwae compiled": 0.036, "iwae-r compiled": 0.075, "iwae bf16-mixed compiled": 0.022,
-               "iwae-r bf16-mixed compiled": 0.050}
+               "iwae-r bf16-mixed compiled": 0.050, "iwae-r float32 compiled": 0.085}
     monkeypatch.setattr(benchmark, "compile_unavailable", lambda *a, **k: None)  # the compiled rows, measured or not
+    monkeypatch.setattr(benchmark, "noise_dtype", lambda *a, **k: torch.bfloat16)  # as on a CPU with native bf16
     monkeypatch.setattr(benchmark, "train_step_fn", lambda *a, **k: None)
     monkeypatch.setattr(benchmark, "bare_matmul_fn", lambda *a, **k: None)
     monkeypatch.setattr(benchmark, "median_times", lambda fns, repeats: {name: made_up[name] for name in fns})
@@ -152,4 +153,9 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
     assert result["eval_images_per_s"] == {"1": 9.5, "100": 9.5} and result["eval_peak_mb"]["100"] == 950
     assert ratios["iwae_compiled_step_over_bare_matmuls"] == 1.2
     assert ratios["iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step"] == round(0.050 / 0.075, 3)
+    # the float32 step's noise path multiplies in bfloat16 here (patched above), so bf16-mixed is also timed
+    # against an IWAE-R step whose products are all float32
+    assert ratios["iwae_r_bf16_mixed_step_over_all_float32_step"] == round(0.060 / 0.110, 3)
+    assert ratios["iwae_r_bf16_mixed_compiled_step_over_all_float32_compiled_step"] == round(0.050 / 0.085, 3)
+    assert "noise path is float32 too" in captured.err
     assert "compiled loss" in captured.err
