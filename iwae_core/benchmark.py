@@ -11,6 +11,10 @@
   as a long run trains by default (--compile auto; the compilation itself is done in the warm-up);
 - test log-likelihood (S = 5000): images per second, and peak memory for several batch sizes, each
   measured in a fresh process so peaks do not mask each other.
+
+Each ratio is that of two median times; beside it the bench gives the quartiles of the same ratio taken round by
+round, and for the four targets (plain and compiled) whether the run meets them, misses them, or cannot tell
+(the target lies between those quartiles).
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from .train import Trainer
 BATCH, K = 100, 25
 
 
-def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
-    """Median seconds per call of each function, timed in turn within every round so that a slow
-    spell of a shared machine hits all of them alike and their ratios stay meaningful."""
+def round_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
+    """Seconds of each function's call in every round ({name: [repeats]}), the functions timed in turn within
+    a round so that a slow spell of a shared machine hits all of them alike and their ratios stay meaningful."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -44,7 +48,48 @@ def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
+    """Median seconds per call of each function (round_times)."""
+    return {name: statistics.median(ts) for name, ts in round_times(fns, repeats, warmup).items()}
+
+
+# (name in --json, numerator, denominator, target or None): every ratio the bench reports, of two timed
+# functions of the same run; a ratio is left out where one of its functions was not timed
+RATIOS = (
+    ("iwae_step_over_bare_matmuls", "iwae", "bare iwae", 1.3),
+    ("iwae_r_step_over_iwae_step", "iwae-r", "iwae", 2.3),
+    ("iwae_rrec_step_over_iwae_step", "iwae-rrec", "iwae", None),
+    ("iwae_bf16_mixed_step_over_float32_step", "iwae bf16-mixed", "iwae", 0.7),
+    ("iwae_r_bf16_mixed_step_over_float32_step", "iwae-r bf16-mixed", "iwae-r", 0.7),
+    ("iwae_bf16_mixed_step_over_bf16_bare_matmuls", "iwae bf16-mixed", "bare iwae bfloat16", None),
+    ("bare_matmuls_bfloat16_over_float32", "bare iwae bfloat16", "bare iwae", None),
+    ("iwae_r_float32_noise_step_over_iwae_step", "iwae-r float32", "iwae", None),
+    ("iwae_r_bf16_mixed_step_over_all_float32_step", "iwae-r bf16-mixed", "iwae-r float32", None),
+    ("iwae_compiled_step_over_bare_matmuls", "iwae compiled", "bare iwae", 1.3),
+    ("iwae_r_compiled_step_over_iwae_compiled_step", "iwae-r compiled", "iwae compiled", 2.3),
+    ("iwae_bf16_mixed_compiled_step_over_float32_compiled_step", "iwae bf16-mixed compiled", "iwae compiled", 0.7),
+    ("iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step", "iwae-r bf16-mixed compiled", "iwae-r compiled",
+     0.7),
+    ("iwae_r_bf16_mixed_compiled_step_over_all_float32_compiled_step", "iwae-r bf16-mixed compiled",
+     "iwae-r float32 compiled", None),
+)
+
+
+def ratios_of(times: dict) -> tuple[dict, dict]:
+    """(ratio of the two functions' median times, (lower, upper) quartile of their ratio round by round) for each
+    of RATIOS whose functions are in times ({name: [seconds per round]}). The quartiles show how far a ratio
+    moves with the machine's noise: a target inside them is not settled by this run."""
+    medians, quartiles = {}, {}
+    for name, num, den, _ in RATIOS:
+        if num in times and den in times:
+            medians[name] = statistics.median(times[num]) / statistics.median(times[den])
+            per_round = [a / b for a, b in zip(times[num], times[den], strict=True)]
+            q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
+            quartiles[name] = (q1, q3)
+    return medians, quartiles
 
 
 def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = "float32", compile: str = "off"):
@@ -137,7 +182,9 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
             fns[f"{v} bf16-mixed compiled"] = train_step_fn(v, precision="bf16-mixed", compile="on")
         if precision != "float32":
             fns["iwae-r float32 compiled"] = train_step_fn("iwae-r", noise_precision="float32", compile="on")
-    times = median_times(fns, repeats)
+    rounds = round_times(fns, repeats)
+    times = {name: statistics.median(ts) for name, ts in rounds.items()}
+    ratios, quartiles = ratios_of(rounds)
     steps = {v: times[v] for v in fns if not v.startswith("bare")}
     bare = times["bare iwae"]
     say(f"bare float32 matrix products of one IWAE step: {bare * 1e3:.1f} ms "
@@ -149,23 +196,12 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
         own = times[f"bare {v.split()[0]}"]
         say(f"train step {labels.get(v, v):31s} {t * 1e3:7.1f} ms   step / IWAE bare matmuls = {t / bare:.2f}   "
             f"step / its own bare float32 matmuls ({own * 1e3:.1f} ms) = {t / own:.2f}")
-    ratios = {
-        "iwae_step_over_bare_matmuls": steps["iwae"] / bare,  # target <= 1.3
-        "iwae_r_step_over_iwae_step": steps["iwae-r"] / steps["iwae"],  # target <= 2.3
-        "iwae_rrec_step_over_iwae_step": steps["iwae-rrec"] / steps["iwae"],
-        "iwae_bf16_mixed_step_over_float32_step": steps["iwae bf16-mixed"] / steps["iwae"],  # target <= 0.7
-        "iwae_r_bf16_mixed_step_over_float32_step": steps["iwae-r bf16-mixed"] / steps["iwae-r"],  # <= 0.7
-        "iwae_bf16_mixed_step_over_bf16_bare_matmuls": steps["iwae bf16-mixed"] / times["bare iwae bfloat16"],
-        "bare_matmuls_bfloat16_over_float32": times["bare iwae bfloat16"] / bare,
-    }
     line = f"iwae-r step / iwae step = {ratios['iwae_r_step_over_iwae_step']:.2f}"
     # the float32 IWAE-R step's noise path already multiplies in bfloat16 where the CPU does so natively (auto),
     # so bf16-mixed is also timed against an IWAE-R step with every product in float32
     all_float32 = ""
     if "iwae-r float32" in steps:
-        ratios["iwae_r_float32_noise_step_over_iwae_step"] = steps["iwae-r float32"] / steps["iwae"]
         line += f" (float32 noise path: {ratios['iwae_r_float32_noise_step_over_iwae_step']:.2f})"
-        ratios["iwae_r_bf16_mixed_step_over_all_float32_step"] = steps["iwae-r bf16-mixed"] / steps["iwae-r float32"]
         all_float32 = (f"; iwae-r against a float32 step whose noise path is float32 too: "
                        f"{ratios['iwae_r_bf16_mixed_step_over_all_float32_step']:.2f}")
     say(f"{line}   iwae-rrec step / iwae step = {ratios['iwae_rrec_step_over_iwae_step']:.2f}")
@@ -173,17 +209,8 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
         f"iwae-r {ratios['iwae_r_bf16_mixed_step_over_float32_step']:.2f} (targets <= 0.7; the float32 steps "
         f"above, the same run){all_float32}")
     if compiling:
-        ratios.update({
-            "iwae_compiled_step_over_bare_matmuls": steps["iwae compiled"] / bare,  # target <= 1.3
-            "iwae_r_compiled_step_over_iwae_compiled_step": steps["iwae-r compiled"] / steps["iwae compiled"],
-            "iwae_bf16_mixed_compiled_step_over_float32_compiled_step":
-                steps["iwae bf16-mixed compiled"] / steps["iwae compiled"],
-            "iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step":
-                steps["iwae-r bf16-mixed compiled"] / steps["iwae-r compiled"]})
         all_float32 = ""
         if "iwae-r float32 compiled" in steps:
-            ratios["iwae_r_bf16_mixed_compiled_step_over_all_float32_compiled_step"] = (
-                steps["iwae-r bf16-mixed compiled"] / steps["iwae-r float32 compiled"])
             all_float32 = (f" (against a float32 step whose noise path is float32 too: "
                            f"{ratios['iwae_r_bf16_mixed_compiled_step_over_all_float32_compiled_step']:.2f})")
         say(f"compiled loss (--compile on; auto compiles runs of 5 million rows or more): iwae step / IWAE bare "
@@ -193,6 +220,14 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
             f"{ratios['iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step']:.2f}{all_float32}")
     else:
         say(f"compiled loss: not measured ({compile_unavailable(torch.device('cpu'))})")
+    say("targets: the ratio of median times, the middle half of the rounds' own ratios (a target inside it is not "
+        "settled by this run), the target")
+    for name, _, _, target in RATIOS:
+        if target is not None and name in ratios:
+            (q1, q3), verdict = quartiles[name], "met" if ratios[name] <= target else "missed"
+            if q1 <= target <= q3:
+                verdict = "at the line"
+            say(f"  {name:60s} {ratios[name]:.3f}  ({q1:.3f}-{q3:.3f})  <= {target}: {verdict}")
     S = 5000
     mem = {}
     for b, seconds in ([(1, None), (100, None)] if quick else [(1, None), (100, None), (1000, 20.0),
@@ -204,6 +239,7 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
     result = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick, "repeats": repeats,
         "noise_precision": precision, "ratios": {name: round(r, 3) for name, r in ratios.items()},
+        "ratio_quartiles": {name: [round(q1, 3), round(q3, 3)] for name, (q1, q3) in quartiles.items()},
         "bare_matmul_ms": {name.removeprefix("bare "): round(t * 1e3, 2) for name, t in times.items()
                            if name.startswith("bare")},
         "step_ms": {name: round(t * 1e3, 2) for name, t in steps.items()},

@@ -137,7 +137,11 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
     monkeypatch.setattr(benchmark, "noise_dtype", lambda *a, **k: torch.bfloat16)  # as on a CPU with native bf16
     monkeypatch.setattr(benchmark, "train_step_fn", lambda *a, **k: None)
     monkeypatch.setattr(benchmark, "bare_matmul_fn", lambda *a, **k: None)
-    monkeypatch.setattr(benchmark, "median_times", lambda fns, repeats: {name: made_up[name] for name in fns})
+    # five rounds each; two steps vary from round to round, so their ratios have a spread
+    varied = {"iwae compiled": [0.036, 0.036, 0.036, 0.040, 0.032],
+              "iwae-r bf16-mixed compiled": [0.050, 0.050, 0.050, 0.056, 0.044]}
+    monkeypatch.setattr(benchmark, "round_times",
+                        lambda fns, repeats: {name: varied.get(name, [made_up[name]] * 5) for name in fns})
     monkeypatch.setattr(benchmark, "eval_memory", lambda b, S, seconds: {"base_mb": 900.0, "peak_mb": 950.0,
                                                                          "images_per_s": 9.5})
     assert main(["bench", "--quick", "--json"]) == 0
@@ -158,4 +162,18 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
     assert ratios["iwae_r_bf16_mixed_step_over_all_float32_step"] == round(0.060 / 0.110, 3)
     assert ratios["iwae_r_bf16_mixed_compiled_step_over_all_float32_compiled_step"] == round(0.050 / 0.085, 3)
     assert "noise path is float32 too" in captured.err
+    # the middle half of the rounds' own ratios: 1.2 x3, 1.333, 1.067 and 0.667 x3, 0.747, 0.587, whose
+    # quartiles (exclusive method) lie halfway between the second and third values from each end
+    q = result["ratio_quartiles"]
+    assert q["iwae_compiled_step_over_bare_matmuls"] == [round((1.2 + 0.032 / 0.030) / 2, 3),
+                                                         round((1.2 + 0.040 / 0.030) / 2, 3)]
+    assert q["iwae_step_over_bare_matmuls"] == [1.3, 1.3]  # the same time every round
+    assert q["iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step"] == [
+        round((0.050 + 0.044) / 2 / 0.075, 3), round((0.050 + 0.056) / 2 / 0.075, 3)]
+    targets = {line.split()[0]: line for line in captured.err.splitlines() if line.startswith("  ")}
+    assert targets["iwae_compiled_step_over_bare_matmuls"].endswith("<= 1.3: met")  # 1.2, quartiles below 1.3
+    # 0.667, but 0.7 lies inside its quartiles (0.627-0.707): this run does not settle the target
+    assert targets["iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step"].endswith("<= 0.7: at the line")
+    assert targets["iwae_r_step_over_iwae_step"].endswith("<= 2.3: missed")  # 0.090 / 0.039 = 2.31 every round
+    assert len(targets) == 8  # the four targets, plain and compiled
     assert "compiled loss" in captured.err
