@@ -51,9 +51,14 @@ def round_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
     return times
 
 
+def medians(rounds: dict) -> dict:
+    """{name: median seconds} of round_times' {name: [seconds per round]}."""
+    return {name: statistics.median(ts) for name, ts in rounds.items()}
+
+
 def median_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
     """Median seconds per call of each function (round_times)."""
-    return {name: statistics.median(ts) for name, ts in round_times(fns, repeats, warmup).items()}
+    return medians(round_times(fns, repeats, warmup))
 
 
 # (name in --json, numerator, denominator, target or None): every ratio the bench reports, of two timed
@@ -82,14 +87,14 @@ def ratios_of(times: dict) -> tuple[dict, dict]:
     """(ratio of the two functions' median times, (lower, upper) quartile of their ratio round by round) for each
     of RATIOS whose functions are in times ({name: [seconds per round]}). The quartiles show how far a ratio
     moves with the machine's noise: a target inside them is not settled by this run."""
-    medians, quartiles = {}, {}
+    median, ratios, quartiles = medians(times), {}, {}
     for name, num, den, _ in RATIOS:
         if num in times and den in times:
-            medians[name] = statistics.median(times[num]) / statistics.median(times[den])
+            ratios[name] = median[num] / median[den]
             per_round = [a / b for a, b in zip(times[num], times[den], strict=True)]
             q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
             quartiles[name] = (q1, q3)
-    return medians, quartiles
+    return ratios, quartiles
 
 
 def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = "float32", compile: str = "off"):
@@ -183,7 +188,7 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
         if precision != "float32":
             fns["iwae-r float32 compiled"] = train_step_fn("iwae-r", noise_precision="float32", compile="on")
     rounds = round_times(fns, repeats)
-    times = {name: statistics.median(ts) for name, ts in rounds.items()}
+    times = medians(rounds)
     ratios, quartiles = ratios_of(rounds)
     steps = {v: times[v] for v in fns if not v.startswith("bare")}
     bare = times["bare iwae"]
