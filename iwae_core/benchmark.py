@@ -97,32 +97,34 @@ def ratios_of(times: dict) -> tuple[dict, dict]:
     return ratios, quartiles
 
 
-def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = "float32", compile: str = "off"):
-    """One step of the Trainer itself (the paper preset: objective, KL, Adam, NaN guard) on a fixed batch; with
-    compile="on" its loss is compiled (the first call compiles it)."""
+def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = "float32", compile: str = "off",
+                  batch: int = BATCH, k: int = K):
+    """One step of the Trainer itself (the paper preset: objective, KL, Adam, NaN guard) on a fixed batch of
+    `batch` images with `k` samples each; with compile="on" its loss is compiled (the first call compiles it)."""
     torch.manual_seed(0)
     images = torch.rand(1000, 784)
-    train = {**PAPER_PRESET["train"], "batch_size": BATCH, "k": K}
+    train = {**PAPER_PRESET["train"], "batch_size": batch, "k": k}
     run = RunConfig(model=ModelConfig.for_variant(variant, **PAPER_PRESET["model"]),
                     train=TrainConfig(**train, device="cpu", threads=torch.get_num_threads(),
                                       noise_precision=noise_precision, precision=precision, compile=compile))
     trainer = Trainer(run, data={"train": images, "valid": images[:100]})
-    x = torch.bernoulli(torch.full((BATCH, 784), 0.13))
+    x = torch.bernoulli(torch.full((batch, 784), 0.13))
     return lambda: trainer.train_step(x)
 
 
-def bare_matmul_fn(variant: str = "iwae", dtype: torch.dtype = torch.float32):
-    """The matrix products of one training step of `variant` in `dtype`: per layer the forward product, and
-    the weight- and input-gradient products (no input gradient for the data). A random layer has two of each:
-    the mean and the noise path (Flipout in the decoder, local reparameterisation in the encoder)."""
+def bare_matmul_fn(variant: str = "iwae", dtype: torch.dtype = torch.float32, batch: int = BATCH, k: int = K):
+    """The matrix products of one training step of `variant` in `dtype` (`batch` images, `k` samples each): per
+    layer the forward product, and the weight- and input-gradient products (no input gradient for the data). A
+    random layer has two of each: the mean and the noise path (Flipout in the decoder, local reparameterisation in
+    the encoder)."""
     config = ModelConfig.for_variant(variant)
     random_encoder, random_decoder = config.random_encoder, config.random_decoder
-    rows_enc2 = BATCH * K if random_encoder else BATCH  # a random encoder's samples differ after layer 1
-    layers = [(BATCH, 784, 400, random_encoder, False), (rows_enc2, 400, 80, random_encoder, True),
-              (BATCH * K, 40, 400, random_decoder, True), (BATCH * K, 400, 784, random_decoder, True)]
-    mats = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.randn(m, n, dtype=dtype),
-             2 if random else 1, input_grad)
-            for m, k, n, random, input_grad in layers]
+    rows_enc2 = batch * k if random_encoder else batch  # a random encoder's samples differ after layer 1
+    layers = [(batch, 784, 400, random_encoder, False), (rows_enc2, 400, 80, random_encoder, True),
+              (batch * k, 40, 400, random_decoder, True), (batch * k, 400, 784, random_decoder, True)]
+    mats = [(torch.randn(rows, n_in, dtype=dtype), torch.randn(n_in, n_out, dtype=dtype),
+             torch.randn(rows, n_out, dtype=dtype), 2 if random else 1, input_grad)
+            for rows, n_in, n_out, random, input_grad in layers]
 
     def step():
         for a, w, g, copies, input_grad in mats:

@@ -177,3 +177,20 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
     assert targets["iwae_r_step_over_iwae_step"].endswith("<= 2.3: missed")  # 0.090 / 0.039 = 2.31 every round
     assert len(targets) == 8  # the four targets, plain and compiled
     assert "compiled loss" in captured.err
+
+
+def test_bench_steps_and_bare_products_take_the_batch_and_k_asked_for(monkeypatch):
+    """bench/fixed_cost.py times each step at one image with k = 1 beside the paper's 100 x 25; the sizes must
+    reach the Trainer and the products."""
+    from iwae_core import benchmark
+
+    step = benchmark.train_step_fn("iwae", batch=2, k=3)
+    assert step()["steps_per_epoch"] == 1000 // 2  # train_step_fn's 1,000 images in batches of 2
+    shapes = []
+    real_randn = torch.randn
+    monkeypatch.setattr(benchmark.torch, "randn", lambda *size, **kw: shapes.append(size) or real_randn(*size, **kw))
+    benchmark.bare_matmul_fn("iwae-r", batch=2, k=3)()
+    # per layer, activations [rows, in], weights [in, out] and gradients [rows, out]: the data enters once per
+    # image, and every later layer of a random encoder sees batch x k rows
+    assert shapes == [(2, 784), (784, 400), (2, 400), (6, 400), (400, 80), (6, 80),
+                      (6, 40), (40, 400), (6, 400), (6, 400), (400, 784), (6, 784)]
