@@ -83,6 +83,9 @@ def test_study_curves_follow_tau_and_the_verdict_is_shown(tmp_path):
     assert diffs and diffs[0]["y"] == pytest.approx([0.51, 0.51], abs=1e-9)  # mean of 0.50, 0.51, 0.52
     table = at.dataframe[0].value
     assert set(table["verdict"]) >= {"above IWAE"}
+    reference = table[table["arm"] == "IWAE"]  # named as the reference, its differences to itself left empty
+    assert set(reference["verdict"]) == {"reference"} and reference["− IWAE"].isna().all()
+    assert at.dataframe[0].proto.placeholder == "—"
     at.radio(key="repro:tau").set_value("0").run()
     diffs = [t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
              if t.get("name") == "IWAE-R (Bayesian)" and t.get("xaxis") == "x2"]

@@ -67,8 +67,10 @@ downloads.export_buttons(figs["study"], "study", tables["study"], settings)
 st.subheader("Per budget: mean across seeds ± seed sd, and whether the difference to IWAE holds")
 table = pd.DataFrame([{"epochs": s["epochs"], "arm": charts.STUDY_ARMS.get(s["arm"], s["arm"]), "seeds": s["seeds"],
                        "test LL": s["test_ll"], "sd": s["test_ll_sd"], "− IWAE": s["diff"], "seed sd": s["diff_sd"],
-                       "paired s.e.": s["paired_se"], "verdict": s["verdict"]} for s in summary])
-st.dataframe(table, hide_index=True, key="repro-table",
+                       "paired s.e.": s["paired_se"], "verdict": s["verdict"] or "reference"} for s in summary])
+# the reference rows have no difference to themselves: a dash there rather than Streamlit's "None"; every row shown,
+# so the budgets can be read down the page without scrolling inside the table
+st.dataframe(table, hide_index=True, key="repro-table", placeholder="—", height="content",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in ("test LL", "sd", "− IWAE", "seed sd", "paired s.e.")})
 st.caption("A difference holds when its mean across seeds is more than twice both its standard error across "
