@@ -1,13 +1,14 @@
 """Where a compiled training step's time goes that its generated graphs do not take, on N threads.
 
-Usage: python bench/compiled_profile.py [--threads 2] [--variant iwae] [--precision float32] [--steps 20]
+Usage: python bench/compiled_profile.py [--threads 2] [--variant iwae] [--precision float32] [--steps 20] [--kernels]
 
 `iwae bench` times the compiled step against its bare matrix products; `bench/step_breakdown.py` splits the
 uncompiled step by ATen call. This profiles the compiled step (`iwae bench`'s setup: the Trainer's own step, paper
 model, batch 100, k = 25) with torch.profiler: the time inside the compiled forward and backward graphs (their
 products and generated loops) against each ATen call and Python region outside them (Adam, the draws, the opaque
 tanh, the NaN guard, dynamo's guard check), per step. The bare products and the whole step are timed first, in
-the same run, so the remainder has a scale.
+the same run, so the remainder has a scale. With --kernels, the graphs' own items are listed too: each generated
+loop by name and the products (aoti_torch_cpu_mm_out, _addmm_out), from inductor's kernel profile.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ ap.add_argument("--variant", default="iwae", choices=["iwae", "iwae-r", "iwae-rr
 ap.add_argument("--precision", default="float32", choices=["float32", "bf16-mixed"])
 ap.add_argument("--steps", type=int, default=20)
 ap.add_argument("--top", type=int, default=12)
+ap.add_argument("--kernels", action="store_true", help="also list the items inside the compiled graphs")
 args = ap.parse_args()
+if args.kernels:
+    torch._inductor.config.cpp.enable_kernel_profile = True  # each generated loop and product a profiler event
 
 torch.set_num_threads(args.threads)
 retain_freed_memory()
@@ -42,9 +46,15 @@ with profile(activities=[ProfilerActivity.CPU]) as prof:
 self_ms = collections.Counter()
 for event in prof.key_averages():
     self_ms[event.key] += event.self_cpu_time_total / 1e3 / args.steps
-graphs = sum(v for k, v in self_ms.items() if k.startswith("## Call CompiledFxGraph"))
-outside = {k: v for k, v in self_ms.items() if not k.startswith("## Call CompiledFxGraph")}
+INSIDE = ("## Call CompiledFxGraph", "graph_", "aoti_torch_")  # the graphs' wrapper, generated loops, products
+graphs = sum(v for k, v in self_ms.items() if k.startswith(INSIDE))
+outside = {k: v for k, v in self_ms.items() if not k.startswith(INSIDE)}
 print(f"per step under the profiler: {sum(self_ms.values()):.2f} ms, of it in the compiled graphs {graphs:.2f} ms "
       f"and outside them {sum(outside.values()):.2f} ms; the largest items outside (self time, ms per step):")
 for name, v in sorted(outside.items(), key=lambda kv: -kv[1])[:args.top]:
     print(f"  {v:6.3f}  {name}")
+if args.kernels:
+    inside = {k: v for k, v in self_ms.items() if k.startswith(INSIDE)}
+    print("the largest items inside the compiled graphs (ms per step):")
+    for name, v in sorted(inside.items(), key=lambda kv: -kv[1])[:args.top]:
+        print(f"  {v:6.3f}  {name[:100]}")
