@@ -20,6 +20,7 @@ round, and for the four targets (plain and compiled) whether the run meets them,
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -36,15 +37,22 @@ from .train import Trainer
 BATCH, K = 100, 25
 
 
-def round_times(fns: dict, repeats: int, warmup: int = 3) -> dict:
+def round_times(fns: dict, repeats: int, warmup: int = 3, seed: int = 0) -> dict:
     """Seconds of each function's call in every round ({name: [repeats]}), the functions timed in turn within
-    a round so that a slow spell of a shared machine hits all of them alike and their ratios stay meaningful."""
+    a round so that a slow spell of a shared machine hits all of them alike and their ratios stay meaningful.
+
+    Each round takes the functions in a new order (shuffled with `seed`): a call is slower after one that filled
+    the caches with its own buffers (docs/benchmarks.md: a one-image step took twice as long after a full-size
+    step), so a fixed order would charge each function for the same predecessor in every round."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
+    order, rng = list(fns), random.Random(seed)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name in order:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

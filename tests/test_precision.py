@@ -194,3 +194,20 @@ def test_bench_steps_and_bare_products_take_the_batch_and_k_asked_for(monkeypatc
     # image, and every later layer of a random encoder sees batch x k rows
     assert shapes == [(2, 784), (784, 400), (2, 400), (6, 400), (400, 80), (6, 80),
                       (6, 40), (40, 400), (6, 400), (6, 400), (400, 784), (6, 784)]
+
+
+def test_bench_rounds_time_every_function_once_each_in_a_new_order():
+    """round_times shuffles the order each round, so no function always follows the same one (whose buffers would
+    be in the caches); every round still times each function once, and a seed repeats the orders."""
+    from iwae_core import benchmark
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abcde"}
+    times = benchmark.round_times(fns, repeats=8, warmup=0)
+    assert {name: len(t) for name, t in times.items()} == dict.fromkeys("abcde", 8)
+    rounds = [tuple(calls[i:i + 5]) for i in range(0, 40, 5)]
+    assert all(sorted(r) == list("abcde") for r in rounds)
+    assert len(set(rounds)) > 4  # not one fixed order (the default seed gives 8 different orders here)
+    calls.clear()
+    benchmark.round_times(fns, repeats=8, warmup=0)
+    assert [tuple(calls[i:i + 5]) for i in range(0, 40, 5)] == rounds
