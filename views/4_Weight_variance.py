@@ -95,5 +95,13 @@ if sigmas:
     widgets.chart(figs["sigma_histograms"], key="weights-hist")
     downloads.export_buttons(figs["sigma_histograms"], "sigma_histograms", settings=settings)
 st.subheader("Per-layer summary")
-st.dataframe(compute.weight_table(model_ref), hide_index=True, key="weights-table")
+number = st.column_config.NumberColumn
+st.dataframe(compute.weight_table(model_ref), hide_index=True, key="weights-table", placeholder="—",
+             column_config={"shape": st.column_config.ListColumn("shape [out, in]"),
+                            "mean_abs_mu": number("mean |μ|", format="%.4f"),
+                            "mean_sigma": number("mean σ", format="%.3e"),
+                            "median_sigma": number("median σ", format="%.3e"),
+                            "mean_snr": number("mean |μ|/σ", format="%.2f"),
+                            "kl": number("KL(q‖p) (nats)", format="%.1f",
+                                         help="KL of the layer's weights and biases to the prior, in closed form")})
 downloads.zip_button(figs, "weight_variance", tables, downloads.final_link(settings))

@@ -100,7 +100,10 @@ if curves:
     downloads.export_buttons(fig_bound, "bound_vs_k", tables["bound_vs_k"], settings)
     figs["bound_vs_k"] = fig_bound
     table = pd.DataFrame([{"model": label, **row} for label, rows in curves.items() for row in rows])
-    st.dataframe(table, hide_index=True, key="bound-table")
+    st.dataframe(table, hide_index=True, key="bound-table",
+                 column_config={"mean": st.column_config.NumberColumn("mean L_k", format="%.3f"),
+                                "stderr": st.column_config.NumberColumn("s.e. over images", format="%.3f"),
+                                "n_images": st.column_config.NumberColumn("images")})
 
     st.subheader("Paired: each model minus a reference model on the same images")
     reference = widgets.choice_input("bound", "ref", "Reference model (paired view)", list(models), sidebar=False,
