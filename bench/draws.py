@@ -9,6 +9,9 @@ For the sizes of those draws this times, in one run:
 - torch.randn, and its parts: uniforms (torch.rand) and raw 32-bit words (random_), so what Box-Muller adds;
 - the same draw split in two halves drawn on two generators by two Python threads at once (torch releases the GIL
   inside the op), the way a parallel draw would work, with the hand-over included;
+- the two-thread draw of a million right after an element-wise op that ran on torch's OpenMP threads, as it would
+  come in a step or an evaluation pass: libgomp's idle workers spin for a while after each parallel region and
+  hold the core the second drawing thread needs;
 - a compiled `mean + std * randn` with inductor's own counter-based generator (fallback_random=False) against the
   same with torch's generator, on the encoder's first layer's [25, 100, 400].
 """
@@ -62,6 +65,14 @@ for name, n in SIZES.items():
     t = {"randn": ms(lambda n=n: torch.randn(n)), "rand": ms(lambda n=n: torch.rand(n)),
          "words": ms(lambda w=words: w.random_()), "2 gens": ms(lambda b=buf: two_threads(b))}
     print(f"{name:36s} " + " ".join(f"{v:7.3f}" for v in t.values()) + f"   {t['randn'] * 1e6 / n:.2f}")
+
+
+other = torch.randn(1_000_000)
+buf = torch.empty(1_000_000)
+alone, after = ms(lambda: two_threads(buf)), ms(lambda: (other.add_(1.0), two_threads(buf)))
+region = ms(lambda: other.add_(1.0))
+print(f"a million on two generators: {alone:.3f} ms alone, {after - region:.3f} ms right after a parallel add_ "
+      f"({region:.3f} ms, subtracted); on torch's one generator {ms(lambda: buf.normal_()):.3f} ms")
 
 
 def reparameterised(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
