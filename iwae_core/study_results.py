@@ -195,9 +195,11 @@ def summarize(rows: list[dict]) -> list[dict]:
         diffs = [r for r in rs if r["diff_to_iwae"] is not None]
         row = {"dataset": dataset, "epochs": epochs, "tau": tau, "arm": arm, "seeds": len(rs),
                "test_ll": ll.mean().item(), "test_ll_sd": ll.std().item() if len(rs) > 1 else None,
-               "diff": None, "diff_sd": None, "paired_se": None, "verdict": ""}
+               "diff": None, "diff_sd": None, "paired_se": None, "verdict": "",
+               # the reference (IWAE) is paired with itself: differences of zero with a zero standard error
+               "reference": bool(diffs) and all(r["diff_stderr"] == 0 for r in diffs)}
         _fidelity(row, rs, groups.get((dataset, epochs, tau, _float32_arm(arm)), []))
-        if diffs and not all(r["diff_stderr"] == 0 for r in diffs):  # not the reference (IWAE) itself
+        if diffs and not row["reference"]:
             d = torch.tensor([r["diff_to_iwae"] for r in diffs], dtype=torch.float64)
             se = sum(r["diff_stderr"] for r in diffs) / len(diffs)
             row.update(diff=d.mean().item(), paired_se=se, diff_sd=d.std().item() if len(d) > 1 else None)

@@ -73,6 +73,16 @@ def test_the_precision_studys_arms_are_shown_only_when_asked_for(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_arm_without_its_seeds_iwae_says_so_rather_than_passing_for_the_reference(tmp_path):
+    rows = list(csv.DictReader(open(write_study(tmp_path / "full.csv"))))
+    # a study still running: IWAE-R at 10 epochs is evaluated, the IWAE runs of its seeds are not yet
+    rows = [{**r, "diff_to_iwae": "", "diff_stderr": ""} if r["arm"] == "iwae-r" and r["epochs"] == "10" else r
+            for r in rows if not (r["arm"] == "iwae" and r["epochs"] == "10")]
+    table = open_page(write_rows(tmp_path / "study.csv", rows)).dataframe[0].value
+    assert set(table[table["epochs"] == 10]["verdict"]) == {"no IWAE of its seeds yet"}
+    assert set(table[(table["epochs"] == 5) & (table["arm"] == "IWAE")]["verdict"]) == {"reference"}
+
+
 def test_study_curves_follow_tau_and_the_verdict_is_shown(tmp_path):
     path = write_study(tmp_path / "study.csv")
     at = open_page(path)

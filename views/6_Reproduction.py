@@ -18,6 +18,14 @@ st.caption("Does a random-weight IWAE beat IWAE, and at which training budget? E
            "S = 5000, in the colour of their variant.")
 
 DEFAULT = Path(__file__).resolve().parent.parent / "results" / "study.csv"
+
+
+def verdict(s: dict) -> str:
+    """The summary's verdict, or what stands in for one: IWAE is the reference, and an arm trained before the IWAE
+    of its seeds has nothing to be paired with yet."""
+    return s["verdict"] or ("reference" if s["reference"] else "no IWAE of its seeds yet")
+
+
 path = Path(st.sidebar.text_input("Study results", str(DEFAULT), key="repro:path",
                                   help="results/study.csv as `python -m iwae_core.study` writes it, or a study's "
                                        "or a sweep's folder (`iwae sweep`: trials grouped by their settings "
@@ -67,7 +75,7 @@ downloads.export_buttons(figs["study"], "study", tables["study"], settings)
 st.subheader("Per budget: mean across seeds ± seed sd, and whether the difference to IWAE holds")
 table = pd.DataFrame([{"epochs": s["epochs"], "arm": charts.STUDY_ARMS.get(s["arm"], s["arm"]), "seeds": s["seeds"],
                        "test LL": s["test_ll"], "sd": s["test_ll_sd"], "− IWAE": s["diff"], "seed sd": s["diff_sd"],
-                       "paired s.e.": s["paired_se"], "verdict": s["verdict"] or "reference"} for s in summary])
+                       "paired s.e.": s["paired_se"], "verdict": verdict(s)} for s in summary])
 # the reference rows have no difference to themselves: a dash there rather than Streamlit's "None"; every row shown,
 # so the budgets can be read down the page without scrolling inside the table
 st.dataframe(table, hide_index=True, key="repro-table", placeholder="—", height="content",
