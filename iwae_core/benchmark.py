@@ -253,6 +253,7 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
             f"(+{m['peak_mb'] - m['base_mb']:.0f} MB over the loaded interpreter), {rate}")
     result = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick, "repeats": repeats,
+        "round_order": "shuffled each round, seed 0",  # before 2026-12-02: one fixed order (docs/benchmarks.md)
         "noise_precision": precision, "ratios": {name: round(r, 3) for name, r in ratios.items()},
         "ratio_quartiles": {name: [round(q1, 3), round(q3, 3)] for name, (q1, q3) in quartiles.items()},
         "bare_matmul_ms": {name.removeprefix("bare "): round(t * 1e3, 2) for name, t in times.items()
