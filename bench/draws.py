@@ -19,10 +19,11 @@ For the sizes of those draws this times, in one run:
 from __future__ import annotations
 
 import argparse
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+from iwae_core.benchmark import median_times
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--threads", type=int, default=2)
@@ -33,14 +34,7 @@ torch.set_num_threads(args.threads)
 
 def ms(fn) -> float:
     """Median milliseconds per call over --repeats calls, after five warm-up calls."""
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1e3
+    return median_times({"fn": fn}, args.repeats, warmup=5)["fn"] * 1e3
 
 
 pool = ThreadPoolExecutor(2)

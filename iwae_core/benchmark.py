@@ -35,9 +35,10 @@ from .device import noise_dtype
 from .train import Trainer
 
 BATCH, K = 100, 25
+ROUND_SEED = 0  # the seed of round_times' shuffled orders, so that a run's orders repeat
 
 
-def round_times(fns: dict, repeats: int, warmup: int = 3, seed: int = 0) -> dict:
+def round_times(fns: dict, repeats: int, warmup: int = 3, seed: int = ROUND_SEED) -> dict:
     """Seconds of each function's call in every round ({name: [repeats]}), the functions timed in turn within
     a round so that a slow spell of a shared machine hits all of them alike and their ratios stay meaningful.
 
@@ -253,7 +254,7 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
             f"(+{m['peak_mb'] - m['base_mb']:.0f} MB over the loaded interpreter), {rate}")
     result = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick, "repeats": repeats,
-        "round_order": "shuffled each round, seed 0",  # before 2026-12-02: one fixed order (docs/benchmarks.md)
+        "round_order": f"shuffled each round, seed {ROUND_SEED}",  # before 2026-12-02: one fixed order
         "noise_precision": precision, "ratios": {name: round(r, 3) for name, r in ratios.items()},
         "ratio_quartiles": {name: [round(q1, 3), round(q3, 3)] for name, (q1, q3) in quartiles.items()},
         "bare_matmul_ms": {name.removeprefix("bare "): round(t * 1e3, 2) for name, t in times.items()
