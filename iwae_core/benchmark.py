@@ -32,6 +32,7 @@ from .allocator import retain_freed_memory
 from .compiled import compile_unavailable
 from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
 from .device import noise_dtype
+from .maths import rng
 from .train import Trainer
 
 BATCH, K = 100, 25
@@ -49,9 +50,9 @@ def round_times(fns: dict, repeats: int, warmup: int = 3, seed: int = ROUND_SEED
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
-    order, rng = list(fns), random.Random(seed)
+    order, shuffler = list(fns), random.Random(seed)
     for _ in range(repeats):
-        rng.shuffle(order)
+        shuffler.shuffle(order)
         for name in order:
             fn = fns[name]
             t0 = time.perf_counter()
@@ -185,6 +186,7 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
     variants = ("iwae", "iwae-rrec", "iwae-r")
     precision = str(noise_dtype("auto", torch.device("cpu")) or torch.float32).removeprefix("torch.")
     say(f"noise-path products of the random layers: {precision} (the Trainer's default, auto, on this CPU)")
+    say(f"noise drawn by Philox4x32-10 (maths/rng.py), implementation: {rng.backend()}")
     fns = {**{f"bare {v}": bare_matmul_fn(v) for v in variants},
            **{f"bare {v} bfloat16": bare_matmul_fn(v, torch.bfloat16) for v in ("iwae", "iwae-r")},
            **{v: train_step_fn(v) for v in variants},
@@ -254,6 +256,7 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
             f"(+{m['peak_mb'] - m['base_mb']:.0f} MB over the loaded interpreter), {rate}")
     result = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick, "repeats": repeats,
+        "draws": rng.backend(),
         "round_order": f"shuffled each round, seed {ROUND_SEED}",  # before 2026-12-02: one fixed order
         "noise_precision": precision, "ratios": {name: round(r, 3) for name, r in ratios.items()},
         "ratio_quartiles": {name: [round(q1, 3), round(q3, 3)] for name, (q1, q3) in quartiles.items()},

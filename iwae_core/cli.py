@@ -13,6 +13,7 @@ from pathlib import Path
 from .config import (
     COMPILE_MODES,
     DATASETS,
+    DRAWS,
     ESTIMATORS,
     GRANULARITIES,
     NOISE_PRECISIONS,
@@ -36,7 +37,8 @@ def build_run(args) -> RunConfig:
         # an explicit --beta or granularity that contradicts it is refused by RunConfig below
         model_kw.update(encoder_granularity="sample", decoder_granularity="sample")
         train_kw["beta"] = 0.0
-    for name in ("hidden", "z_dim", "prior_std", "init_sigma", "encoder_granularity", "decoder_granularity"):
+    for name in ("hidden", "z_dim", "prior_std", "init_sigma", "encoder_granularity", "decoder_granularity",
+                 "draws"):
         if getattr(args, name) is not None:
             model_kw[name] = tuple(args.hidden) if name == "hidden" else getattr(args, name)
     for name in ("k", "epochs", "max_steps", "batch_size", "lr", "lr_final", "device", "estimator", "beta",
@@ -363,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the training step's loss with torch.compile: auto (default) where it pays back the "
                         "10-30 s of compiling (runs of 5 million rows of steps x batch x k or more, with a C++ "
                         "compiler or CUDA), on, or off")
+    t.add_argument("--draws", choices=DRAWS,
+                   help="generator of the noise: philox (default; drawn on every CPU thread) or torch (torch's own, "
+                        "as models trained before philox existed)")
     t.add_argument("--init-from", metavar="DIR",
                    help="start from the weights of this trained model folder: a further training stage with "
                         "its own schedule, counting on from that model's epochs and history")

@@ -11,8 +11,9 @@ TrainConfig.compile: off, on, or auto, which compiles only where it pays: a run 
 COMPILE_MIN_ROWS rows (steps x batch x k, about three MNIST epochs at k = 25), on CPU with a C++ compiler or
 on CUDA, in a single process. Tests and short live runs stay uncompiled and start at once.
 
-The compiled loss draws its random numbers from torch's own generator (inductor's fallback_random), so a
-compiled step draws exactly what the plain one draws: the same run resumes exactly, and switching compilation
+The compiled loss draws its random numbers from torch's own generator (inductor's fallback_random), and the
+noise's Philox draws (maths/rng.py) are opaque ops of the graph keyed from it, so a compiled step draws exactly
+what the plain one draws: the same run resumes exactly, and switching compilation
 on or off changes the numbers only by the fused loops' rounding (tests/test_compiled.py).
 """
 

@@ -34,6 +34,10 @@ COMPILE_MODES = ("auto", "on", "off")
 #   per-batch: each batch of images starts its own stream, seeded from (seed, index of its first image).
 # With either, a pass split across processes gives the same per-image values as in one process.
 SEEDINGS = ("stream", "per-batch")
+# which generator draws a model's noise (eps, weight noise, Flipout's signs) in training and evaluation: philox,
+# drawn on every CPU thread (maths/rng.py), or torch's own serial one, which every model saved before philox
+# existed keeps (RunConfig.from_json) so that its runs resume and its numbers reproduce exactly
+DRAWS = ("philox", "torch")
 
 
 @dataclass
@@ -50,6 +54,7 @@ class ModelConfig:
     decoder_granularity: str = "datapoint"
     prior_std: float = 1.0
     init_sigma: float = 1e-3
+    draws: str = "philox"  # the generator of eps, the weight noise and Flipout's signs (DRAWS)
 
     def __post_init__(self) -> None:
         # a config.json is user input: sizes must be true integers (not 3.5, "3" or true), flags booleans
@@ -65,6 +70,8 @@ class ModelConfig:
         for name in ("encoder_granularity", "decoder_granularity"):
             if getattr(self, name) not in GRANULARITIES:
                 raise ValueError(f"{name} must be one of {GRANULARITIES}, got {getattr(self, name)!r}")
+        if self.draws not in DRAWS:
+            raise ValueError(f"draws must be one of {DRAWS}, got {self.draws!r}")
         if self.activation not in ("tanh", "relu", "softplus"):
             raise ValueError(f"activation must be tanh, relu or softplus, got {self.activation!r}")
         if self.z_dim < 1 or self.x_dim < 1 or any(h < 1 for h in self.hidden):
@@ -254,10 +261,12 @@ class RunConfig:
         d = json.loads(text)
         # runs written before noise_precision existed computed every product in float32; runs written before
         # rho_adam_eps existed trained rho with the means' eps (one Adam group), and with the Bayesian objective;
-        # runs written before precision existed multiplied in float32
+        # runs written before precision existed multiplied in float32; models written before draws existed draw
+        # their noise with torch's generator, so that their numbers reproduce
         train = {"noise_precision": "float32", "precision": "float32",
                  "rho_adam_eps": d["train"].get("adam_eps", 1e-4), **d["train"]}
-        return cls(model=from_dict(ModelConfig, d["model"]), train=from_dict(TrainConfig, train))
+        model = {"draws": "torch", **d["model"]}
+        return cls(model=from_dict(ModelConfig, model), train=from_dict(TrainConfig, train))
 
     def save(self, path: Path) -> None:
         Path(path).write_text(self.to_json())

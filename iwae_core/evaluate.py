@@ -307,7 +307,7 @@ def evaluate_folder(directory, S: int = 5000, limit: int | None = None, taus=Non
         return ll, time.perf_counter() - t0
 
     result = {"S": S, "n_images": len(x), "test_seed": TEST_SEED, "source": data.get("source"),
-              "model_sha256": model_sha256(directory), "seeding": seeding,
+              "model_sha256": model_sha256(directory), "seeding": seeding, "draws": run.model.draws,
               "batch_size": eval_batch_size(len(x), batch_size),
               "by_tau": {}}
     per_image = {}
@@ -393,6 +393,8 @@ def _comparable_taus(old: dict | None, new: dict, per_image_path: Path) -> dict:
                                                                  "model_sha256")):
         return {}
     if old.get("seeding", "stream") != new["seeding"]:  # results written before seeding was recorded: stream
+        return {}
+    if old.get("draws", "torch") != new["draws"]:  # and before draws was: torch's generator
         return {}
     try:
         stored = ckpt.read_tensors(per_image_path)

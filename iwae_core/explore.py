@@ -10,6 +10,7 @@ import weakref
 
 import torch
 
+from .maths import rng
 from .maths.layers import BayesLinear
 from .maths.model import IWAE, BayesMLP
 
@@ -56,18 +57,19 @@ def _scaled_sigmas(net: BayesMLP, tau: float) -> list[tuple[torch.Tensor, torch.
     return [tuple(tau * s for s in _sigmas(layer)) if layer.random and tau != 0 else None for layer in net.layers]
 
 
-def _draw(sigmas: list, generator: torch.Generator) -> _Noise:
-    """One draw of a network's weight noise, in BayesLinear's order: each random layer's weights, then its bias."""
+def _draw(sigmas: list, generator: torch.Generator, draws: str) -> _Noise:
+    """One draw of a network's weight noise, in BayesLinear's order: each random layer's weights, then its bias,
+    by the model's generator (rng.randn with `draws`)."""
     noise = []
     for s in sigmas:
         if s is None:
             noise.append(None)
             continue
         w_sigma, b_sigma = s
-        w_noise = w_sigma * torch.randn(w_sigma.shape, generator=generator, dtype=w_sigma.dtype,
-                                        device=w_sigma.device)
-        b_noise = b_sigma * torch.randn(b_sigma.shape, generator=generator, dtype=b_sigma.dtype,
-                                        device=b_sigma.device)
+        w_noise = w_sigma * rng.randn(*w_sigma.shape, generator=generator, dtype=w_sigma.dtype,
+                                      device=w_sigma.device, draws=draws)
+        b_noise = b_sigma * rng.randn(*b_sigma.shape, generator=generator, dtype=b_sigma.dtype,
+                                      device=b_sigma.device, draws=draws)
         noise.append((w_noise, b_noise))
     return noise
 
@@ -83,8 +85,8 @@ def _run(net: BayesMLP, h: torch.Tensor, noise: _Noise) -> torch.Tensor:
     return h
 
 
-def _draws(sigmas: list, seeds: list[int]) -> list[_Noise]:
-    return [_draw(sigmas, torch.Generator().manual_seed(s)) for s in seeds]
+def _draws(sigmas: list, seeds: list[int], draws: str) -> list[_Noise]:
+    return [_draw(sigmas, torch.Generator().manual_seed(s), draws) for s in seeds]
 
 
 def _fixed(sigmas: list) -> bool:
@@ -116,7 +118,7 @@ def decoder_samples(model: IWAE, z: torch.Tensor, weight_draws: int, tau: float,
     h = z.unsqueeze(0)
     if _fixed(sigmas):
         return _repeat(torch.sigmoid(_run(model.decoder, h, [None] * len(sigmas)))[0], weight_draws)
-    noises = _draws(sigmas, [_seeded(seed, 1, d) for d in range(weight_draws)])
+    noises = _draws(sigmas, [_seeded(seed, 1, d) for d in range(weight_draws)], model.draws)
     out = [torch.sigmoid(_run(model.decoder, h, noise))[0] for noise in noises]
     return torch.stack(out) if out else torch.zeros(0, len(z), model.config.x_dim)
 
@@ -132,7 +134,7 @@ def encoded_mean(model: IWAE, x: torch.Tensor, tau: float, weight_draws: int, se
     sigmas = _scaled_sigmas(model.encoder, tau)
     draws = weight_draws if model.config.random_encoder and tau > 0 else 1
     generator = torch.Generator().manual_seed(_seeded(seed, 2))  # one stream for all draws, one after another
-    means = [_encoded(model, x[None], _draw(sigmas, generator))[0] for _ in range(draws)]
+    means = [_encoded(model, x[None], _draw(sigmas, generator, model.draws))[0] for _ in range(draws)]
     return torch.stack(means).mean(0)[0]
 
 
@@ -150,7 +152,7 @@ def traversal(model: IWAE, z0: torch.Tensor, units: list[int], offsets: torch.Te
     differ only by the unit moved, and a row does not depend on which other units are asked for."""
     if not units:
         return torch.zeros(0, len(offsets), model.config.x_dim)
-    (noise,) = _draws(_scaled_sigmas(model.decoder, tau), [_seeded(seed, 4)])
+    (noise,) = _draws(_scaled_sigmas(model.decoder, tau), [_seeded(seed, 4)], model.draws)
     rows = []
     for u in units:
         z = z0.expand(len(offsets), -1).clone()
@@ -163,9 +165,9 @@ def _reconstructed(model: IWAE, x: torch.Tensor, enc_sigmas: list, dec_sigmas: l
                    generator: torch.Generator | None) -> torch.Tensor:
     """p(x|z) at z = the mean of q(z|x) for x [batch, 784] under one draw of both networks (encoder first, from
     the one generator, as model.reconstruct draws them): [batch, 784]."""
-    enc = _draw(enc_sigmas, generator) if generator is not None else [None] * len(enc_sigmas)
+    enc = _draw(enc_sigmas, generator, model.draws) if generator is not None else [None] * len(enc_sigmas)
     mean = _encoded(model, x, enc)
-    dec = _draw(dec_sigmas, generator) if generator is not None else [None] * len(dec_sigmas)
+    dec = _draw(dec_sigmas, generator, model.draws) if generator is not None else [None] * len(dec_sigmas)
     return torch.sigmoid(_run(model.decoder, mean, dec))[0]
 
 

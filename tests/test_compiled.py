@@ -57,9 +57,13 @@ def test_compiled_step_draws_what_the_plain_step_draws_and_trains_alike():
         loss_fn(x)[0].backward()
         gradients.append([p.grad.clone() for p in trainer.model.parameters()])
     # log w near -550 nats is rounded to 6e-5 in float32; the normalised importance weights carry a rounding of
-    # that size (relative) into every gradient, so two orders of summation agree to about 1e-4, not better
+    # that size (relative) into every gradient, so two orders of summation agree to about 1e-4, not better. A rho's
+    # gradient is a sum of terms proportional to the draws eps, of either sign, so it is small beside its terms
+    # and carries their rounding several times over: over seeds 5-7 the rho gradients differed by up to 1.4e-3
+    # (relative), the means' by up to 2e-4
     for (name, _), g_plain, g_fused in zip(plain.model.named_parameters(), *gradients, strict=True):
-        assert (g_fused - g_plain).norm() <= 1e-3 * g_plain.norm(), name
+        tolerance = 3e-3 if name.endswith("_rho") else 1e-3
+        assert (g_fused - g_plain).norm() <= tolerance * g_plain.norm(), name
 
 
 def test_a_failing_compilation_falls_back_to_the_plain_step_on_the_same_draws(monkeypatch):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import rng
 from .ops import flipout_noise, gaussian_kl, low_precision_linear, squared_input_product
 
 
@@ -49,6 +50,8 @@ class BayesLinear(nn.Module):
         self.noise_dtype: torch.dtype | None = None
         # dtype of the mean path's products (None: the input's); see IWAE.set_mean_precision
         self.mean_dtype: torch.dtype | None = None
+        # which generator draws the weight noise (rng.DRAWS); see IWAE.set_draws
+        self.draws = "philox"
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, random={self.random}"
@@ -87,8 +90,8 @@ class BayesLinear(nn.Module):
         batch = x.shape[1]
         low = self.noise_dtype if self.noise_dtype not in (None, x.dtype) else None
         if granularity == "batch":
-            w_noise = w_sigma * torch.randn_like(w_sigma)
-            b_noise = b_sigma * torch.randn_like(b_sigma)
+            w_noise = w_sigma * rng.randn_like(w_sigma, self.draws)
+            b_noise = b_sigma * rng.randn_like(b_sigma, self.draws)
             # a full weight product like the mean path's, so in its precision (noise_dtype covers Flipout
             # and the local reparameterisation, as it always has)
             return mean + self._linear(x, w_noise, b_noise, self.mean_dtype)
@@ -102,7 +105,7 @@ class BayesLinear(nn.Module):
             # Local reparameterisation: exact for independent weights per row.
             var = squared_input_product(x, w_sigma**2, b_sigma**2, low)
             rows = max(k, x.shape[0])
-            eps = torch.randn(rows, batch, self.out_features, device=x.device, dtype=x.dtype)
+            eps = rng.randn(rows, batch, self.out_features, device=x.device, dtype=x.dtype, draws=self.draws)
             return torch.addcmul(mean, var.sqrt(), eps)
         raise ValueError(f"unknown granularity {granularity!r}; choose batch, datapoint or sample")
 
@@ -120,10 +123,11 @@ class BayesLinear(nn.Module):
         """A 'datapoint' draw for x [k, batch, in]: weight noise sigma * eps [out, in], Flipout's random signs
         s [1, batch, in] and r [1, batch, out], and bias noise [1, batch, out]."""
         batch = x.shape[1]
-        w_noise = w_sigma * torch.randn_like(w_sigma)
-        s = torch.randint(0, 2, (1, batch, self.in_features), device=x.device).to(x.dtype) * 2 - 1
-        r = torch.randint(0, 2, (1, batch, self.out_features), device=x.device).to(x.dtype) * 2 - 1
-        b_noise = b_sigma * torch.randn(1, batch, self.out_features, device=x.device, dtype=x.dtype)
+        w_noise = w_sigma * rng.randn_like(w_sigma, self.draws)
+        s = rng.signs(1, batch, self.in_features, device=x.device, dtype=x.dtype, draws=self.draws)
+        r = rng.signs(1, batch, self.out_features, device=x.device, dtype=x.dtype, draws=self.draws)
+        b_noise = b_sigma * rng.randn(1, batch, self.out_features, device=x.device, dtype=x.dtype,
+                                      draws=self.draws)
         return w_noise, s, r, b_noise
 
     def _datapoint_weights_product(self, x: torch.Tensor, tau: float) -> torch.Tensor:

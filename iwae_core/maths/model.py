@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from . import rng
 from .bounds import bernoulli_log_prob, normal_log_prob, normalized_weights
 from .layers import BayesLinear
 from .ops import tanh
@@ -48,6 +49,7 @@ class IWAE(nn.Module):
                                 c.prior_std, c.init_sigma)
         self.decoder = BayesMLP([c.z_dim, *reversed(c.hidden), c.x_dim], c.random_decoder,
                                 c.activation, c.prior_std, c.init_sigma)
+        self.set_draws(c.draws)
 
     def encode(self, x: torch.Tensor, k: int = 1, tau: float = 1.0,
                granularity: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +78,7 @@ class IWAE(nn.Module):
         public functions of evaluate.py and curves.py), once, not on every call of this inner step.
         """
         mean, std = self.encode(x, k, tau, encoder_granularity)
-        eps = torch.randn(k, x.shape[0], self.config.z_dim, device=x.device, dtype=x.dtype)
+        eps = rng.randn(k, x.shape[0], self.config.z_dim, device=x.device, dtype=x.dtype, draws=self.draws)
         z = mean + std * eps
         if estimator in ("stl", "dreg"):
             mean, std = mean.detach(), std.detach()
@@ -114,6 +116,15 @@ class IWAE(nn.Module):
             if isinstance(module, BayesLinear):
                 module.mean_dtype = dtype
 
+    def set_draws(self, draws: str) -> None:
+        """Draw eps and every layer's weight noise with rng's Philox ("philox") or torch's own generator ("torch");
+        the config's choice (ModelConfig.draws) is set at construction."""
+        rng.check_draws(draws)
+        self.draws = draws
+        for module in self.modules():
+            if isinstance(module, BayesLinear):
+                module.draws = draws
+
     def _zero(self) -> torch.Tensor:
         return self.encoder.layers[0].weight_mu.new_zeros(())
 
@@ -123,7 +134,7 @@ class IWAE(nn.Module):
         n images: [1, n, x_dim]. (More weight draws: call again; explore.decoder_samples does, seeded.)"""
         if z is None:
             ref = self._zero()
-            z = torch.randn(n, self.config.z_dim, device=ref.device, dtype=ref.dtype)
+            z = rng.randn(n, self.config.z_dim, device=ref.device, dtype=ref.dtype, draws=self.draws)
         return torch.sigmoid(self.decode(z.unsqueeze(0), tau, "batch"))
 
     @torch.no_grad()
