@@ -119,6 +119,7 @@ def backend() -> str:
         if _backend is None:
             try:
                 _extension, capability = _build()
+                torch.library.register_fake("iwae_core::philox_cpu")(_fake_draw)  # the op philox.cpp defines
                 _backend = f"C++ ({capability})"
             except Exception as err:  # no compiler, a failed build: the same numbers, drawn slower
                 why = " ".join(str(err).split())[:300] or type(err).__name__
@@ -138,15 +139,16 @@ def _draw(kind: str, key: int, size: list[int]) -> torch.Tensor:
     return out
 
 
-# Under torch.compile a draw is an opaque op of the graph (its key drawn in the graph by torch's generator);
-# eager calls skip the custom op, whose first call costs about a second.
+# Under torch.compile a draw is an opaque op of the graph, its key drawn in the graph by torch's generator:
+# philox.cpp's own op (iwae_core::philox_cpu) once it is built, which the compiled graph calls without Python (an
+# IWAE-R step draws 11 times), else this one. Eager calls skip both: a custom op's first call costs about a second.
 @torch.library.custom_op("iwae_core::philox", mutates_args=())
 def _draw_op(key: torch.Tensor, size: list[int], kind: str) -> torch.Tensor:
     return _draw(kind, int(key), size)
 
 
 @_draw_op.register_fake
-def _(key: torch.Tensor, size: list[int], kind: str) -> torch.Tensor:
+def _fake_draw(key: torch.Tensor, size: list[int], kind: str) -> torch.Tensor:
     return key.new_empty(size, dtype=torch.float32)
 
 
@@ -155,7 +157,12 @@ def _keyed(kind: str, size: tuple[int, ...], dtype: torch.dtype, generator: torc
     # (cpp_wrapper) cannot pass to randint
     kw = {} if generator is None else {"generator": generator}
     key = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, **kw)
-    z = _draw_op(key, list(size), kind) if torch.compiler.is_compiling() else _draw(kind, int(key), list(size))
+    if not torch.compiler.is_compiling():
+        z = _draw(kind, int(key), list(size))
+    elif _extension is not None:  # built before tracing: compiled.compile_loss asks for backend() first
+        z = torch.ops.iwae_core.philox_cpu(key, list(size), kind)
+    else:
+        z = _draw_op(key, list(size), kind)
     return z if dtype == torch.float32 else z.to(dtype)
 
 
