@@ -27,12 +27,14 @@ def test_train_eval_table(tmp_path):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["hidden"] == [32] and config["model"]["random_encoder"] is True
+    assert config["model"]["draws"] == "philox"  # the default generator, recorded with the model
     again = iwae("train", "--dataset", "mnist", "--out", str(out), check=False)
     assert again.returncode == 2 and "--resume" in again.stderr
     r = iwae("eval", str(out), "--k", "50", "--limit", "20", "--mc-repeats", "2")
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["test"]
     assert test["S"] == 50 and test["n_images"] == 20 and set(test["by_tau"]) == {"1", "0"}
+    assert test["draws"] == "philox"
     assert -400 < test["by_tau"]["1"]["mean"] < -100 and test["by_tau"]["1"]["stderr"] > 0
     assert metrics["training"]["steps"] == 30
     # Evaluating one noise scale again keeps the other's result for the same weights, images and S ...
@@ -60,6 +62,9 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
     assert "k must be a positive integer" in capsys.readouterr().err
     assert main(["train", "--lr", "-1", "--out", str(tmp_path / "x"), "--data-dir", str(tmp_path)]) == 2
     assert "lr must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main(["train", "--draws", "mt19937", "--out", str(tmp_path / "x"), "--data-dir", str(tmp_path)])
+    assert "--draws: invalid choice: 'mt19937'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "not a model folder" in capsys.readouterr().err
 

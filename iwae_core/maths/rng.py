@@ -104,8 +104,10 @@ def _build():
 
     capability = torch.backends.cpu.get_cpu_capability()
     flags = _CAPABILITY_FLAGS.get(capability, [])
-    # named by capability, so that machines sharing a build cache do not load each other's instructions
-    module = cpp_extension.load(name=f"iwae_philox_{capability.lower()}",
+    # named by capability and torch's version, so that machines sharing a build cache do not load each other's
+    # instructions, nor an upgraded torch a module built against the old one's headers
+    version = "".join(c if c.isalnum() else "_" for c in torch.__version__)
+    module = cpp_extension.load(name=f"iwae_philox_{capability.lower()}_torch{version}",
                                 sources=[str(Path(__file__).with_name("philox.cpp"))],
                                 extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"], verbose=False)
     return module, capability
