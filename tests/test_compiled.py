@@ -2,6 +2,8 @@
 plain step and trains to the same weights up to rounding; a compilation that fails falls back to the plain step
 on the same draws; auto compiles only where the compilation pays back, and `on` where it cannot run is refused."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -16,8 +18,8 @@ from support import require_compile
 CPU = torch.device("cpu")
 
 
-def tiny_trainer(compile: str, variant: str = "iwae-r", seed: int = 3) -> Trainer:
-    run = RunConfig(ModelConfig.for_variant(variant, hidden=(32,), z_dim=4, init_sigma=0.05),
+def tiny_trainer(compile: str, variant: str = "iwae-r", seed: int = 3, draws: str = "philox") -> Trainer:
+    run = RunConfig(ModelConfig.for_variant(variant, hidden=(32,), z_dim=4, init_sigma=0.05, draws=draws),
                     TrainConfig(k=3, batch_size=20, epochs=1, max_steps=4, seed=seed, device="cpu", threads=1,
                                 eval_k=5, eval_images=50, compile=compile))
     return Trainer(run, data=synthetic_data(seed=seed))
@@ -28,10 +30,10 @@ def steps(trainer: Trainer, n: int) -> list[float]:
     return [trainer.train_step(next(batches)[2])["bound"] for _ in range(n)]
 
 
-def run_steps(compile: str, n: int = 4) -> tuple[Trainer, list[float], torch.Tensor]:
+def run_steps(compile: str, n: int = 4, draws: str = "philox") -> tuple[Trainer, list[float], torch.Tensor]:
     """A tiny trainer after n steps (its seed sets the process's generator), its bounds, and the generator's next
     draws: equal next draws mean the steps drew the same amount of random numbers."""
-    trainer = tiny_trainer(compile)
+    trainer = tiny_trainer(compile, draws=draws)
     bounds = steps(trainer, n)
     return trainer, bounds, torch.rand(5)
 
@@ -64,6 +66,20 @@ def test_compiled_step_draws_what_the_plain_step_draws_and_trains_alike():
     for (name, _), g_plain, g_fused in zip(plain.model.named_parameters(), *gradients, strict=True):
         tolerance = 3e-3 if name.endswith("_rho") else 1e-3
         assert (g_fused - g_plain).norm() <= tolerance * g_plain.norm(), name
+
+
+@pytest.mark.slow
+def test_a_model_drawing_with_torchs_generator_compiles_and_draws_what_its_plain_step_draws():
+    """Models saved before Philox draw with torch.randn and randint (ModelConfig.draws = torch); resumed with
+    --compile they must compile (not fall back) and draw as the plain step does."""
+    require_compile()
+    plain, bounds_plain, next_plain = run_steps("off", n=2, draws="torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback to the plain step warns
+        fused, bounds_fused, next_fused = run_steps("on", n=2, draws="torch")
+    assert fused.compiled_loss is not None and "not compiled" not in fused.compile_note
+    assert torch.equal(next_fused, next_plain)
+    assert bounds_fused == pytest.approx(bounds_plain, rel=1e-5)
 
 
 def test_a_failing_compilation_falls_back_to_the_plain_step_on_the_same_draws(monkeypatch):

@@ -154,11 +154,14 @@ def _fake_draw(key: torch.Tensor, size: list[int], kind: str) -> torch.Tensor:
     return key.new_empty(size, dtype=torch.float32)
 
 
+def _generator(generator: torch.Generator | None) -> dict:
+    """generator= for torch's random functions, left out when None: a compiled graph (cpp_wrapper) cannot call
+    randint with an explicit generator argument, even None, and its compilation would fail."""
+    return {} if generator is None else {"generator": generator}
+
+
 def _keyed(kind: str, size: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator | None) -> torch.Tensor:
-    # one draw from torch's stream (or the given generator's); without a generator argument, which compiled graphs
-    # (cpp_wrapper) cannot pass to randint
-    kw = {} if generator is None else {"generator": generator}
-    key = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, **kw)
+    key = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, **_generator(generator))  # one draw
     if not torch.compiler.is_compiling():
         z = _draw(kind, int(key), list(size))
     elif _extension is not None:  # built before tracing: compiled.compile_loss asks for backend() first
@@ -182,7 +185,7 @@ def randn(*size: int, device: torch.device | str | None = None, dtype: torch.dty
     device = torch.device(device if device is not None else "cpu")
     dtype = dtype or torch.get_default_dtype()
     if draws == "torch" or device.type != "cpu":
-        return torch.randn(*size, device=device, dtype=dtype, generator=generator)
+        return torch.randn(*size, device=device, dtype=dtype, **_generator(generator))
     return _keyed("normal", size, dtype, generator)
 
 
@@ -194,7 +197,7 @@ def signs(*size: int, device: torch.device | str | None = None, dtype: torch.dty
     device = torch.device(device if device is not None else "cpu")
     dtype = dtype or torch.get_default_dtype()
     if draws == "torch" or device.type != "cpu":
-        return torch.randint(0, 2, size, device=device, generator=generator).to(dtype) * 2 - 1
+        return torch.randint(0, 2, size, device=device, **_generator(generator)).to(dtype) * 2 - 1
     return _keyed("signs", size, dtype, generator)
 
 
