@@ -50,7 +50,7 @@ class BayesLinear(nn.Module):
         self.noise_dtype: torch.dtype | None = None
         # dtype of the mean path's products (None: the input's); see IWAE.set_mean_precision
         self.mean_dtype: torch.dtype | None = None
-        # which generator draws the weight noise (rng.DRAWS); see IWAE.set_draws
+        # which generator draws the weight noise (config.DRAWS); see IWAE.set_draws
         self.draws = "philox"
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-// Standard normal draws from Philox4x32-10 on CPU, spread over torch's threads (rng.py says why and what).
+// Standard normals and random signs from Philox4x32-10 on CPU, spread over torch's threads (rng.py says why).
 //
 // Philox4x32-10: J. K. Salmon, M. A. Moraes, R. O. Dror, D. E. Shaw, "Parallel random numbers: as easy as
 // 1, 2, 3", SC11 (2011). Counter c = (i mod 2^32, i / 2^32, 0, 0) for block i, key (key mod 2^32, key / 2^32);
@@ -95,8 +95,6 @@ void philox_words(uint32_t k0, uint32_t k1, uint64_t first, uint32_t* out) {
 #endif
 }
 
-}  // namespace
-
 // dst[4 i + j] = z[j * kBlocks + i]: the four word-major rows of z interleaved into the output's order.
 inline void interleave(const float* z, float* dst) {
 #if defined(__AVX512F__)
@@ -124,6 +122,8 @@ inline void interleave(const float* z, float* dst) {
     for (int j = 0; j < 4; ++j) dst[4 * i + j] = z[j * kBlocks + i];
 #endif
 }
+
+}  // namespace
 
 // Words of blocks 0..n-1 under `key`, [n, 4] int32 (the uint32 bits): what the tests check against the
 // published known answers and against rng.py's torch implementation.
