@@ -173,3 +173,10 @@ def test_without_the_extension_the_torch_implementation_draws_the_same_numbers(m
     assert rng.backend().startswith("torch (building philox.cpp failed: no C++ compiler")
     torch.testing.assert_close(fallback, built, rtol=1e-6, atol=1e-6)
     assert torch.equal(fallback_signs, built_signs)
+
+
+def test_the_kernels_refuse_a_tensor_they_cannot_fill():
+    for bad in (torch.empty(8, dtype=torch.float64), torch.empty(4, 4).t()):
+        for fill in (extension().normal_, extension().signs_):
+            with pytest.raises(RuntimeError, match="needs a contiguous float32 CPU tensor"):
+                fill(bad, 1)

@@ -95,6 +95,20 @@ void philox_words(uint32_t k0, uint32_t k1, uint64_t first, uint32_t* out) {
 #endif
 }
 
+// Philox's two 32-bit key words of a 64-bit key.
+struct KeyWords {
+  uint32_t k0, k1;
+  explicit KeyWords(int64_t key)
+      : k0(static_cast<uint32_t>(key)), k1(static_cast<uint32_t>(static_cast<uint64_t>(key) >> 32)) {}
+};
+
+// The data of a tensor a draw fills, which must be contiguous float32 on the CPU.
+float* output_data(torch::Tensor& out, const char* draw) {
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == torch::kFloat32 && out.is_contiguous(), "philox ", draw,
+              ": needs a contiguous float32 CPU tensor");
+  return out.data_ptr<float>();
+}
+
 // dst[4 i + j] = z[j * kBlocks + i]: the four word-major rows of z interleaved into the output's order.
 inline void interleave(const float* z, float* dst) {
 #if defined(__AVX512F__)
@@ -131,8 +145,9 @@ torch::Tensor words(int64_t key, int64_t n) {
   auto out = torch::empty({(n + kBlocks - 1) / kBlocks * kBlocks, 4}, torch::kInt32);
   auto* o = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
   alignas(64) uint32_t w[4 * kBlocks];
+  const KeyWords k(key);
   for (int64_t b = 0; b < out.size(0); b += kBlocks) {
-    philox_words(static_cast<uint32_t>(key), static_cast<uint32_t>(static_cast<uint64_t>(key) >> 32), b, w);
+    philox_words(k.k0, k.k1, b, w);
     for (int i = 0; i < kBlocks; ++i)
       for (int j = 0; j < 4; ++j) o[(b + i) * 4 + j] = w[j * kBlocks + i];
   }
@@ -141,22 +156,18 @@ torch::Tensor words(int64_t key, int64_t n) {
 
 // Fills a contiguous float32 tensor with standard normals (the header's layout).
 void normal_(torch::Tensor out, int64_t key) {
-  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == torch::kFloat32 && out.is_contiguous(),
-              "philox normal_: needs a contiguous float32 CPU tensor");
-  float* p = out.data_ptr<float>();
-  const int64_t n = out.numel();
-  const int64_t per_batch = 4 * kBlocks;
-  const int64_t batches = (n + per_batch - 1) / per_batch;
-  const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(static_cast<uint64_t>(key) >> 32);
+  float* p = output_data(out, "normal_");
+  const int64_t n = out.numel(), per_batch = 4 * kBlocks;
+  const KeyWords k(key);
   // 64 batches (16,384 normals, about 15 us) is the least worth handing to a second thread
-  at::parallel_for(0, batches, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, (n + per_batch - 1) / per_batch, 64, [&](int64_t begin, int64_t end) {
     using V = at::vec::Vectorized<float>;
     alignas(64) uint32_t w[4 * kBlocks];
     alignas(64) float u[4 * kBlocks];
     alignas(64) float z[4 * kBlocks];
     const V minus_two(-2.f), two_pi(6.2831853071795864f);
     for (int64_t batch = begin; batch < end; ++batch) {
-      philox_words(k0, k1, static_cast<uint64_t>(batch) * kBlocks, w);
+      philox_words(k.k0, k.k1, static_cast<uint64_t>(batch) * kBlocks, w);
       // u1 from words 0 and 2, u2 from words 1 and 3; pair q of counter i is word-major row 2q (u1), 2q+1 (u2)
       for (int row = 0; row < 4; ++row) {
         const float one_if_u1 = row % 2 == 0 ? 1.f : 0.f;
@@ -192,17 +203,13 @@ void normal_(torch::Tensor out, int64_t key) {
 // Fills a contiguous float32 tensor with random signs +-1: entry e is 1 - 2 b, b bit e % 32 of word (e / 32) % 4 of
 // counter e / 128, so 128 signs per counter.
 void signs_(torch::Tensor out, int64_t key) {
-  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == torch::kFloat32 && out.is_contiguous(),
-              "philox signs_: needs a contiguous float32 CPU tensor");
-  float* p = out.data_ptr<float>();
-  const int64_t n = out.numel();
-  const int64_t per_batch = 128 * kBlocks;
-  const int64_t batches = (n + per_batch - 1) / per_batch;
-  const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(static_cast<uint64_t>(key) >> 32);
-  at::parallel_for(0, batches, 4, [&](int64_t begin, int64_t end) {
+  float* p = output_data(out, "signs_");
+  const int64_t n = out.numel(), per_batch = 128 * kBlocks;
+  const KeyWords k(key);
+  at::parallel_for(0, (n + per_batch - 1) / per_batch, 4, [&](int64_t begin, int64_t end) {
     alignas(64) uint32_t w[4 * kBlocks];
     for (int64_t batch = begin; batch < end; ++batch) {
-      philox_words(k0, k1, static_cast<uint64_t>(batch) * kBlocks, w);
+      philox_words(k.k0, k.k1, static_cast<uint64_t>(batch) * kBlocks, w);
       const int64_t start = batch * per_batch;
       const int64_t m = std::min<int64_t>(per_batch, n - start);
       for (int64_t e = 0; e < m; ++e) {
