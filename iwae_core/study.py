@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
+from .config import DRAWS, PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
 
 # arm -> (variant, objective, training precision)
 ARMS = {
@@ -78,6 +78,9 @@ class StudyConfig:
     z_dim: int = 40
     k: int = 25
     train_images: int | None = None
+    # the noise's generator (config.DRAWS): torch's, as every trial in results/ was trained with, so that a trial
+    # retrained through its earlier budgets in a new checkout follows the same draws as the one they came from
+    draws: str = "torch"
 
     def __post_init__(self) -> None:
         self.root, self.results = Path(self.root), Path(self.results)
@@ -107,7 +110,7 @@ def trial_run(cfg: StudyConfig, dataset: str, arm: str, seed: int) -> RunConfig:
     granularity = {"encoder_granularity": "sample", "decoder_granularity": "sample"} if objective == "mixture" else {}
     sigma = cfg.mixture_init_sigma if objective == "mixture" else cfg.init_sigma
     model = ModelConfig.for_variant(variant, **{**PAPER_PRESET["model"], "hidden": cfg.hidden, "z_dim": cfg.z_dim},
-                                    init_sigma=sigma, **granularity)
+                                    init_sigma=sigma, draws=cfg.draws, **granularity)
     train = TrainConfig(**{**PAPER_PRESET["train"], "batch_size": cfg.batch_size, "lr": cfg.lr,
                            "lr_final": cfg.lr_final, "k": cfg.k}, dataset=dataset, epochs=max(cfg.budgets), seed=seed,
                         threads=cfg.threads, device="cpu", objective=objective, precision=precision,
@@ -250,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default=None, help="a Ray cluster to run the trials on (default: $RAY_ADDRESS, "
                                                   "else a local Ray of --workers CPUs)")
     p.add_argument("--data-dir")
+    p.add_argument("--draws", choices=DRAWS, default="torch",
+                   help="the noise's generator: torch (default, as the trials in results/) or philox (faster; a "
+                        "study of its own, in a new --root and --results)")
     p.add_argument("--summarize", action="store_true", help="only rebuild study.csv and study.md")
     p.add_argument("--note", help="a status paragraph for study.md (what the results cover, what is missing)")
     args = p.parse_args(argv)
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                       seeds=tuple(args.seeds), budgets=tuple(args.budgets), until=args.until,
                       init_sigma=args.init_sigma,
                       mixture_init_sigma=args.mixture_init_sigma, images=args.images, S=args.S,
-                      workers=args.workers, data_dir=args.data_dir)
+                      workers=args.workers, data_dir=args.data_dir, draws=args.draws)
     if not args.summarize:
         run_study(cfg, args.address)
     from .study_results import write_results  # here, not at the top: study_results imports ARMS from this module

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/mixture-sigma-pilot}
 IWAE=${IWAE:-iwae}
-common=(--dataset mnist --preset paper --batch-size 20 --epochs 1 --seed 0 --threads 1 --noise-precision float32)
+common=(--dataset mnist --preset paper --batch-size 20 --epochs 1 --seed 0 --threads 1 --noise-precision float32 --draws torch)
 one() {  # name, options...
   local name=$1; shift
   # --resume finishes an interrupted run and does nothing for a finished one

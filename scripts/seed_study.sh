@@ -12,9 +12,10 @@ mkdir -p "$OUT"
 for seed in 0 1 2; do for variant in iwae-r iwae-rrec iwae; do echo "$variant $seed"; done; done |
   xargs -P 2 -L 1 bash -c '
     variant=$0 seed=$1 dir=$OUT/mnist-$variant-s$seed
-    # --resume: a new folder starts from scratch, a finished run resumes to no more steps
+    # --resume: a new folder starts from scratch, a finished run resumes to no more steps; --draws torch: the
+    # generator the documented results were drawn with
     "$IWAE" train --preset paper --dataset mnist --variant "$variant" --epochs 3 --threads 1 --seed "$seed" \
-      --out "$dir" --resume > "$dir.train.log" 2>&1
+      --draws torch --out "$dir" --resume > "$dir.train.log" 2>&1
     OMP_NUM_THREADS=1 "$IWAE" eval "$dir" --k 5000 --limit 1000 --noise-scale 1 --mc-repeats 1 > "$dir.eval.log" 2>&1'
 "$PYTHON" - <<'PY'
 import json, pathlib

@@ -7,7 +7,8 @@
 #     second cosine from 5e-4 to 5e-5, seed 1 (a new shuffle) -> $RUNS/<dataset>-s2/<variant>
 #   stage 3, MNIST only: stage 2 again from the stage-2 weights, seed 2 -> $RUNS/mnist-s3/<variant>
 # All stages keep the noise-path products in float32 (--noise-precision float32), as the first stages
-# ran before the bfloat16 option existed.
+# ran before the bfloat16 option existed, and draw the noise with torch's generator (--draws torch), as all
+# stages did before Philox existed.
 # The last stage of each model is copied into $SHIP/<dataset>-<variant>; metrics.json records every
 # stage's command. The paper preset's batch 100 learned far more slowly per epoch here (2-epoch cosine
 # schedules, MNIST valid L_100: -105.3 at batch 20, -117.5 at batch 100).
@@ -37,7 +38,7 @@ train() {  # train OUT ARGS...: start or resume a run in OUT, logging to OUT/tra
   mkdir -p "$out"
   # --resume starts from scratch in a new folder (a train.log alone counts as empty), and continues a run
   # whose checkpoint swap a kill interrupted (checkpoint.old, no checkpoint/)
-  "$IWAE" train --preset paper --batch-size 20 --threads 1 --noise-precision float32 --out "$out" --resume "$@" >> "$out/train.log" 2>&1
+  "$IWAE" train --preset paper --batch-size 20 --threads 1 --noise-precision float32 --draws torch --out "$out" --resume "$@" >> "$out/train.log" 2>&1
 }
 
 ship() {  # ship RUN DIR: the model folder of a finished run, without its checkpoint and logs

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from iwae_core import checkpoint as ckpt
 from iwae_core.data import load_dataset
-from iwae_core.study import StudyConfig, next_runnable, run_task, trial_name, trial_run
+from iwae_core.study import ARMS, StudyConfig, next_runnable, run_task, trial_name, trial_run
 from iwae_core.study_results import read_csv, write_results
 from iwae_core.train import Trainer
 from support import require_data
@@ -81,3 +81,10 @@ def test_a_bf16_arm_follows_the_same_schedule_and_is_paired_with_its_float32_twi
     assert read_csv(cfg.results / "study.csv") == rows
     md = (cfg.results / "study.md").read_text()
     assert "bf16-mixed − float32" in md and "1 seed: no verdict (3 needed)" in md
+
+
+def test_trials_draw_with_torchs_generator_unless_asked_as_the_results_they_continue(tmp_path):
+    cfg = StudyConfig(root=tmp_path, results=tmp_path / "results", datasets=("mnist",), seeds=(0,))
+    assert {trial_run(cfg, "mnist", arm, 0).model.draws for arm in ARMS} == {"torch"}
+    faster = StudyConfig(root=tmp_path, results=tmp_path / "results", datasets=("mnist",), seeds=(0,), draws="philox")
+    assert trial_run(faster, "mnist", "iwae-r", 0).model.draws == "philox"
