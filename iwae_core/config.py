@@ -70,8 +70,7 @@ class ModelConfig:
         for name in ("encoder_granularity", "decoder_granularity"):
             if getattr(self, name) not in GRANULARITIES:
                 raise ValueError(f"{name} must be one of {GRANULARITIES}, got {getattr(self, name)!r}")
-        if self.draws not in DRAWS:
-            raise ValueError(f"draws must be one of {DRAWS}, got {self.draws!r}")
+        check_draws(self.draws)
         if self.activation not in ("tanh", "relu", "softplus"):
             raise ValueError(f"activation must be tanh, relu or softplus, got {self.activation!r}")
         if self.z_dim < 1 or self.x_dim < 1 or any(h < 1 for h in self.hidden):
@@ -205,6 +204,13 @@ def check_seed(seed, name: str = "seed") -> int:
     if not is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"{name} must be an integer from 0 to {MAX_SEED}, got {seed!r:.40}")
     return seed
+
+
+def check_draws(draws: str) -> str:
+    """Reject a noise generator that is not one of DRAWS."""
+    if draws not in DRAWS:
+        raise ValueError(f"draws must be one of {DRAWS}, got {draws!r}")
+    return draws
 
 
 def check_k(k: int, name: str = "k") -> int:

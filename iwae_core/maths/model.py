@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_draws
 from . import rng
 from .bounds import bernoulli_log_prob, normal_log_prob, normalized_weights
 from .layers import BayesLinear
@@ -119,7 +119,7 @@ class IWAE(nn.Module):
     def set_draws(self, draws: str) -> None:
         """Draw eps and every layer's weight noise with rng's Philox ("philox") or torch's own generator ("torch");
         the config's choice (ModelConfig.draws) is set at construction."""
-        rng.check_draws(draws)
+        check_draws(draws)
         self.draws = draws
         for module in self.modules():
             if isinstance(module, BayesLinear):

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DRAWS
+from ..config import check_draws
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32's multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85  # the key schedule's Weyl constants
@@ -72,12 +72,16 @@ def split_key(key: int) -> tuple[int, int]:
     return key & _MASK, key >> 32
 
 
-def torch_normal(n: int, key: int) -> torch.Tensor:
-    """n standard normals [n] float32 under key, in torch ops (philox.cpp's layout)."""
-    blocks = (n + 3) // 4
+def _block_words(blocks: int, key: int) -> torch.Tensor:
+    """The words of counters 0..blocks-1 under key, [blocks, 4] int64 (counter i is (i mod 2^32, i / 2^32, 0, 0))."""
     i = torch.arange(blocks, dtype=torch.int64)
     counter = torch.stack([i & _MASK, i >> 32, torch.zeros_like(i), torch.zeros_like(i)], dim=-1)
-    w = philox_words(counter, split_key(key))
+    return philox_words(counter, split_key(key))
+
+
+def torch_normal(n: int, key: int) -> torch.Tensor:
+    """n standard normals [n] float32 under key, in torch ops (philox.cpp's layout)."""
+    w = _block_words((n + 3) // 4, key)
     u1 = ((w[:, 0::2] >> 8) + 1).to(torch.float32) * _TWO_POW_M24  # (0, 1]: words 0 and 2
     u2 = (w[:, 1::2] >> 8).to(torch.float32) * _TWO_POW_M24  # [0, 1): words 1 and 3
     r = (-2.0 * u1.log()).sqrt()
@@ -88,10 +92,7 @@ def torch_normal(n: int, key: int) -> torch.Tensor:
 
 def torch_signs(n: int, key: int) -> torch.Tensor:
     """n random signs +-1 [n] float32 under key, in torch ops (philox.cpp's layout: 128 per counter)."""
-    blocks = (n + 127) // 128
-    i = torch.arange(blocks, dtype=torch.int64)
-    counter = torch.stack([i & _MASK, i >> 32, torch.zeros_like(i), torch.zeros_like(i)], dim=-1)
-    w = philox_words(counter, split_key(key))  # [blocks, 4]
+    w = _block_words((n + 127) // 128, key)  # [blocks, 4]
     bits = (w.unsqueeze(-1) >> torch.arange(32)) & 1  # [blocks, word, bit]
     return (1 - 2 * bits).to(torch.float32).reshape(-1)[:n]
 
@@ -133,7 +134,8 @@ def backend() -> str:
 
 def _draw(kind: str, key: int, size: list[int]) -> torch.Tensor:
     """Standard normals ("normal") or random signs ("signs") of the given size under key, float32."""
-    backend()
+    if _backend is None:  # decided once; no lock on every draw after that
+        backend()
     if _extension is None:
         return _TORCH_DRAWS[kind](math.prod(size), key).reshape(size)
     out = torch.empty(size, dtype=torch.float32)
@@ -171,9 +173,12 @@ def _keyed(kind: str, size: tuple[int, ...], dtype: torch.dtype, generator: torc
     return z if dtype == torch.float32 else z.to(dtype)
 
 
-def check_draws(draws: str) -> None:
-    if draws not in DRAWS:
-        raise ValueError(f"draws must be one of {DRAWS}, got {draws!r}")
+def _torch_or_cpu(device: torch.device | str | None, dtype: torch.dtype | None,
+                  draws: str) -> tuple[torch.device, torch.dtype, bool]:
+    """(device, dtype, whether torch's generator draws) for randn's and signs' arguments."""
+    check_draws(draws)
+    device = torch.device(device if device is not None else "cpu")
+    return device, dtype or torch.get_default_dtype(), draws == "torch" or device.type != "cpu"
 
 
 def randn(*size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
@@ -181,10 +186,8 @@ def randn(*size: int, device: torch.device | str | None = None, dtype: torch.dty
     """Standard normals of the given size, like torch.randn(*size, device=, dtype=, generator=): with draws
     "philox", Philox on CPU (the module docstring) and torch.randn elsewhere, taking one 64-bit key from torch's
     global generator or the one given; with draws "torch", torch.randn itself, as every run before this module."""
-    check_draws(draws)
-    device = torch.device(device if device is not None else "cpu")
-    dtype = dtype or torch.get_default_dtype()
-    if draws == "torch" or device.type != "cpu":
+    device, dtype, by_torch = _torch_or_cpu(device, dtype, draws)
+    if by_torch:
         return torch.randn(*size, device=device, dtype=dtype, **_generator(generator))
     return _keyed("normal", size, dtype, generator)
 
@@ -193,10 +196,8 @@ def signs(*size: int, device: torch.device | str | None = None, dtype: torch.dty
           generator: torch.Generator | None = None, draws: str = "philox") -> torch.Tensor:
     """Random signs +-1, each with probability 1/2, of the given size (Flipout's sign vectors): Philox's bits on
     CPU with draws "philox", else torch.randint(0, 2) * 2 - 1 as before."""
-    check_draws(draws)
-    device = torch.device(device if device is not None else "cpu")
-    dtype = dtype or torch.get_default_dtype()
-    if draws == "torch" or device.type != "cpu":
+    device, dtype, by_torch = _torch_or_cpu(device, dtype, draws)
+    if by_torch:
         return torch.randint(0, 2, size, device=device, **_generator(generator)).to(dtype) * 2 - 1
     return _keyed("signs", size, dtype, generator)
 
