@@ -7,11 +7,14 @@ Times the bare float32 products of an IWAE step and the Trainer's IWAE, IWAE-R a
 medians (ms) and ratios. --source imports iwae_core from another checkout (e.g. `git worktree add /tmp/old HEAD~1`);
 alternate runs of two checkouts so that a slow spell of a shared machine does not favour either. --compiled adds
 the same steps with the loss compiled (--compile on; each compiles in the warm-up, 10-30 s) and their ratios.
+A checkout from before the precision option or the compiled loss gets the steps and ratios it can time (its float32
+steps, uncompiled), so the step of the code a target was set on can be timed beside today's on the same host.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 
@@ -32,25 +35,31 @@ from iwae_core.benchmark import bare_matmul_fn, median_times, train_step_fn  # n
 
 torch.set_num_threads(args.threads)
 retain_freed_memory()
-fns = {"bare iwae": bare_matmul_fn("iwae"), "iwae": train_step_fn("iwae"),
-       "iwae bf16-mixed": train_step_fn("iwae", precision="bf16-mixed"), "iwae-r": train_step_fn("iwae-r"),
-       "iwae-r bf16-mixed": train_step_fn("iwae-r", precision="bf16-mixed"), "iwae-rrec": train_step_fn("iwae-rrec")}
-if args.compiled:
-    for v in ("iwae", "iwae-r"):
-        fns[f"{v} compiled"] = train_step_fn(v, compile="on")
-        fns[f"{v} bf16-mixed compiled"] = train_step_fn(v, precision="bf16-mixed", compile="on")
+options = inspect.signature(train_step_fn).parameters
+# (name, variant, precision, compile) of each step timed: the float32 steps, bf16-mixed IWAE and IWAE-R, and with
+# --compiled the same IWAE and IWAE-R steps compiled
+STEPS = [(f"{v}{suffix}{' compiled' * (compile == 'on')}", v, precision, compile)
+         for compile in ("off", "on") for v in ("iwae", "iwae-r", "iwae-rrec")
+         for suffix, precision in (("", "float32"), (" bf16-mixed", "bf16-mixed"))
+         if not (v == "iwae-rrec" and (precision != "float32" or compile == "on"))]
+fns = {"bare iwae": bare_matmul_fn("iwae")}
+for name, v, precision, compile in STEPS:
+    if (compile == "on" and not (args.compiled and "compile" in options)
+            or precision != "float32" and "precision" not in options):
+        continue
+    kwargs = {"precision": precision} if "precision" in options else {}
+    fns[name] = train_step_fn(v, **kwargs, **({"compile": compile} if "compile" in options else {}))
 ms = {name: t * 1e3 for name, t in median_times(fns, args.repeats).items()}
-ratios = {"iwae_step_over_bare_matmuls": ms["iwae"] / ms["bare iwae"],
-          "iwae_r_step_over_iwae_step": ms["iwae-r"] / ms["iwae"],
-          "iwae_bf16_mixed_step_over_float32_step": ms["iwae bf16-mixed"] / ms["iwae"],
-          "iwae_r_bf16_mixed_step_over_float32_step": ms["iwae-r bf16-mixed"] / ms["iwae-r"]}
-if args.compiled:
-    ratios.update({"iwae_compiled_step_over_bare_matmuls": ms["iwae compiled"] / ms["bare iwae"],
-                   "iwae_r_compiled_step_over_iwae_compiled_step": ms["iwae-r compiled"] / ms["iwae compiled"],
-                   "iwae_bf16_mixed_compiled_over_float32_compiled":
-                       ms["iwae bf16-mixed compiled"] / ms["iwae compiled"],
-                   "iwae_r_bf16_mixed_compiled_over_float32_compiled":
-                       ms["iwae-r bf16-mixed compiled"] / ms["iwae-r compiled"]})
+# (ratio, numerator, denominator), each given where both were timed
+RATIOS = (("iwae_step_over_bare_matmuls", "iwae", "bare iwae"),
+          ("iwae_r_step_over_iwae_step", "iwae-r", "iwae"),
+          ("iwae_bf16_mixed_step_over_float32_step", "iwae bf16-mixed", "iwae"),
+          ("iwae_r_bf16_mixed_step_over_float32_step", "iwae-r bf16-mixed", "iwae-r"),
+          ("iwae_compiled_step_over_bare_matmuls", "iwae compiled", "bare iwae"),
+          ("iwae_r_compiled_step_over_iwae_compiled_step", "iwae-r compiled", "iwae compiled"),
+          ("iwae_bf16_mixed_compiled_over_float32_compiled", "iwae bf16-mixed compiled", "iwae compiled"),
+          ("iwae_r_bf16_mixed_compiled_over_float32_compiled", "iwae-r bf16-mixed compiled", "iwae-r compiled"))
+ratios = {name: ms[num] / ms[den] for name, num, den in RATIOS if num in ms and den in ms}
 source = str(iwae_core.__file__).removesuffix("/iwae_core/__init__.py")
 print(json.dumps({"source": source, "threads": args.threads, "ms": {k: round(v, 2) for k, v in ms.items()},
                   "ratios": {k: round(v, 3) for k, v in ratios.items()}}))
