@@ -109,7 +109,15 @@ float* output_data(torch::Tensor& out, const char* draw) {
   return out.data_ptr<float>();
 }
 
-// dst[4 i + j] = z[j * kBlocks + i]: the four word-major rows of z interleaved into the output's order.
+// dst[e] = z[(e % 4) * kBlocks + e / 4] for the first m entries: the four word-major rows of z back in counter
+// order (entry 4 i + j is row j, column i), for the words themselves, a draw's last part batch, and CPUs without
+// AVX-512.
+template <typename T>
+inline void interleave_first(const T* z, T* dst, int64_t m) {
+  for (int64_t e = 0; e < m; ++e) dst[e] = z[(e % 4) * kBlocks + e / 4];
+}
+
+// interleave_first of a whole batch (4 kBlocks entries) of float32.
 inline void interleave(const float* z, float* dst) {
 #if defined(__AVX512F__)
   // 16 counters at a time: a 4 x 4 transpose within each 128-bit lane (unpack), then one of the lanes
@@ -132,8 +140,7 @@ inline void interleave(const float* z, float* dst) {
     _mm512_storeu_ps(d + 48, _mm512_shuffle_f32x4(v2, v3, 0xDD));
   }
 #else
-  for (int i = 0; i < kBlocks; ++i)
-    for (int j = 0; j < 4; ++j) dst[4 * i + j] = z[j * kBlocks + i];
+  interleave_first(z, dst, 4 * kBlocks);
 #endif
 }
 
@@ -148,8 +155,7 @@ torch::Tensor words(int64_t key, int64_t n) {
   const KeyWords k(key);
   for (int64_t b = 0; b < out.size(0); b += kBlocks) {
     philox_words(k.k0, k.k1, b, w);
-    for (int i = 0; i < kBlocks; ++i)
-      for (int j = 0; j < 4; ++j) o[(b + i) * 4 + j] = w[j * kBlocks + i];
+    interleave_first(w, o + b * 4, 4 * kBlocks);
   }
   return out.narrow(0, 0, n);
 }
@@ -194,7 +200,7 @@ void normal_(torch::Tensor out, int64_t key) {
       if (m == per_batch) {
         interleave(z, dst);
       } else {
-        for (int64_t e = 0; e < m; ++e) dst[e] = z[(e % 4) * kBlocks + e / 4];
+        interleave_first(z, dst, m);
       }
     }
   });
