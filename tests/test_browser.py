@@ -182,8 +182,10 @@ def test_train_live_starts_a_run_and_shows_progress(page, server):
     images = page.get_by_label("Training images (0 = all)", exact=True)
     images.fill("400")
     images.press("Tab")
+    wait_idle(page)  # each field's Tab reruns the page; a click while a rerun is still going can be lost
     page.get_by_role("button", name="Start training").click()
     wait_idle(page)
+    assert_no_exception(page, "Train live after Start training")
     page.wait_for_selector("[data-testid=stProgress]")
     steps = progress_step(page, more_than=0)
     assert steps > 0, page.locator("[data-testid=stMain]").inner_text()[:2000]
