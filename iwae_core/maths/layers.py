@@ -74,13 +74,13 @@ class BayesLinear(nn.Module):
     @staticmethod
     def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         if dtype is None or dtype == x.dtype:
-            if torch.compiler.is_compiling():
+            if torch.compiler.is_compiling() and x.device.type == "cpu":
                 # + b, written as - (-1) b: inductor turns a product followed by "+ bias" into addmm, which on
                 # CPU first copies the bias into every row of the output for the product to read back, a write
                 # and a read of [k * batch, out] more (about 0.6 ms of an IWAE step on two threads); a
                 # subtraction it leaves as it is, so the bias joins the loop that next reads the product (the
                 # likelihood's for the decoder's last layer; before the opaque tanh, one pass in place).
-                # x - (-1) b is x + b exactly.
+                # x - (-1) b is x + b exactly. On CUDA inductor weighs addmm against the loop itself.
                 return F.linear(x, w).sub(b, alpha=-1)
             return F.linear(x, w, b)
         return low_precision_linear(x, w, b, dtype)  # float32 out, products in dtype (see ops.py)
