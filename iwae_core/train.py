@@ -202,9 +202,10 @@ class Trainer:
         self.compiled_loss = compile_loss(self.loss, self.device) if use else None
 
     def _loss_and_gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """loss(x) (loss, bound, KL/N) and the gradients in .grad, through the compiled loss where the run compiles. The
-        compiled loss's first step compiles it; should that fail (no working compiler, an op inductor cannot
-        handle), the run warns, naming the error, and goes on uncompiled from the same random state."""
+        """loss(x)'s (loss, bound, KL/N or None), with the gradients in .grad, through the compiled loss where the
+        run compiles. The compiled loss's first step compiles it; should that fail (no working compiler, an op
+        inductor cannot handle), the run warns, naming the error, and goes on uncompiled from the same random
+        state."""
         if self.compile_note is None:
             self.decide_compile()
         first_compiled = self.compiled_loss is not None and not self._compile_tried
