@@ -233,10 +233,11 @@ class Trainer:
         set_lr(self.optimizer, self.lr_at(self.step))
         loss, bound, kl = self._loss_and_gradients(x)
         # checked before the update, so the weights stay as the last good step left them
-        problem = ("the loss is not finite" if not math.isfinite(loss.item())
-                   else None if gradients_finite(self.optimizer) else "a gradient became NaN or infinite")
-        if problem:
-            raise TrainingDiverged(self._diverged_message(f"{problem}, so the weights were not updated"))
+        if not math.isfinite(loss.item()):
+            raise TrainingDiverged(self._diverged_message("the loss is not finite, so the weights were not updated"))
+        if not gradients_finite(self.optimizer):
+            raise TrainingDiverged(self._diverged_message(
+                "a gradient became NaN or infinite, so the weights were not updated"))
         self.optimizer.step()
         self.step += 1
         bound = bound.item()
