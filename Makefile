@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -e '.[app,test]'
-	@# builds the noise's Philox kernel once (about 30 s; cached), so that no first draw waits for it
+	@# builds the C++ kernels once (Philox's draws, tanh; about 30 s, cached), so that no first draw waits for them
 	-$(BIN)/python -c "from iwae_core.maths import rng; print('noise draws:', rng.backend())"
 	touch $@
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from .maths import rng
+from .maths import ops, rng
 
 COMPILE_MIN_ROWS = 5_000_000
 
@@ -76,5 +76,6 @@ def compile_loss(fn: Callable, device: torch.device) -> Callable:
     CPU the graph's wrapper (the code that allocates the buffers and calls the kernels and products in turn) is
     generated C++ rather than Python (inductor's cpp_wrapper): an IWAE step is about 1 ms faster and the first
     step compiles no slower (docs/benchmarks.md)."""
-    rng.backend()  # philox.cpp built (or known unbuildable) before tracing, so the graph calls its op
+    rng.backend()  # the C++ kernels built (or known unbuildable) before tracing, so the graph calls their ops
+    ops.native_tanh()
     return torch.compile(fn, options={"fallback_random": True, "cpp_wrapper": device.type == "cpu"})

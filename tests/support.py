@@ -25,6 +25,19 @@ def require_data(*parts: str) -> Path:
     return Path(root)
 
 
+def require_native() -> None:
+    """The package's C++ kernels built (iwae_core/maths/native.py): their absence fails in CI and skips elsewhere."""
+    from iwae_core.maths import native
+
+    try:
+        native.load()
+    except Exception as err:
+        msg = f"the C++ kernels are not built here: {err}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
 def require_compile() -> None:
     """torch.compile on this CPU (a C++ compiler, a supported torch): its absence fails in CI and skips elsewhere."""
     from iwae_core.compiled import compile_unavailable

@@ -1,10 +1,10 @@
 """Functions with hand-written backward passes, for speed on CPU: the Bernoulli log-likelihood, the weight
-KL, the random layers' products in a lower precision, and tanh under torch.compile.
+KL, the random layers' products in a lower precision, and tanh (tanh.cpp's on CPU, opaque to torch.compile).
 
 Each saves passes over its largest tensors that autograd's composition of ATen ops would make (ATen's
-log_sigmoid still runs a scalar loop on CPU; its softplus and tanh are vectorised in torch 2.14 and are used
-as they are, tanh also inside compiled code, where inductor's own is four times slower). Tests compare every
-value with a float64 reference and every backward with gradcheck.
+log_sigmoid still runs a scalar loop on CPU; its softplus is vectorised in torch 2.14 and used as it is; its
+tanh is fast on some CPUs and slow on others, see tanh). Tests compare every value with a float64 reference and
+every backward with gradcheck.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from . import native
 
 
 def _sum_of_logs(p: torch.Tensor) -> torch.Tensor:
@@ -259,14 +261,39 @@ def _tanh_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
 
 def _tanh_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
     (y,) = ctx.saved_tensors
-    return grad * (1 - y * y)  # d tanh / dx = 1 - tanh^2, from the saved output
+    return torch.ops.aten.tanh_backward(grad, y)  # grad * (1 - y^2), from the saved output, in one pass
 
 
 _tanh_op.register_autograd(_tanh_backward, setup_context=_tanh_setup)
 
+_tanh_cpu: bool | None = None  # whether tanh.cpp's op is built and registered, once tried
+
+
+def native_tanh() -> bool:
+    """Whether float32 CPU tensors take tanh.cpp's tanh, building the package's kernels on the first call (see
+    tanh). compiled.compile_loss asks before tracing, so that a compiled graph calls the op without Python."""
+    global _tanh_cpu
+    if _tanh_cpu is None:
+        try:
+            native.load()
+        except Exception:  # no compiler, a failed build: ATen's tanh, the same values to 1.8 ulp
+            _tanh_cpu = False
+        else:
+            torch.library.register_fake("iwae_core::tanh_cpu")(lambda x: torch.empty_like(x))
+            torch.library.register_autograd("iwae_core::tanh_cpu", _tanh_backward, setup_context=_tanh_setup)
+            _tanh_cpu = True
+    return _tanh_cpu
+
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
-    """torch.tanh, kept out of torch.compile's generated code: inductor's vectorised tanh took 1.54 ms on a
-    [2500, 400] tensor on one CPU thread, ATen's own 0.36 ms, so under compilation tanh is an opaque op that
-    calls ATen's (its backward, grad * (1 - y^2), is still fused by inductor). The same values either way."""
+    """tanh(x); float32 CPU tensors take tanh.cpp's (within 1.8 ulp of the correctly rounded value).
+
+    ATen's CPU tanh took 3.3-3.7 ms on a [2500, 400] tensor on one thread of a CPU where it is slow (AMD EPYC,
+    AVX-512), against 0.36 ms on one where it is fast (Intel, AMX), and its time depends on the values; tanh.cpp's
+    took 0.7-1.0 ms on the first, and inductor's own vectorised tanh 1.8 ms on the first and 1.5 ms on the second
+    (docs/benchmarks.md). So under compilation tanh is an opaque op of the graph either way, tanh.cpp's when it is
+    built, else ATen's through a Python custom op; its backward, grad * (1 - y^2), is fused by inductor."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        if _tanh_cpu if torch.compiler.is_compiling() else native_tanh():
+            return torch.ops.iwae_core.tanh_cpu(x)
     return _tanh_op(x) if torch.compiler.is_compiling() else torch.tanh(x)

@@ -30,11 +30,11 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from pathlib import Path
 
 import torch
 
 from ..config import check_draws
+from . import native
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32's multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85  # the key schedule's Weyl constants
@@ -44,14 +44,6 @@ _TWO_POW_M24 = 2.0**-24
 _lock = threading.Lock()
 _extension = None  # the built philox.cpp module, once built
 _backend: str | None = None  # "C++ (<capability>)" or "torch (<why>)", once decided
-
-# compiler flags for ATen's vectorised float maths (at::vec) at this CPU's capability, as ATen builds its own
-_CAPABILITY_FLAGS = {
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512",
-               "-DCPU_CAPABILITY=AVX512"],
-    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
-}
-
 
 def philox_words(counter: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
     """Philox4x32-10 of counters [n, 4] (int64 holding uint32 values) under key (k0, k1): [n, 4] words, int64.
@@ -101,17 +93,7 @@ _TORCH_DRAWS = {"normal": torch_normal, "signs": torch_signs}
 
 
 def _build():
-    from torch.utils import cpp_extension  # imported here: it is slow to import and only needed once
-
-    capability = torch.backends.cpu.get_cpu_capability()
-    flags = _CAPABILITY_FLAGS.get(capability, [])
-    # named by capability and torch's version, so that machines sharing a build cache do not load each other's
-    # instructions, nor an upgraded torch a module built against the old one's headers
-    version = "".join(c if c.isalnum() else "_" for c in torch.__version__)
-    module = cpp_extension.load(name=f"iwae_philox_{capability.lower()}_torch{version}",
-                                sources=[str(Path(__file__).with_name("philox.cpp"))],
-                                extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"], verbose=False)
-    return module, capability
+    return native.load(), native.capability()
 
 
 def backend() -> str:
