@@ -77,5 +77,5 @@ def compile_loss(fn: Callable, device: torch.device) -> Callable:
     generated C++ rather than Python (inductor's cpp_wrapper): an IWAE step is about 1 ms faster and the first
     step compiles no slower (docs/benchmarks.md)."""
     rng.backend()  # the C++ kernels built (or known unbuildable) before tracing, so the graph calls their ops
-    ops.native_tanh()
+    ops.native_elementwise()
     return torch.compile(fn, options={"fallback_random": True, "cpp_wrapper": device.type == "cpu"})

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from iwae_core.maths.ops import flipout_noise, gaussian_kl, squared_input_product, tanh
+from iwae_core.maths.ops import flipout_noise, gaussian_kl, softplus, squared_input_product, tanh
 from support import require_compile, require_native
 
 
@@ -85,9 +85,9 @@ def ulps_from(y: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
 
 
 def test_tanh_on_cpu_is_within_2_ulp_of_float64_keeps_signs_zeros_and_nan_and_ignores_the_thread_count():
-    """tanh.cpp (ops.tanh on float32 CPU tensors): every 97th float32 in [0, 16), 11 million values, against float64
-    (its docstring's 1.8 ulp was measured on every one of them); odd; exactly 1 from 9.1; the same on
-    one thread as on two."""
+    """elementwise.cpp's tanh (ops.tanh on float32 CPU tensors): every 97th float32 in [0, 16), 11 million values,
+    against float64 (its header's 1.8 ulp was measured on every one of them); odd; exactly 1 from 9.1; the same
+    on one thread as on two."""
     require_native()
     x = float32_range(0.0, 16.0, 97)
     y = tanh(x)
@@ -114,15 +114,45 @@ def test_tanh_on_cpu_is_within_2_ulp_of_float64_keeps_signs_zeros_and_nan_and_ig
         torch.ops.iwae_core.tanh_cpu(x.double())
 
 
+def test_softplus_on_cpu_is_within_3_ulp_of_float64_from_the_smallest_sigma_to_large_inputs():
+    """elementwise.cpp's softplus (ops.softplus on float32 CPU tensors, sigma = softplus(rho)): every 61st float32
+    of either sign below 100 (sigma down to e^-100, rho from the checkpoints' lowest allowed up), 14 million values,
+    against float64; softplus x = x from about 17 on, as F.softplus; NaN kept; the same on one thread as on two;
+    its gradient is sigmoid, compiled or not."""
+    require_native()
+    magnitudes = float32_range(1e-30, 100.0, 61)
+    x = torch.cat([-magnitudes, magnitudes])
+    y = softplus(x)
+    exact = torch.nn.functional.softplus(x.double())
+    assert ulps_from(y, exact).max().item() <= 3.0
+    big = torch.tensor([17.0, 20.0, 21.0, 1e4, 3e38])
+    assert torch.equal(softplus(big), torch.nn.functional.softplus(big))
+    assert softplus(torch.tensor([-200.0])).item() == 0.0 and math.isnan(softplus(torch.tensor([math.nan])).item())
+    threads = torch.get_num_threads()
+    try:
+        odd = torch.randn(3, 100_003) * 5
+        torch.set_num_threads(2)
+        two = softplus(odd)
+        torch.set_num_threads(1)
+        assert torch.equal(softplus(odd), two)
+    finally:
+        torch.set_num_threads(threads)
+    xr = (torch.randn(1000) * 5).requires_grad_()
+    (grad,) = torch.autograd.grad(softplus(xr).sum(), xr)
+    assert torch.allclose(grad, torch.sigmoid(xr.detach()), rtol=1e-6, atol=0)
+    with pytest.raises(RuntimeError, match="softplus_cpu: needs a float32 CPU tensor"):
+        torch.ops.iwae_core.softplus_cpu(x.double())
+
+
 @pytest.mark.slow
-def test_tanh_compiled_is_the_same_op_and_its_gradient_is_one_minus_tanh_squared():
+def test_tanh_and_softplus_compiled_are_the_same_ops_with_their_gradients():
     require_compile()
     require_native()
     torch.manual_seed(0)
     # both tails (where tanh rounds to +-1 and 1 - y^2 to 0), zero and tiny values
     x = torch.cat([torch.randn(2000) * 3, torch.tensor([-1e4, -40.0, -1e-30, 0.0, 1e-30, 40.0, 1e4])])
     compiled = torch.compile(lambda v: tanh(v * 1.0))  # a product before it, as after a layer
-    assert torch.equal(compiled(x), tanh(x))  # tanh.cpp's op inside the graph
+    assert torch.equal(compiled(x), tanh(x))  # elementwise.cpp's op inside the graph
     for f in (tanh, compiled):
         xr = x.clone().requires_grad_()
         (grad,) = torch.autograd.grad(f(xr).sum(), xr)
@@ -132,6 +162,11 @@ def test_tanh_compiled_is_the_same_op_and_its_gradient_is_one_minus_tanh_squared
     assert torch.allclose(grad, 1 - torch.tanh(x.double()) ** 2, rtol=1e-12, atol=0)
     xs = torch.randn(6, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(compiled, (xs,))
+    softplus_compiled = torch.compile(lambda v: softplus(v * 1.0))
+    xr = (torch.randn(1000) * 5).requires_grad_()
+    assert torch.equal(softplus_compiled(xr), softplus(xr))
+    (grad,) = torch.autograd.grad(softplus_compiled(xr).sum(), xr)
+    assert torch.allclose(grad, torch.sigmoid(xr.detach()), rtol=1e-6, atol=0)
 
 
 def test_compiled_likelihood_blocks_are_at_most_16_long_and_vectorise_where_they_can():

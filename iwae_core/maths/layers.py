@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import rng
-from .ops import flipout_noise, gaussian_kl, low_precision_linear, squared_input_product
+from .ops import flipout_noise, gaussian_kl, low_precision_linear, softplus, squared_input_product
 
 
 def inverse_softplus(y: float) -> float:
@@ -58,11 +58,11 @@ class BayesLinear(nn.Module):
 
     @property
     def weight_sigma(self) -> torch.Tensor:
-        return F.softplus(self.weight_rho)
+        return softplus(self.weight_rho)
 
     @property
     def bias_sigma(self) -> torch.Tensor:
-        return F.softplus(self.bias_rho)
+        return softplus(self.bias_rho)
 
     def kl_divergence(self) -> torch.Tensor:
         """KL(q(W, b) || p(W, b)) in closed form; zero for a deterministic layer."""

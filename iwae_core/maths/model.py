@@ -13,9 +13,9 @@ from ..config import ModelConfig, check_draws
 from . import rng
 from .bounds import bernoulli_log_prob, normal_log_prob, normalized_weights
 from .layers import BayesLinear
-from .ops import tanh
+from .ops import softplus, tanh
 
-ACTIVATIONS = {"tanh": tanh, "relu": F.relu, "softplus": F.softplus}
+ACTIVATIONS = {"tanh": tanh, "relu": F.relu, "softplus": softplus}
 
 
 class BayesMLP(nn.Module):
@@ -57,7 +57,7 @@ class IWAE(nn.Module):
         g = granularity or self.config.encoder_granularity
         h = self.encoder(x.unsqueeze(0), k, g, tau)
         mean, pre_std = h.chunk(2, dim=-1)
-        return mean, F.softplus(pre_std) + 1e-6
+        return mean, softplus(pre_std) + 1e-6
 
     def decode(self, z: torch.Tensor, tau: float = 1.0,
                granularity: str | None = None) -> torch.Tensor:

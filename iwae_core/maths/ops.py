@@ -1,9 +1,9 @@
 """Functions with hand-written backward passes, for speed on CPU: the Bernoulli log-likelihood, the weight
-KL, the random layers' products in a lower precision, and tanh (tanh.cpp's on CPU, opaque to torch.compile).
+KL, the random layers' products in a lower precision, and tanh and softplus (elementwise.cpp's on CPU).
 
 Each saves passes over its largest tensors that autograd's composition of ATen ops would make (ATen's
-log_sigmoid still runs a scalar loop on CPU; its softplus is vectorised in torch 2.14 and used as it is; its
-tanh is fast on some CPUs and slow on others, see tanh). Tests compare every value with a float64 reference and
+log_sigmoid still runs a scalar loop on CPU; its tanh and softplus are fast on some CPUs and slow on others,
+see tanh). Tests compare every value with a float64 reference and
 every backward with gradcheck.
 """
 
@@ -173,7 +173,7 @@ class _GaussianKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu: torch.Tensor, rho: torch.Tensor, prior_std: float) -> torch.Tensor:
-        sigma = F.softplus(rho)
+        sigma = softplus(rho)
         s2 = prior_std**2
         squares = torch.dot(sigma.flatten(), sigma.flatten()) + torch.dot(mu.flatten(), mu.flatten())
         ctx.save_for_backward(mu, rho, sigma)
@@ -266,34 +266,62 @@ def _tanh_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
 
 _tanh_op.register_autograd(_tanh_backward, setup_context=_tanh_setup)
 
-_tanh_cpu: bool | None = None  # whether tanh.cpp's op is built and registered, once tried
+_native: bool | None = None  # whether elementwise.cpp's ops are built and registered, once tried
 
 
-def native_tanh() -> bool:
-    """Whether float32 CPU tensors take tanh.cpp's tanh, building the package's kernels on the first call (see
-    tanh). compiled.compile_loss asks before tracing, so that a compiled graph calls the op without Python."""
-    global _tanh_cpu
-    if _tanh_cpu is None:
+def _softplus_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    ctx.save_for_backward(inputs[0])
+
+
+def _softplus_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    return grad * torch.sigmoid(x)  # d softplus / dx = sigmoid
+
+
+def native_elementwise() -> bool:
+    """Whether float32 CPU tensors take elementwise.cpp's tanh and softplus, building the package's kernels on
+    the first call (see tanh). compiled.compile_loss asks before tracing, so that a compiled graph calls the ops
+    without Python."""
+    global _native
+    if _native is None:
         try:
             native.load()
-        except Exception:  # no compiler, a failed build: ATen's tanh, the same values to 1.8 ulp
-            _tanh_cpu = False
+        except Exception:  # no compiler, a failed build: ATen's functions, the same values to 2 ulp
+            _native = False
         else:
-            torch.library.register_fake("iwae_core::tanh_cpu")(lambda x: torch.empty_like(x))
-            torch.library.register_autograd("iwae_core::tanh_cpu", _tanh_backward, setup_context=_tanh_setup)
-            _tanh_cpu = True
-    return _tanh_cpu
+            for name, backward, setup in (("tanh_cpu", _tanh_backward, _tanh_setup),
+                                          ("softplus_cpu", _softplus_backward, _softplus_setup)):
+                torch.library.register_fake(f"iwae_core::{name}")(torch.empty_like)
+                torch.library.register_autograd(f"iwae_core::{name}", backward, setup_context=setup)
+            _native = True
+    return _native
+
+
+def _takes_native(x: torch.Tensor) -> bool:
+    """Whether x goes to elementwise.cpp: float32 on CPU, the ops built (only looked up, not built, while
+    torch.compile traces)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    return bool(_native) if torch.compiler.is_compiling() else native_elementwise()
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
-    """tanh(x); float32 CPU tensors take tanh.cpp's (within 1.8 ulp of the correctly rounded value).
+    """tanh(x); float32 CPU tensors take elementwise.cpp's (within 1.8 ulp of the correctly rounded value).
 
     ATen's CPU tanh took 3.3-3.7 ms on a [2500, 400] tensor on one thread of a CPU where it is slow (AMD EPYC,
-    AVX-512), against 0.36 ms on one where it is fast (Intel, AMX), and its time depends on the values; tanh.cpp's
-    took 0.7-1.0 ms on the first, and inductor's own vectorised tanh 1.8 ms on the first and 1.5 ms on the second
-    (docs/benchmarks.md). So under compilation tanh is an opaque op of the graph either way, tanh.cpp's when it is
-    built, else ATen's through a Python custom op; its backward, grad * (1 - y^2), is fused by inductor."""
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        if _tanh_cpu if torch.compiler.is_compiling() else native_tanh():
-            return torch.ops.iwae_core.tanh_cpu(x)
+    AVX-512), against 0.36 ms on one where it is fast (Intel, AMX), and its time depends on the values;
+    elementwise.cpp's took 0.7-1.0 ms on the first, and inductor's own vectorised tanh 1.8 ms on the first and
+    1.5 ms on the second (docs/benchmarks.md). So under compilation tanh is an opaque op of the graph either way,
+    elementwise.cpp's when it is built, else ATen's through a Python custom op; its backward, grad * (1 - y^2), is
+    fused by inductor."""
+    if _takes_native(x):
+        return torch.ops.iwae_core.tanh_cpu(x)
     return _tanh_op(x) if torch.compiler.is_compiling() else torch.tanh(x)
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) (F.softplus with beta 1; sigma = softplus(rho) of every random weight); float32 CPU tensors
+    take elementwise.cpp's. ATen's and inductor's both go through SLEEF's log1p, which took 9 ms per million
+    entries on one thread of an AMD EPYC; elementwise.cpp's uses exp and log alone (about 1 ms). Compiled, it is an
+    opaque op, its backward grad * sigmoid(x) fused by inductor."""
+    return torch.ops.iwae_core.softplus_cpu(x) if _takes_native(x) else F.softplus(x)
