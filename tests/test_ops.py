@@ -144,6 +144,24 @@ def test_softplus_on_cpu_is_within_3_ulp_of_float64_from_the_smallest_sigma_to_l
         torch.ops.iwae_core.softplus_cpu(x.double())
 
 
+def test_without_the_kernels_tanh_and_softplus_are_torchs(monkeypatch):
+    """No C++ compiler, or a failed build: ops.tanh and ops.softplus are torch.tanh and F.softplus, value for value."""
+    from iwae_core.maths import native, ops
+
+    def no_compiler():
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(native, "_build", no_compiler)
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setattr(ops, "_native", None)
+    x = torch.randn(1000) * 4
+    assert torch.equal(tanh(x), torch.tanh(x)) and torch.equal(softplus(x), torch.nn.functional.softplus(x))
+    assert ops.native_elementwise() is False
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        native.load()
+
+
 @pytest.mark.slow
 def test_tanh_and_softplus_compiled_are_the_same_ops_with_their_gradients():
     require_compile()
