@@ -59,7 +59,3 @@ def load():
         raise _error
     return _module
 
-
-def built() -> bool:
-    """Whether the module is loaded, without building it (inside a compiled graph's tracing, say)."""
-    return _module is not None

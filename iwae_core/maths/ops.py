@@ -3,13 +3,13 @@ KL, the random layers' products in a lower precision, and tanh and softplus (ele
 
 Each saves passes over its largest tensors that autograd's composition of ATen ops would make (ATen's
 log_sigmoid still runs a scalar loop on CPU; its tanh and softplus are fast on some CPUs and slow on others,
-see tanh). Tests compare every value with a float64 reference and
-every backward with gradcheck.
+see tanh). Tests compare every value with a float64 reference and every backward with gradcheck.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -267,6 +267,7 @@ def _tanh_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
 _tanh_op.register_autograd(_tanh_backward, setup_context=_tanh_setup)
 
 _native: bool | None = None  # whether elementwise.cpp's ops are built and registered, once tried
+_native_lock = threading.Lock()
 
 
 def _softplus_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
@@ -284,16 +285,18 @@ def native_elementwise() -> bool:
     without Python."""
     global _native
     if _native is None:
-        try:
-            native.load()
-        except Exception:  # no compiler, a failed build: ATen's functions, the same values to 2 ulp
-            _native = False
-        else:
-            for name, backward, setup in (("tanh_cpu", _tanh_backward, _tanh_setup),
-                                          ("softplus_cpu", _softplus_backward, _softplus_setup)):
-                torch.library.register_fake(f"iwae_core::{name}")(torch.empty_like)
-                torch.library.register_autograd(f"iwae_core::{name}", backward, setup_context=setup)
-            _native = True
+        with _native_lock:  # the dashboard runs its pages on several threads; the ops are registered once
+            if _native is None:
+                try:
+                    native.load()
+                except Exception:  # no compiler, a failed build: torch's functions, the same values to 2.4 ulp
+                    _native = False
+                else:
+                    for name, backward, setup in (("tanh_cpu", _tanh_backward, _tanh_setup),
+                                                  ("softplus_cpu", _softplus_backward, _softplus_setup)):
+                        torch.library.register_fake(f"iwae_core::{name}")(torch.empty_like)
+                        torch.library.register_autograd(f"iwae_core::{name}", backward, setup_context=setup)
+                    _native = True
     return _native
 
 
@@ -322,6 +325,6 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
 def softplus(x: torch.Tensor) -> torch.Tensor:
     """log(1 + e^x) (F.softplus with beta 1; sigma = softplus(rho) of every random weight); float32 CPU tensors
     take elementwise.cpp's. ATen's and inductor's both go through SLEEF's log1p, which took 9 ms per million
-    entries on one thread of an AMD EPYC; elementwise.cpp's uses exp and log alone (about 1 ms). Compiled, it is an
+    entries on one thread of an AMD EPYC; elementwise.cpp's uses exp and log alone (about 2 ms). Compiled, it is an
     opaque op, its backward grad * sigmoid(x) fused by inductor."""
     return torch.ops.iwae_core.softplus_cpu(x) if _takes_native(x) else F.softplus(x)
