@@ -84,6 +84,20 @@ def ulps_from(y: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     return (y.double() - exact).abs() / ulp
 
 
+def on_one_and_two_threads(f, x: torch.Tensor) -> torch.Tensor:
+    """f(x) on two threads, asserted equal to f(x) on one: for an odd size, the threads' ranges end inside a
+    vector."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = f(x)
+        torch.set_num_threads(1)
+        assert torch.equal(f(x), two)
+    finally:
+        torch.set_num_threads(threads)
+    return two
+
+
 def test_tanh_on_cpu_is_within_2_ulp_of_float64_keeps_signs_zeros_and_nan_and_ignores_the_thread_count():
     """elementwise.cpp's tanh (ops.tanh on float32 CPU tensors): every 97th float32 in [0, 16), 11 million values,
     against float64 (its header's 1.8 ulp was measured on every one of them); odd; exactly 1 from 9.1; the same
@@ -99,15 +113,8 @@ def test_tanh_on_cpu_is_within_2_ulp_of_float64_keeps_signs_zeros_and_nan_and_ig
     assert torch.equal(torch.signbit(out[:3]), torch.tensor([False, True, True]))
     assert out[2].item() == pytest.approx(-1e-40, rel=1e-6)  # subnormals, as x itself
     assert out[3:5].tolist() == [1.0, -1.0] and math.isnan(out[5].item())
-    threads = torch.get_num_threads()
-    try:
-        odd = torch.randn(3, 100_003) * 3  # thread ranges that end inside a vector
-        torch.set_num_threads(2)
-        two = tanh(odd)
-        torch.set_num_threads(1)
-        assert torch.equal(tanh(odd), two)
-    finally:
-        torch.set_num_threads(threads)
+    odd = torch.randn(3, 100_003) * 3
+    two = on_one_and_two_threads(tanh, odd)
     assert torch.equal(tanh(odd.t()), two.t())  # a transposed view: the same values
     assert tanh(x.double()).dtype == torch.float64  # other dtypes: ATen's
     with pytest.raises(RuntimeError, match="needs a float32 CPU tensor"):
@@ -128,15 +135,7 @@ def test_softplus_on_cpu_is_within_3_ulp_of_float64_from_the_smallest_sigma_to_l
     big = torch.tensor([17.0, 20.0, 21.0, 1e4, 3e38])
     assert torch.equal(softplus(big), torch.nn.functional.softplus(big))
     assert softplus(torch.tensor([-200.0])).item() == 0.0 and math.isnan(softplus(torch.tensor([math.nan])).item())
-    threads = torch.get_num_threads()
-    try:
-        odd = torch.randn(3, 100_003) * 5
-        torch.set_num_threads(2)
-        two = softplus(odd)
-        torch.set_num_threads(1)
-        assert torch.equal(softplus(odd), two)
-    finally:
-        torch.set_num_threads(threads)
+    on_one_and_two_threads(softplus, torch.randn(3, 100_003) * 5)
     xr = (torch.randn(1000) * 5).requires_grad_()
     (grad,) = torch.autograd.grad(softplus(xr).sum(), xr)
     assert torch.allclose(grad, torch.sigmoid(xr.detach()), rtol=1e-6, atol=0)
