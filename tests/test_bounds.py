@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from iwae_core.maths.bounds import bernoulli_log_prob, effective_sample_size, logmeanexp, normal_log_prob
-from support import require_compile
+from support import require_compile, require_native
 
 
 def test_logmeanexp_is_stable_far_below_zero():
@@ -69,6 +69,35 @@ def test_bernoulli_log_prob_matches_torch_distributions_in_value_and_gradient(d,
     l32 = torch.randn(25, 100, d) * 3
     exact = bernoulli_log_prob(x32.double(), l32.double())
     assert (log_prob(x32, l32).double() - exact).abs().max().item() < 1e-3
+
+
+def test_bernoulli_log_prob_in_float32_on_cpu_is_within_float32_rounding_of_float64():
+    """Uncompiled float32 on CPU (elementwise.cpp's one pass per row): values and gradients in the logits against
+    float64, for x [batch, D] and [1, batch, D] against logits [k, batch, D], D = 784 and 50 (a partial vector),
+    logits up to +-200; the same on one thread as on two."""
+    require_native()
+    torch.manual_seed(2)
+    for d in (784, 50):
+        x = torch.bernoulli(torch.full((100, d), 0.13))
+        logits = (torch.randn(25, 100, d) * 8).clamp(-200, 200)
+        logits[0, 0, :4] = torch.tensor([200.0, -200.0, 90.0, -90.0])
+        exact = torch.distributions.Bernoulli(logits=logits.double()).log_prob(x.double().expand(25, 100, d)).sum(-1)
+        upstream = torch.randn(25, 100)
+        grad_exact = (x.double() - torch.sigmoid(logits.double())) * upstream.double().unsqueeze(-1)
+        for xs in (x, x.unsqueeze(0)):
+            lr = logits.clone().requires_grad_()
+            got = bernoulli_log_prob(xs, lr)
+            assert got.shape == (25, 100) and (got.double() - exact).abs().max().item() < 1e-3
+            (grad,) = torch.autograd.grad((got * upstream).sum(), lr)
+            assert (grad.double() - grad_exact).abs().max().item() < 1e-6
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = bernoulli_log_prob(x, logits)
+            torch.set_num_threads(2)
+            assert torch.equal(bernoulli_log_prob(x, logits), one)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def test_bernoulli_log_prob_gradient_in_x_and_broadcasting_pass_gradcheck():

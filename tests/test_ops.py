@@ -108,6 +108,7 @@ def test_tanh_on_cpu_is_within_2_ulp_of_float64_keeps_signs_zeros_and_nan_and_ig
     assert ulps_from(y, torch.tanh(x.double())).max().item() <= 2.0
     assert torch.equal(tanh(-x), -y)
     assert torch.all(y[x >= 9.1] == 1)  # where 1 - tanh x < 2^-25, half an ulp below 1
+    assert torch.all(tanh(float32_range(16.0, 3.4e38, 9973)) == 1)  # and on to the largest float32
     special = torch.tensor([0.0, -0.0, -1e-40, math.inf, -math.inf, math.nan])
     out = tanh(special)
     assert torch.equal(torch.signbit(out[:3]), torch.tensor([False, True, True]))

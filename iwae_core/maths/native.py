@@ -9,6 +9,7 @@ tanh and softplus): no compiler, or a failed build, makes the package slower, ne
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -37,12 +38,14 @@ def _build():
     from torch.utils import cpp_extension  # imported here: it is slow to import and only needed once
 
     flags = _CAPABILITY_FLAGS.get(capability(), [])
-    # named by capability and torch's version, so that machines sharing a build cache do not load each other's
-    # instructions, nor an upgraded torch a module built against the old one's headers
+    # named by capability, torch's version and the sources' contents, so that machines sharing a build cache do
+    # not load each other's instructions, an upgraded torch a module built against the old one's headers, nor two
+    # checkouts with different kernels rebuild over each other (or wait on each other's build)
     version = "".join(c if c.isalnum() else "_" for c in torch.__version__)
-    here = Path(__file__).parent
-    return cpp_extension.load(name=f"iwae_kernels_{capability().lower()}_torch{version}",
-                              sources=[str(here / s) for s in SOURCES],
+    sources = [Path(__file__).with_name(s) for s in SOURCES]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+    return cpp_extension.load(name=f"iwae_kernels_{capability().lower()}_torch{version}_{digest}",
+                              sources=[str(p) for p in sources],
                               extra_cflags=["-O3", "-fopenmp", *flags], extra_ldflags=["-fopenmp"], verbose=False)
 
 

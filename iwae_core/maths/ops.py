@@ -53,6 +53,9 @@ class _BernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, logits)
+        ctx.native = not ctx.needs_input_grad[0] and _native_rows(x, logits)
+        if ctx.native:  # the same form in one pass per row (elementwise.cpp)
+            return torch.ops.iwae_core.bernoulli_log_prob_cpu(x, logits)
         y = logits * (2 * x - 1)
         if torch.compiler.is_compiling():
             # one generated loop over [..., m, c] blocks: each log is taken of a product of m <= 16 sigmoids
@@ -71,7 +74,9 @@ class _BernoulliLogProb(torch.autograd.Function):
         g = grad.unsqueeze(-1)
         grad_x = grad_logits = None
         if ctx.needs_input_grad[1]:
-            if torch.compiler.is_compiling():  # functional: traced, an out= into a new buffer becomes a copy
+            if ctx.native:
+                grad_logits = torch.ops.iwae_core.bernoulli_grad_logits_cpu(x, logits, grad.contiguous())
+            elif torch.compiler.is_compiling():  # functional: traced, an out= into a new buffer becomes a copy
                 grad_logits = ((x - torch.sigmoid(logits)) * g).sum_to_size(logits.shape)
             else:  # in place: two fewer [k, batch, x_dim] buffers, 0.9 ms of a step
                 p = torch.sigmoid(logits)
@@ -197,6 +202,17 @@ def gaussian_kl(mu: torch.Tensor, rho: torch.Tensor, prior_std: float) -> torch.
     """KL(N(mu, softplus(rho)^2) || N(0, prior_std^2)) summed over all entries, in closed form (see _GaussianKL);
     mu and rho of one shape."""
     return _GaussianKL.apply(mu, rho, prior_std)
+
+
+def _native_rows(x: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Whether elementwise.cpp computes the likelihood (uncompiled only: compiled, inductor's loop does): float32
+    CPU tensors, contiguous, x the logits' last axes (as x [batch, D] against logits [k, batch, D])."""
+    shape = list(x.shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape.pop(0)
+    return (not torch.compiler.is_compiling() and _takes_native(logits) and x.dtype == torch.float32
+            and x.device.type == "cpu" and x.is_contiguous() and logits.is_contiguous()
+            and len(shape) <= logits.dim() and list(logits.shape[logits.dim() - len(shape):]) == shape)
 
 
 def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
