@@ -47,7 +47,9 @@ class _BernoulliLogProb(torch.autograd.Function):
     log sigmoid(|y|) = -log(1 + exp(-|y|)) loses at most exp(-|y|) < 1.2e-7 per term where 1 + exp(-|y|)
     rounds to 1, below float32's rounding of the sum itself. |y| is capped at 80, which changes nothing
     (sigmoid(80) rounds to 1 in float32 and float64) but keeps exp away from its slow subnormal path,
-    which the large logits of a trained decoder's background pixels would hit.
+    which the large logits of a trained decoder's background pixels would hit. Uncompiled float32 on CPU,
+    elementwise.cpp computes the same form, and the gradient x - sigmoid(l), in one pass per row (forward 0.8-0.9
+    ms against 3.0 for these passes on [25, 100, 784], two threads of an AMD EPYC).
     """
 
     @staticmethod
