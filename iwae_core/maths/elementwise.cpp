@@ -1,4 +1,5 @@
-// tanh and softplus of float32 CPU tensors, vectorised on every torch thread (ops.py; docs/benchmarks.md says why).
+// tanh, softplus and the Bernoulli log-likelihood of float32 CPU tensors, vectorised on every torch thread
+// (ops.py; docs/benchmarks.md says why).
 //
 // ATen's CPU tanh and softplus are fast on some CPUs and several times slower on others, because of how they
 // reach their transcendental functions (MKL's, or SLEEF's log1p and expm1, 9 ns an entry on one thread of an
@@ -82,8 +83,10 @@ torch::Tensor map(const torch::Tensor& x, const char* name, F f) {
   return out;
 }
 
-// sigmoid(a) for a >= 0 capped at 80: in [0.5, 1]
-inline V sigmoid_of_capped(V a) { return V(1.f) / (V(1.f) + (V(0.f) - at::vec::minimum(a, V(80.f))).exp_u20()); }
+// sigmoid(v), v capped at +-80 (exp stays finite; sigmoid(-80) = 1.8e-35 stands for smaller values)
+inline V sigmoid_capped(V v) {
+  return V(1.f) / (V(1.f) + (V(0.f) - at::vec::clamp(v, V(-80.f), V(80.f))).exp_u20());
+}
 
 // Rows of logits [R, D] against rows of x [Rx, D], R a multiple of Rx: logits row r is x row r mod Rx (x
 // broadcast over the logits' leading axes, as x [batch, D] against logits [k, batch, D]).
@@ -119,7 +122,7 @@ torch::Tensor bernoulli_log_prob_cpu(const torch::Tensor& x, const torch::Tensor
         const V xv = V::loadu(xr + j, m);
         const V y = V::loadu(l + j, m) * (xv + xv - V(1.f));  // padded lanes: y = 0, min(y, 0) = 0
         below = below + at::vec::minimum(y, V(0.f));
-        product = product * V::set(V(1.f), sigmoid_of_capped(y.abs()), m);  // padded lanes multiply by 1
+        product = product * V::set(V(1.f), sigmoid_capped(y.abs()), m);  // padded lanes multiply by 1
         if (++factors == 16) {
           logs = logs + product.log();
           product = V(1.f);
@@ -152,9 +155,7 @@ torch::Tensor bernoulli_grad_logits_cpu(const torch::Tensor& x, const torch::Ten
       const V gr(gp[r]);
       for (int64_t j = 0; j < d; j += n) {
         const int64_t m = std::min(n, d - j);
-        // sigmoid(l), l capped at +-80 (exp stays finite; sigmoid(-80) = 1.8e-35 stands for smaller values)
-        const V lv = at::vec::clamp(V::loadu(l + j, m), V(-80.f), V(80.f));
-        const V p = V(1.f) / (V(1.f) + (V(0.f) - lv).exp_u20());
+        const V p = sigmoid_capped(V::loadu(l + j, m));
         ((V::loadu(xr + j, m) - p) * gr).store(dst + r * d + j, static_cast<int>(m));
       }
     }

@@ -1,10 +1,10 @@
 """The package's C++ kernels, built together on first use: philox.cpp (the noise's draws, rng.py) and
-elementwise.cpp (tanh and softplus on CPU, ops.py).
+elementwise.cpp (tanh, softplus and the Bernoulli log-likelihood on CPU, ops.py).
 
 torch's extension loader compiles them at this CPU's vector capability with the flags ATen builds its own
 vectorised code with, and caches the build per machine (about 30 s once; `make install` does it). Each module
-that uses an op decides what to do without it (rng.py draws the same numbers in torch ops, ops.py calls ATen's
-tanh and softplus): no compiler, or a failed build, makes the package slower, never wrong.
+that uses an op decides what to do without it (rng.py draws the same numbers in torch ops, ops.py uses torch's
+functions): no compiler, or a failed build, makes the package slower, never wrong.
 """
 
 from __future__ import annotations
