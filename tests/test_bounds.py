@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from iwae_core.maths import ops
 from iwae_core.maths.bounds import bernoulli_log_prob, effective_sample_size, logmeanexp, normal_log_prob
 from support import require_compile, require_native
 
@@ -71,13 +72,18 @@ def test_bernoulli_log_prob_matches_torch_distributions_in_value_and_gradient(d,
     assert (log_prob(x32, l32).double() - exact).abs().max().item() < 1e-3
 
 
-def test_bernoulli_log_prob_in_float32_on_cpu_is_within_float32_rounding_of_float64():
-    """Uncompiled float32 on CPU (elementwise.cpp's one pass per row): values and gradients in the logits against
-    float64, for x [batch, D] and [1, batch, D] against logits [k, batch, D], D = 784 and 50 (a partial vector),
-    logits up to +-200; the same on one thread as on two."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bernoulli_log_prob_in_float32_on_cpu_is_within_float32_rounding_of_float64(compiled):
+    """Float32 on CPU (elementwise.cpp's one pass per row, eager and compiled; compiled, the gradient is
+    inductor's): values and gradients in the logits against float64, for x [batch, D] and [1, batch, D] against
+    logits [k, batch, D], D = 784 and 50 (a partial vector), logits up to +-200; the same on one thread as on two."""
     require_native()
+    if compiled:
+        require_compile()
+        assert ops.native_elementwise()  # as compiled.compile_loss asks before tracing: the graph then calls the op
     torch.manual_seed(2)
     for d in (784, 50):
+        log_prob = torch.compile(bernoulli_log_prob, dynamic=False) if compiled else bernoulli_log_prob
         x = torch.bernoulli(torch.full((100, d), 0.13))
         logits = (torch.randn(25, 100, d) * 8).clamp(-200, 200)
         logits[0, 0, :4] = torch.tensor([200.0, -200.0, 90.0, -90.0])
@@ -86,16 +92,16 @@ def test_bernoulli_log_prob_in_float32_on_cpu_is_within_float32_rounding_of_floa
         grad_exact = (x.double() - torch.sigmoid(logits.double())) * upstream.double().unsqueeze(-1)
         for xs in (x, x.unsqueeze(0)):
             lr = logits.clone().requires_grad_()
-            got = bernoulli_log_prob(xs, lr)
+            got = log_prob(xs, lr)
             assert got.shape == (25, 100) and (got.double() - exact).abs().max().item() < 1e-3
             (grad,) = torch.autograd.grad((got * upstream).sum(), lr)
             assert (grad.double() - grad_exact).abs().max().item() < 1e-6
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(1)
-            one = bernoulli_log_prob(x, logits)
+            one = log_prob(x, logits)
             torch.set_num_threads(2)
-            assert torch.equal(bernoulli_log_prob(x, logits), one)
+            assert torch.equal(log_prob(x, logits), one)
         finally:
             torch.set_num_threads(threads)
 

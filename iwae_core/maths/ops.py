@@ -47,9 +47,12 @@ class _BernoulliLogProb(torch.autograd.Function):
     log sigmoid(|y|) = -log(1 + exp(-|y|)) loses at most exp(-|y|) < 1.2e-7 per term where 1 + exp(-|y|)
     rounds to 1, below float32's rounding of the sum itself. |y| is capped at 80, which changes nothing
     (sigmoid(80) rounds to 1 in float32 and float64) but keeps exp away from its slow subnormal path,
-    which the large logits of a trained decoder's background pixels would hit. Uncompiled float32 on CPU,
-    elementwise.cpp computes the same form, and the gradient x - sigmoid(l), in one pass per row (forward 0.8-0.9
-    ms against 3.0 for these passes on [25, 100, 784], two threads of an AMD EPYC).
+    which the large logits of a trained decoder's background pixels would hit. Float32 on CPU, elementwise.cpp
+    computes the same form in one pass per row (forward 0.8-0.9 ms against 3.0 for these passes on [25, 100, 784],
+    two threads of an AMD EPYC), compiled too (an opaque op of the graph: 1-3 % shorter compiled steps than
+    inductor's loop, docs/benchmarks.md); and, uncompiled, the gradient x - sigmoid(l). Compiled, the gradient is
+    inductor's, fused with what the decoder's backward does next to it (the bias gradient, Flipout's signs, the
+    cast to bfloat16).
     """
 
     @staticmethod
@@ -76,10 +79,10 @@ class _BernoulliLogProb(torch.autograd.Function):
         g = grad.unsqueeze(-1)
         grad_x = grad_logits = None
         if ctx.needs_input_grad[1]:
-            if ctx.native:
-                grad_logits = torch.ops.iwae_core.bernoulli_grad_logits_cpu(x, logits, grad.contiguous())
-            elif torch.compiler.is_compiling():  # functional: traced, an out= into a new buffer becomes a copy
+            if torch.compiler.is_compiling():  # functional: traced, an out= into a new buffer becomes a copy
                 grad_logits = ((x - torch.sigmoid(logits)) * g).sum_to_size(logits.shape)
+            elif ctx.native:
+                grad_logits = torch.ops.iwae_core.bernoulli_grad_logits_cpu(x, logits, grad.contiguous())
             else:  # in place: two fewer [k, batch, x_dim] buffers, 0.9 ms of a step
                 p = torch.sigmoid(logits)
                 grad_logits = torch.sub(x, p, out=p).mul_(g).sum_to_size(logits.shape)
@@ -207,12 +210,12 @@ def gaussian_kl(mu: torch.Tensor, rho: torch.Tensor, prior_std: float) -> torch.
 
 
 def _native_rows(x: torch.Tensor, logits: torch.Tensor) -> bool:
-    """Whether elementwise.cpp computes the likelihood (uncompiled only: compiled, inductor's loop does): float32
-    CPU tensors, contiguous, x the logits' last axes (as x [batch, D] against logits [k, batch, D])."""
+    """Whether elementwise.cpp computes the likelihood: float32 CPU tensors, contiguous, x the logits' last axes
+    (as x [batch, D] against logits [k, batch, D])."""
     shape = list(x.shape)
     while len(shape) > 1 and shape[0] == 1:
         shape.pop(0)
-    return (not torch.compiler.is_compiling() and _takes_native(logits) and x.dtype == torch.float32
+    return (_takes_native(logits) and x.dtype == torch.float32
             and x.device.type == "cpu" and x.is_contiguous() and logits.is_contiguous()
             and len(shape) <= logits.dim() and list(logits.shape[logits.dim() - len(shape):]) == shape)
 
@@ -298,9 +301,9 @@ def _softplus_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
 
 
 def native_elementwise() -> bool:
-    """Whether float32 CPU tensors take elementwise.cpp's tanh and softplus, building the package's kernels on
-    the first call (see tanh). compiled.compile_loss asks before tracing, so that a compiled graph calls the ops
-    without Python."""
+    """Whether float32 CPU tensors take elementwise.cpp's tanh, softplus and Bernoulli log-likelihood, building the
+    package's kernels on the first call (see tanh). compiled.compile_loss asks before tracing, so that a compiled
+    graph calls the ops without Python."""
     global _native
     if _native is None:
         with _native_lock:  # the dashboard runs its pages on several threads; the ops are registered once
@@ -310,6 +313,8 @@ def native_elementwise() -> bool:
                 except Exception:  # no compiler, a failed build: torch's functions, the same values to 2.4 ulp
                     _native = False
                 else:
+                    torch.library.register_fake("iwae_core::bernoulli_log_prob_cpu")(
+                        lambda x, logits: logits.new_empty(logits.shape[:-1]))
                     for name, backward, setup in (("tanh_cpu", _tanh_backward, _tanh_setup),
                                                   ("softplus_cpu", _softplus_backward, _softplus_setup)):
                         torch.library.register_fake(f"iwae_core::{name}")(torch.empty_like)
