@@ -2,6 +2,7 @@
 and Adam's state stay float32; the option round-trips through config.json and old configs read as float32."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -211,3 +212,18 @@ def test_bench_rounds_time_every_function_once_each_in_a_new_order():
     calls.clear()
     benchmark.round_times(fns, repeats=8, warmup=0)
     assert [tuple(calls[i:i + 5]) for i in range(0, 40, 5)] == rounds
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent's size carries into ru_maxrss on Linux")
+def test_bench_eval_memory_is_the_fresh_interpreters_own_peak_not_its_parents():
+    """eval_memory runs in a fresh interpreter from a bench that has grown timing training steps. ru_maxrss keeps the
+    parent's resident size at the fork across exec, so it read the parent's size whatever the batch; the peak is
+    the child's own. The parent here holds 1.5 GB more than a fresh interpreter needs (about 0.5 GB)."""
+    from iwae_core import benchmark
+
+    ballast = bytearray(1536 * 2**20)
+    ballast[::4096] = b"\1" * len(range(0, len(ballast), 4096))  # every page resident
+    memory = benchmark.eval_memory(batch_size=2, S=10)
+    assert 0 < memory["base_mb"] <= memory["peak_mb"] < 1024
+    assert memory["images_per_s"] > 0
+    del ballast
