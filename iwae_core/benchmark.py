@@ -277,6 +277,7 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
         "eval_S": S,
         "eval_images_per_s": {str(b): m["images_per_s"] for b, m in mem.items()},
         "eval_peak_mb": {str(b): round(m["peak_mb"]) for b, m in mem.items()},
+        "eval_base_mb": {str(b): round(m["base_mb"]) for b, m in mem.items()},  # the interpreter, model and input
     }
     if as_json:
         print(json.dumps(result))

@@ -156,6 +156,7 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
     assert ratios["iwae_r_step_over_iwae_step"] == round(0.09 / 0.039, 3)
     assert result["bare_matmul_ms"]["iwae bfloat16"] == 15.0 and result["step_ms"]["iwae-r bf16-mixed"] == 60.0
     assert result["eval_images_per_s"] == {"1": 9.5, "100": 9.5} and result["eval_peak_mb"]["100"] == 950
+    assert result["eval_base_mb"] == {"1": 900, "100": 900}
     assert ratios["iwae_compiled_step_over_bare_matmuls"] == 1.2
     assert ratios["iwae_r_bf16_mixed_compiled_step_over_float32_compiled_step"] == round(0.050 / 0.075, 3)
     # the float32 step's noise path multiplies in bfloat16 here (patched above), so bf16-mixed is also timed
