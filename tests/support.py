@@ -1,6 +1,6 @@
-"""Helpers shared by the tests: where the real data is and whether torch.compile runs (and what to do when
-either is missing), the dashboard opened in Streamlit's AppTest, and the log weights of a deterministic model
-in closed form."""
+"""Helpers shared by the tests: where the real data is and whether torch.compile and the C++ kernels run (and
+what to do when either is missing), a kernel's result on one thread against two, the dashboard opened in
+Streamlit's AppTest, and the log weights of a deterministic model in closed form."""
 
 from __future__ import annotations
 
@@ -36,6 +36,20 @@ def require_native() -> None:
         if os.environ.get("CI"):
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+def on_one_and_two_threads(f, x: torch.Tensor) -> torch.Tensor:
+    """f(x) on two threads, asserted equal to f(x) on one (the package's kernels split their work between threads;
+    for an odd size, the threads' ranges end inside a vector)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = f(x)
+        torch.set_num_threads(1)
+        assert torch.equal(f(x), two)
+    finally:
+        torch.set_num_threads(threads)
+    return two
 
 
 def require_compile() -> None:

@@ -1,6 +1,7 @@
 """Closed-form checks of the pure functions on log weights (iwae_core/maths/bounds.py): logmeanexp, ESS and the
 Gaussian and Bernoulli log densities (the Bernoulli one also compiled)."""
 
+import functools
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from iwae_core.maths import ops
 from iwae_core.maths.bounds import bernoulli_log_prob, effective_sample_size, logmeanexp, normal_log_prob
-from support import require_compile, require_native
+from support import on_one_and_two_threads, require_compile, require_native
 
 
 def test_logmeanexp_is_stable_far_below_zero():
@@ -96,14 +97,7 @@ def test_bernoulli_log_prob_in_float32_on_cpu_is_within_float32_rounding_of_floa
             assert got.shape == (25, 100) and (got.double() - exact).abs().max().item() < 1e-3
             (grad,) = torch.autograd.grad((got * upstream).sum(), lr)
             assert (grad.double() - grad_exact).abs().max().item() < 1e-6
-        threads = torch.get_num_threads()
-        try:
-            torch.set_num_threads(1)
-            one = log_prob(x, logits)
-            torch.set_num_threads(2)
-            assert torch.equal(log_prob(x, logits), one)
-        finally:
-            torch.set_num_threads(threads)
+        on_one_and_two_threads(functools.partial(log_prob, x), logits)
 
 
 def test_bernoulli_log_prob_gradient_in_x_and_broadcasting_pass_gradcheck():

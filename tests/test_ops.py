@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from iwae_core.maths.ops import flipout_noise, gaussian_kl, softplus, squared_input_product, tanh
-from support import require_compile, require_native
+from support import on_one_and_two_threads, require_compile, require_native
 
 
 @pytest.mark.parametrize("prior_std", [1.0, 0.3])
@@ -82,20 +82,6 @@ def ulps_from(y: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     r = exact.float()
     ulp = (torch.nextafter(r.abs(), torch.tensor(math.inf)) - r.abs()).double()
     return (y.double() - exact).abs() / ulp
-
-
-def on_one_and_two_threads(f, x: torch.Tensor) -> torch.Tensor:
-    """f(x) on two threads, asserted equal to f(x) on one: for an odd size, the threads' ranges end inside a
-    vector."""
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        two = f(x)
-        torch.set_num_threads(1)
-        assert torch.equal(f(x), two)
-    finally:
-        torch.set_num_threads(threads)
-    return two
 
 
 def test_tanh_on_cpu_is_within_2_ulp_of_float64_keeps_signs_zeros_and_nan_and_ignores_the_thread_count():
