@@ -146,30 +146,36 @@ def bare_matmul_fn(variant: str = "iwae", dtype: torch.dtype = torch.float32, ba
     return step
 
 
-def eval_memory(batch_size: int, S: int, seconds: float | None = None) -> dict:
-    """Peak resident memory of log_likelihood on one batch, in a fresh interpreter. With `seconds`, the
-    batch is too big to finish: the peak is read after that long (memory is bounded per chunk of rows).
+def peak_resident_mb() -> float:
+    """This process's peak resident memory in MB: its own high-water mark, VmHWM, where /proc has it (Linux).
+    getrusage's ru_maxrss, the fallback elsewhere, keeps on Linux the parent's resident size at the fork across
+    fork and exec, so read in a fresh interpreter started by a bench that had grown past a gigabyte timing training
+    steps, it gave that gigabyte whatever the interpreter itself used."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource  # Unix only: here, not at the top, so that the module imports everywhere
 
-    The peak is the interpreter's own high-water mark, VmHWM where /proc has it (Linux): getrusage's ru_maxrss
-    keeps, across fork and exec, the parent's resident size at the fork, so from a bench that has grown past a
-    gigabyte timing training steps it reported that gigabyte for every batch size."""
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # bytes there, KiB elsewhere
+
+
+def eval_memory(batch_size: int, S: int, seconds: float | None = None) -> dict:
+    """Peak resident memory of log_likelihood on one batch, in a fresh interpreter (peak_resident_mb). With
+    `seconds`, the batch is too big to finish: the peak is read after that long (memory is bounded per chunk of
+    rows)."""
     code = f"""
-import json, os, resource, sys, threading, time, torch
+import json, os, threading, time, torch
+from iwae_core.benchmark import peak_resident_mb
 from iwae_core.config import ModelConfig
 from iwae_core.maths.model import IWAE
 from iwae_core.evaluate import log_likelihood
-def peak_mb():
-    try:
-        with open('/proc/self/status') as status:
-            return next(int(line.split()[1]) / 1024 for line in status if line.startswith('VmHWM:'))
-    except (OSError, StopIteration):
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return maxrss / 2**20 if sys.platform == 'darwin' else maxrss / 1024  # bytes there, KiB elsewhere
 m = IWAE(ModelConfig.for_variant('iwae-r'))
 x = torch.bernoulli(torch.full(({batch_size}, 784), 0.13))
-base = peak_mb()
+base = peak_resident_mb()
 def report(rate):
-    peak = peak_mb()
+    peak = peak_resident_mb()
     print(json.dumps({{'base_mb': base, 'peak_mb': peak, 'images_per_s': rate}}), flush=True)
     os._exit(0)
 if {seconds!r} is not None:
