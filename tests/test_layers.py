@@ -8,6 +8,7 @@ import torch
 
 from iwae_core.maths.layers import BayesLinear, inverse_softplus
 from iwae_core.maths.ops import gaussian_kl
+from support import require_native
 
 
 def make_layer(in_f=3, out_f=2, sigma=0.5, seed=0) -> BayesLinear:
@@ -170,6 +171,35 @@ def test_bfloat16_noise_path_agrees_with_float32_on_the_same_draws(granularity):
     assert torch.equal(gmu16, gmu32)  # the mean path is float32 either way
     for g32, g16 in ((gx32, gx16), (grho32, grho16)):
         assert 1e-5 * g32.norm() < (g16 - g32).norm() < 0.01 * g32.norm(), ((g16 - g32).norm(), g32.norm())
+
+
+@pytest.mark.parametrize("mean_dtype", [None, torch.bfloat16])
+def test_uncompiled_flipout_with_bfloat16_noise_fuses_its_passes_and_keeps_the_draws_values_and_gradients(
+        monkeypatch, mean_dtype):
+    """A 'datapoint' layer with bfloat16 noise products takes ops.flipout_linear (flipout.cpp's passes around the
+    products) uncompiled on CPU: the same draws, so the same outputs and gradients as the composition of the mean
+    path and flipout_noise, to float32 rounding of the sums (relative 1e-6), and torch's stream ends where it did."""
+    require_native()
+    from iwae_core.maths import layers
+
+    torch.manual_seed(0)
+    layer = BayesLinear(40, 70, random=True, init_sigma=0.05)
+    layer.noise_dtype, layer.mean_dtype = torch.bfloat16, mean_dtype
+    x = torch.randn(5, 9, 40)
+    assert layers.flipout_fused(x, torch.bfloat16, mean_dtype)
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(layers, "flipout_fused", lambda *args: False)
+        layer.zero_grad()
+        xg = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        y = layer(xg, 5, "datapoint", tau=0.8)
+        after = torch.randn(1)
+        (y * torch.linspace(-1, 1, 70)).sum().backward()
+        results.append((y.detach(), xg.grad, *(p.grad.clone() for p in layer.parameters()), after))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
 
 
 @pytest.mark.parametrize("k,batch", [(7, 5), (2, 1)])

@@ -6,7 +6,15 @@ import math
 import pytest
 import torch
 
-from iwae_core.maths.ops import flipout_noise, gaussian_kl, softplus, squared_input_product, tanh
+from iwae_core.maths.ops import (
+    flipout_fused,
+    flipout_linear,
+    flipout_noise,
+    gaussian_kl,
+    softplus,
+    squared_input_product,
+    tanh,
+)
 from support import on_one_and_two_threads, require_compile, require_native
 
 
@@ -59,6 +67,91 @@ def test_flipout_noise_backward_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda x, w: flipout_noise(x, s, w, r), (x1, w))
     expected = ((x * s) @ w.T) * r
     assert torch.allclose(flipout_noise(x, s, w, r), expected, rtol=1e-12, atol=0)
+
+
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    """t rounded to bfloat16, in float64."""
+    return t.to(torch.bfloat16).double()
+
+
+@pytest.mark.parametrize("mean_dtype", [torch.bfloat16, None])
+@pytest.mark.parametrize("L,B,n_in,n_out", [(25, 100, 400, 784), (3, 5, 33, 17), (1, 7, 40, 9)])
+def test_flipout_linear_against_float64_with_the_products_operands_rounded_to_bfloat16(mean_dtype, L, B, n_in, n_out):
+    """The fused Flipout layer (flipout.cpp around the products) against float64: y = x mu^T + bias + c +
+    ((x s) w^T) r and its five gradients, the products' operands rounded to bfloat16 where the layer rounds them
+    (the noise path always, the mean path in bf16-mixed) and the products in float64. Each bfloat16 product's
+    result is rounded once (relative 2^-9), so the tolerance is 2^-8 of the sum of |operand| products per entry;
+    a float32 mean path is held to 1e-5 of its own, so a mean path rounded to bfloat16 would fail. Widths with
+    tails (33, 17, 9 against vectors of 16 and 32), an input shared by the samples (L = 1)."""
+    require_native()
+    torch.manual_seed(5)
+    x = torch.randn(L, B, n_in)
+    mu, w = torch.randn(n_out, n_in) / n_in**0.5, torch.randn(n_out, n_in) * 0.05
+    bias, c, g = torch.randn(n_out), torch.randn(1, B, n_out) * 0.05, torch.randn(L, B, n_out)
+    s, r = torch.randint(0, 2, (1, B, n_in)) * 2.0 - 1, torch.randint(0, 2, (1, B, n_out)) * 2.0 - 1
+    assert flipout_fused(x, torch.bfloat16, mean_dtype)
+
+    def run(x):
+        inputs = [t.clone().requires_grad_() for t in (x, mu, bias, w, c)]
+        y = flipout_linear(*inputs[:4], inputs[4], s, r, mean_dtype)
+        y.backward(g)
+        return torch.cat([y.detach().flatten()] + [t.grad.flatten() for t in inputs])
+
+    got = run(x).double()
+    sizes = [L * B * n_out, L * B * n_in, n_out * n_in, n_out, n_out * n_in, B * n_out]
+    y, gx, gmu, gbias, gw, gc = got.split(sizes)
+    low = mean_dtype == torch.bfloat16
+    X, S, R, G = x.double(), s.double(), r.double(), g.double()
+    xm, mum = (_bf16(X), _bf16(mu.double())) if low else (X, mu.double())
+    gm = _bf16(G) if low else G
+    xs, wl, gr = _bf16(X * S), _bf16(w.double()), _bf16(G * R)
+    mean_tol = 2.0**-8 if low else 1e-5
+    checks = {  # name: (got, float64 reference, tolerance per entry)
+        "y": (y, xm @ mum.T + bias.double() + c.double() + (xs @ wl.T) * R,
+              mean_tol * (xm.abs() @ mum.abs().T) + 2.0**-8 * (xs.abs() @ wl.abs().T) + 1e-6),
+        "dx": (gx, gm @ mum + (gr @ wl) * S,
+               mean_tol * (gm.abs() @ mum.abs()) + 2.0**-8 * (gr.abs() @ wl.abs()) + 1e-6),
+        "dmu": (gmu, gm.reshape(-1, n_out).T @ xm.reshape(-1, n_in),
+                mean_tol * (gm.abs().reshape(-1, n_out).T @ xm.abs().reshape(-1, n_in)) + 1e-6),
+        "dbias": (gbias, G.sum((0, 1)), 1e-5 * G.abs().sum((0, 1))),
+        "dw": (gw, gr.reshape(-1, n_out).T @ xs.reshape(-1, n_in),
+               2.0**-8 * (gr.abs().reshape(-1, n_out).T @ xs.abs().reshape(-1, n_in)) + 1e-6),
+        "dc": (gc, G.sum(0, keepdim=True), 1e-5 * G.abs().sum(0, keepdim=True)),
+    }
+    for name, (value, expected, tol) in checks.items():
+        err = (value.reshape(expected.shape) - expected).abs()
+        assert (err <= tol).all(), (name, (err / tol).max().item())
+
+
+def test_flipout_kernels_give_the_same_bits_on_one_thread_and_two():
+    """Each of flipout.cpp's four passes, on 7 data points x 3 samples and widths with tails (each thread's range of
+    rows or data points ends inside the tensor)."""
+    require_native()
+    torch.manual_seed(6)
+    ops = torch.ops.iwae_core
+    x, s, r = torch.randn(21, 33), torch.randint(0, 2, (7, 33)) * 2.0 - 1, torch.randint(0, 2, (7, 17)) * 2.0 - 1
+    mean, noise, bias, c = torch.randn(21, 17), torch.randn(21, 17).bfloat16(), torch.randn(17), torch.randn(7, 17)
+    flat = lambda outputs: torch.cat([o.float().flatten() for o in outputs])  # noqa: E731
+    for low in (True, False):
+        on_one_and_two_threads(lambda t, low=low: flat(ops.flipout_inputs_cpu(t, s, low)), x)
+        on_one_and_two_threads(lambda t, low=low: flat(ops.flipout_grad_output_cpu(t, r, low)), mean)
+    for m in (mean, mean.bfloat16()):
+        on_one_and_two_threads(lambda t: ops.flipout_output_cpu(t, noise, bias, c, r), m)
+        on_one_and_two_threads(lambda t: ops.flipout_grad_input_cpu(t, noise, r), m)
+
+
+def test_flipout_kernels_name_what_is_wrong_with_their_input():
+    require_native()
+    x, s = torch.randn(6, 5), torch.ones(3, 5)
+    with pytest.raises(RuntimeError, match="per-data-point tensor must be"):
+        torch.ops.iwae_core.flipout_inputs_cpu(x, torch.ones(4, 5), True)  # 6 rows are not a multiple of 4 points
+    with pytest.raises(RuntimeError, match="x must be float32"):
+        torch.ops.iwae_core.flipout_inputs_cpu(x.double(), s, True)
+    mean, noise = torch.randn(6, 2), torch.randn(6, 2).bfloat16()
+    with pytest.raises(RuntimeError, match=r"bias must be \[2\]"):
+        torch.ops.iwae_core.flipout_output_cpu(mean, noise, torch.zeros(3), torch.zeros(3, 2), torch.ones(3, 2))
+    with pytest.raises(RuntimeError, match="noise product must be bfloat16"):
+        torch.ops.iwae_core.flipout_grad_input_cpu(mean, noise.float(), torch.ones(3, 2))
 
 
 def test_squared_input_product_backward_passes_gradcheck():

@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import rng
-from .ops import flipout_noise, gaussian_kl, low_precision_linear, softplus, squared_input_product
+from .ops import (
+    flipout_fused,
+    flipout_linear,
+    flipout_noise,
+    gaussian_kl,
+    low_precision_linear,
+    softplus,
+    squared_input_product,
+)
 
 
 def inverse_softplus(y: float) -> float:
@@ -90,13 +98,17 @@ class BayesLinear(nn.Module):
         """x: [k or 1, batch, in] -> [k or 1, batch, out] (always [k, ...] for granularity 'sample')."""
         if self.random and tau != 0 and granularity == "datapoint" and self._materialize(x):
             return self._datapoint_weights_product(x, tau)
+        low = self.noise_dtype if self.noise_dtype not in (None, x.dtype) else None
+        if self.random and tau != 0 and granularity == "datapoint" and flipout_fused(x, low, self.mean_dtype):
+            # the same draws and products as below, with the passes around the products fused (ops.flipout_linear)
+            w_noise, s, r, b_noise = self._datapoint_draws(x, tau * self.weight_sigma, tau * self.bias_sigma)
+            return flipout_linear(x, self.weight_mu, self.bias_mu, w_noise, b_noise, s, r, self.mean_dtype)
         mean = self._linear(x, self.weight_mu, self.bias_mu, self.mean_dtype)
         if not self.random or tau == 0:
             return mean
         w_sigma = tau * self.weight_sigma
         b_sigma = tau * self.bias_sigma
         batch = x.shape[1]
-        low = self.noise_dtype if self.noise_dtype not in (None, x.dtype) else None
         if granularity == "batch":
             w_noise = w_sigma * rng.randn_like(w_sigma, self.draws)
             b_noise = b_sigma * rng.randn_like(b_sigma, self.draws)

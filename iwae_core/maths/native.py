@@ -1,5 +1,6 @@
-"""The package's C++ kernels, built together on first use: philox.cpp (the noise's draws, rng.py) and
-elementwise.cpp (tanh, softplus and the Bernoulli log-likelihood on CPU, ops.py).
+"""The package's C++ kernels, built together on first use: philox.cpp (the noise's draws, rng.py),
+elementwise.cpp (tanh, softplus and the Bernoulli log-likelihood on CPU, ops.py) and flipout.cpp (the passes
+around an uncompiled Flipout layer's bfloat16 products, ops.py).
 
 torch's extension loader compiles them at this CPU's vector capability with the flags ATen builds its own
 vectorised code with, and caches the build per machine (about 30 s once; `make install` does it). Each module
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("philox.cpp", "elementwise.cpp")
+SOURCES = ("philox.cpp", "elementwise.cpp", "flipout.cpp")
 
 # compiler flags for ATen's vectorised float maths (at::vec) at this CPU's capability, as ATen builds its own
 _CAPABILITY_FLAGS = {

@@ -136,6 +136,66 @@ def flipout_noise(x: torch.Tensor, s: torch.Tensor, w: torch.Tensor, r: torch.Te
     return _FlipoutNoise.apply(x, s, w, r, dtype or x.dtype)
 
 
+class _FlipoutLinear(torch.autograd.Function):
+    """A whole Flipout layer, x mu^T + bias + c + ((x * s) w^T) * r, uncompiled on CPU in float32 with the noise
+    path's products in bfloat16 and the mean path's in bfloat16 (mean_low) or float32: the products, and
+    flipout.cpp's four passes around them, each reading and writing the layer's tensors once (the mean path and
+    flipout_noise composed made three to six passes, several through ATen's mixed-dtype loops; docs/benchmarks.md).
+
+    x [L, B, in] (L = k, or 1 for rows shared by the k samples), mu and w [out, in], bias [out], the bias noise c
+    and the signs r [1, B, out], s [1, B, in]; returns [L, B, out] float32. The same values as the composition up
+    to the order of float32 additions: each product's result rounded to bfloat16 once, as there.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mu: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, c: torch.Tensor,
+                s: torch.Tensor, r: torch.Tensor, mean_low: bool) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        x_low, xs = torch.ops.iwae_core.flipout_inputs_cpu(rows, s.contiguous(), mean_low)
+        x_mean, mu_mean = (x_low, mu.to(torch.bfloat16)) if mean_low else (rows, mu)
+        w_low = w.to(torch.bfloat16)
+        y = torch.ops.iwae_core.flipout_output_cpu(x_mean @ mu_mean.T, xs @ w_low.T, bias.contiguous(),
+                                                    c.contiguous(), r.contiguous())
+        ctx.save_for_backward(x_mean, xs, mu_mean, w_low, s, r)
+        ctx.mean_low, ctx.x_shape, ctx.c_shape = mean_low, x.shape, c.shape
+        return y.view(*x.shape[:-1], -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x_mean, xs, mu_mean, w_low, s, r = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).contiguous()
+        g_low, gr, grad_c = torch.ops.iwae_core.flipout_grad_output_cpu(g, r.contiguous(), ctx.mean_low)
+        g_mean = g_low if ctx.mean_low else g
+        grad_x = grad_mu = grad_bias = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.iwae_core.flipout_grad_input_cpu(g_mean @ mu_mean, gr @ w_low, s.contiguous())
+            grad_x = grad_x.view(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            grad_mu = (g_mean.T @ x_mean).to(grad.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_c.sum(0)
+        if ctx.needs_input_grad[3]:
+            grad_w = (gr.T @ xs).to(grad.dtype)
+        return grad_x, grad_mu, grad_bias, grad_w, grad_c.view(ctx.c_shape), None, None, None
+
+
+def flipout_fused(x: torch.Tensor, noise_dtype: torch.dtype | None, mean_dtype: torch.dtype | None) -> bool:
+    """Whether a Flipout layer on x takes flipout_linear: uncompiled (compiled, inductor fuses the same passes
+    itself), float32 CPU input, the noise path in bfloat16, the mean path in bfloat16 or float32, and the package's
+    kernels built."""
+    return (noise_dtype == torch.bfloat16 and mean_dtype in (None, torch.float32, torch.bfloat16)
+            and not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
+            and native_elementwise())
+
+
+def flipout_linear(x: torch.Tensor, mu: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, c: torch.Tensor,
+                   s: torch.Tensor, r: torch.Tensor, mean_dtype: torch.dtype | None) -> torch.Tensor:
+    """x mu^T + bias + c + ((x * s) w^T) * r, the noise products in bfloat16 and the mean path's in mean_dtype (see
+    _FlipoutLinear; check flipout_fused first)."""
+    return _FlipoutLinear.apply(x, mu, bias, w, c, s, r, mean_dtype == torch.bfloat16)
+
+
 class _SquaredInputProduct(torch.autograd.Function):
     """(x * x) @ v^T + b, the local reparameterisation's pre-activation variance, with the product in
     `dtype` (float32 result); the squaring and the casts share their passes over x."""
