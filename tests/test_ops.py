@@ -124,13 +124,13 @@ def test_flipout_linear_against_float64_with_the_products_operands_rounded_to_bf
 
 
 def test_flipout_kernels_give_the_same_bits_on_one_thread_and_two():
-    """Each of flipout.cpp's four passes, on 7 data points x 3 samples and widths with tails (each thread's range of
-    rows or data points ends inside the tensor)."""
+    """Each of flipout.cpp's four passes, on 7 data points x 9 samples (63 rows: two threads' ranges, at least 16
+    rows each, split the rows, and the data points, unevenly) and widths with tails."""
     require_native()
     torch.manual_seed(6)
     ops = torch.ops.iwae_core
-    x, s, r = torch.randn(21, 33), torch.randint(0, 2, (7, 33)) * 2.0 - 1, torch.randint(0, 2, (7, 17)) * 2.0 - 1
-    mean, noise, bias, c = torch.randn(21, 17), torch.randn(21, 17).bfloat16(), torch.randn(17), torch.randn(7, 17)
+    x, s, r = torch.randn(63, 33), torch.randint(0, 2, (7, 33)) * 2.0 - 1, torch.randint(0, 2, (7, 17)) * 2.0 - 1
+    mean, noise, bias, c = torch.randn(63, 17), torch.randn(63, 17).bfloat16(), torch.randn(17), torch.randn(7, 17)
     flat = lambda outputs: torch.cat([o.float().flatten() for o in outputs])  # noqa: E731
     for low in (True, False):
         on_one_and_two_threads(lambda t, low=low: flat(ops.flipout_inputs_cpu(t, s, low)), x)

@@ -150,7 +150,7 @@ class _FlipoutLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, mu: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, c: torch.Tensor,
                 s: torch.Tensor, r: torch.Tensor, mean_low: bool) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
         x_low, xs = torch.ops.iwae_core.flipout_inputs_cpu(rows, s.contiguous(), mean_low)
         x_mean, mu_mean = (x_low, mu.to(torch.bfloat16)) if mean_low else (rows, mu)
         w_low = w.to(torch.bfloat16)
