@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -e '.[app,test]'
-	@# builds the C++ kernels once (Philox's draws, tanh, softplus, the likelihood; about 30 s, cached), so that no first draw waits for them
+	@# builds the C++ kernels once (Philox's draws, tanh, softplus, the likelihood, Flipout's passes; about a minute, cached), so that no first draw waits for them
 	-$(BIN)/python -c "from iwae_core.maths import rng; print('noise draws:', rng.backend())"
 	touch $@
 

@@ -3,9 +3,9 @@ elementwise.cpp (tanh, softplus and the Bernoulli log-likelihood on CPU, ops.py)
 around an uncompiled Flipout layer's bfloat16 products, ops.py).
 
 torch's extension loader compiles them at this CPU's vector capability with the flags ATen builds its own
-vectorised code with, and caches the build per machine (about 30 s once; `make install` does it). Each module
-that uses an op decides what to do without it (rng.py draws the same numbers in torch ops, ops.py uses torch's
-functions): no compiler, or a failed build, makes the package slower, never wrong.
+vectorised code with, and caches the build per machine (about a minute once on two cores; `make install` does
+it). Each module that uses an op decides what to do without it (rng.py draws the same numbers in torch ops, ops.py
+uses torch's functions): no compiler, or a failed build, makes the package slower, never wrong.
 """
 
 from __future__ import annotations
