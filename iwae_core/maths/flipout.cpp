@@ -77,6 +77,19 @@ void check_float(const torch::Tensor& t, const char* name, const char* what) {
   TORCH_CHECK(t.scalar_type() == torch::kFloat32, name, ": ", what, " must be float32, got ", t.scalar_type());
 }
 
+// f(o, p, j, m) for each chunk of up to 2 kHalf entries of every row, the rows split between torch's threads: o the
+// chunk's offset in the rows [R, d], p the offset of the same entries of its data point's row [B, d], j = o mod d, m
+// its length
+template <typename F>
+void for_each_chunk(const Shape& n, F f) {
+  at::parallel_for(0, n.rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t row = r * n.d, point = (r % n.points) * n.d;
+      for (int64_t j = 0; j < n.d; j += 2 * kHalf) f(row + j, point + j, j, std::min(2 * kHalf, n.d - j));
+    }
+  });
+}
+
 // (bf16(x) if mean_low else an empty tensor, bf16(x * s)) for x [R, in], s [B, in]
 std::tuple<torch::Tensor, torch::Tensor> flipout_inputs_cpu(const torch::Tensor& x, const torch::Tensor& s,
                                                             bool mean_low) {
@@ -88,18 +101,11 @@ std::tuple<torch::Tensor, torch::Tensor> flipout_inputs_cpu(const torch::Tensor&
   const float* sp = s.data_ptr<float>();
   BF* xsp = xs.data_ptr<BF>();
   BF* xlp = mean_low ? x_low.data_ptr<BF>() : nullptr;
-  at::parallel_for(0, n.rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* xr = xp + r * n.d;
-      const float* sr = sp + (r % n.points) * n.d;
-      for (int64_t j = 0; j < n.d; j += 2 * kHalf) {
-        const int64_t m = std::min(2 * kHalf, n.d - j);
-        const auto [x0, x1] = load2(xr + j, m);
-        const auto [s0, s1] = load2(sr + j, m);
-        store2(xsp + r * n.d + j, x0 * s0, x1 * s1, m);
-        if (xlp) store2(xlp + r * n.d + j, x0, x1, m);
-      }
-    }
+  for_each_chunk(n, [&](int64_t o, int64_t p, int64_t, int64_t m) {
+    const auto [x0, x1] = load2(xp + o, m);
+    const auto [s0, s1] = load2(sp + p, m);
+    store2(xsp + o, x0 * s0, x1 * s1, m);
+    if (xlp) store2(xlp + o, x0, x1, m);
   });
   return {x_low, xs};
 }
@@ -109,19 +115,13 @@ std::tuple<torch::Tensor, torch::Tensor> flipout_inputs_cpu(const torch::Tensor&
 template <typename M>
 void output_rows(const M* mean, const BF* noise, const float* bias, const float* c, const float* rp, float* y,
                  const Shape& n) {
-  at::parallel_for(0, n.rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t o = r * n.d, b = (r % n.points) * n.d;
-      for (int64_t j = 0; j < n.d; j += 2 * kHalf) {
-        const int64_t m = std::min(2 * kHalf, n.d - j);
-        const auto [m0, m1] = load2(mean + o + j, m);
-        const auto [n0, n1] = load2(noise + o + j, m);
-        const auto [b0, b1] = load2(bias + j, m);
-        const auto [c0, c1] = load2(c + b + j, m);
-        const auto [r0, r1] = load2(rp + b + j, m);
-        store2(y + o + j, m0 + b0 + c0 + n0 * r0, m1 + b1 + c1 + n1 * r1, m);
-      }
-    }
+  for_each_chunk(n, [&](int64_t o, int64_t p, int64_t j, int64_t m) {
+    const auto [m0, m1] = load2(mean + o, m);
+    const auto [n0, n1] = load2(noise + o, m);
+    const auto [b0, b1] = load2(bias + j, m);
+    const auto [c0, c1] = load2(c + p, m);
+    const auto [r0, r1] = load2(rp + p, m);
+    store2(y + o, m0 + b0 + c0 + n0 * r0, m1 + b1 + c1 + n1 * r1, m);
   });
 }
 
@@ -191,17 +191,11 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> flipout_grad_output_cpu(
 // dx = mean + noise * s_b: mean [R, in] (float32 or bfloat16), noise [R, in] bfloat16, s [B, in]
 template <typename M>
 void grad_input_rows(const M* mean, const BF* noise, const float* sp, float* dx, const Shape& n) {
-  at::parallel_for(0, n.rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t o = r * n.d, b = (r % n.points) * n.d;
-      for (int64_t j = 0; j < n.d; j += 2 * kHalf) {
-        const int64_t m = std::min(2 * kHalf, n.d - j);
-        const auto [m0, m1] = load2(mean + o + j, m);
-        const auto [n0, n1] = load2(noise + o + j, m);
-        const auto [s0, s1] = load2(sp + b + j, m);
-        store2(dx + o + j, m0 + n0 * s0, m1 + n1 * s1, m);
-      }
-    }
+  for_each_chunk(n, [&](int64_t o, int64_t p, int64_t, int64_t m) {
+    const auto [m0, m1] = load2(mean + o, m);
+    const auto [n0, n1] = load2(noise + o, m);
+    const auto [s0, s1] = load2(sp + p, m);
+    store2(dx + o, m0 + n0 * s0, m1 + n1 * s1, m);
   });
 }
 
