@@ -96,16 +96,11 @@ class BayesLinear(nn.Module):
     def forward(self, x: torch.Tensor, k: int, granularity: str = "sample",
                 tau: float = 1.0) -> torch.Tensor:
         """x: [k or 1, batch, in] -> [k or 1, batch, out] (always [k, ...] for granularity 'sample')."""
-        if self.random and tau != 0 and granularity == "datapoint" and self._materialize(x):
-            return self._datapoint_weights_product(x, tau)
-        low = self.noise_dtype if self.noise_dtype not in (None, x.dtype) else None
-        if self.random and tau != 0 and granularity == "datapoint" and flipout_fused(x, low, self.mean_dtype):
-            # the same draws and products as below, with the passes around the products fused (ops.flipout_linear)
-            w_noise, s, r, b_noise = self._datapoint_draws(x, tau * self.weight_sigma, tau * self.bias_sigma)
-            return flipout_linear(x, self.weight_mu, self.bias_mu, w_noise, b_noise, s, r, self.mean_dtype)
-        mean = self._linear(x, self.weight_mu, self.bias_mu, self.mean_dtype)
         if not self.random or tau == 0:
-            return mean
+            return self._mean(x)
+        if granularity == "datapoint":
+            return self._flipout(x, tau)
+        mean = self._mean(x)
         w_sigma = tau * self.weight_sigma
         b_sigma = tau * self.bias_sigma
         batch = x.shape[1]
@@ -115,19 +110,35 @@ class BayesLinear(nn.Module):
             # a full weight product like the mean path's, so in its precision (noise_dtype covers Flipout
             # and the local reparameterisation, as it always has)
             return mean + self._linear(x, w_noise, b_noise, self.mean_dtype)
-        if granularity == "datapoint":
-            # Flipout: W_b = mu + (sigma * eps) * r_b s_b^T with random signs per data point.
-            w_noise, s, r, b_noise = self._datapoint_draws(x, w_sigma, b_sigma)
-            # out of place first: F.linear's output is a view to autograd, and in-place ops on it make
-            # the backward copy whole tensors (CopySlices); the sum is a fresh tensor
-            return (mean + b_noise).add_(flipout_noise(x, s, w_noise, r, low))
         if granularity == "sample":
             # Local reparameterisation: exact for independent weights per row.
-            var = squared_input_product(x, w_sigma**2, b_sigma**2, low)
+            var = squared_input_product(x, w_sigma**2, b_sigma**2, self._noise_low(x))
             rows = max(k, x.shape[0])
             eps = rng.randn(rows, batch, self.out_features, device=x.device, dtype=x.dtype, draws=self.draws)
             return torch.addcmul(mean, var.sqrt(), eps)
         raise ValueError(f"unknown granularity {granularity!r}; choose batch, datapoint or sample")
+
+    def _mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean path x mu^T + b, its products in mean_dtype."""
+        return self._linear(x, self.weight_mu, self.bias_mu, self.mean_dtype)
+
+    def _noise_low(self, x: torch.Tensor) -> torch.dtype | None:
+        """The noise path's product dtype where it differs from x's, else None."""
+        return self.noise_dtype if self.noise_dtype not in (None, x.dtype) else None
+
+    def _flipout(self, x: torch.Tensor, tau: float) -> torch.Tensor:
+        """A 'datapoint' draw (Flipout): W_b = mu + (tau sigma * eps) * r_b s_b^T with random signs per data point.
+        Three ways to the same values from the same draws: each data point's weights built (_materialize), the
+        products with the passes around them fused (ops.flipout_linear), or the mean path and flipout_noise."""
+        if self._materialize(x):
+            return self._datapoint_weights_product(x, tau)
+        w_noise, s, r, b_noise = self._datapoint_draws(x, tau * self.weight_sigma, tau * self.bias_sigma)
+        low = self._noise_low(x)
+        if flipout_fused(x, low, self.mean_dtype):
+            return flipout_linear(x, self.weight_mu, self.bias_mu, w_noise, b_noise, s, r, self.mean_dtype)
+        # out of place first: F.linear's output is a view to autograd, and in-place ops on it make
+        # the backward copy whole tensors (CopySlices); the sum is a fresh tensor
+        return (self._mean(x) + b_noise).add_(flipout_noise(x, s, w_noise, r, low))
 
     MATERIALIZED_MAX = 1 << 24  # entries of the per-data-point weights [batch, out, in] built at once (64 MB)
 
