@@ -7,6 +7,8 @@
   also with float32;
 - the IWAE and IWAE-R steps in bf16-mixed (--precision) / the same run's float32 steps, and the bare
   products in bfloat16;
+- what bars the IWAE-R bf16-mixed target (shared_work): the two steps' bare products, whose ratio is the floor of
+  the steps' ratio, and the most work outside the products both may do for it to stay at 0.7, beside what they do;
 - where torch.compile can run (compiled.compile_unavailable), the same four ratios with the loss compiled,
   as a long run trains by default (--compile auto; the compilation itself is done in the warm-up);
 - test log-likelihood (S = 5000): images per second, and peak memory for several batch sizes, each
@@ -122,28 +124,52 @@ def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = 
     return lambda: trainer.train_step(x)
 
 
-def bare_matmul_fn(variant: str = "iwae", dtype: torch.dtype = torch.float32, batch: int = BATCH, k: int = K):
+def bare_matmul_fn(variant: str = "iwae", dtype: torch.dtype = torch.float32, batch: int = BATCH, k: int = K,
+                   noise_dtype: torch.dtype | None = None):
     """The matrix products of one training step of `variant` in `dtype` (`batch` images, `k` samples each): per
     layer the forward product, and the weight- and input-gradient products (no input gradient for the data). A
     random layer has two of each: the mean and the noise path (Flipout in the decoder, local reparameterisation in
-    the encoder)."""
+    the encoder), the noise path's in `noise_dtype` if given (as the float32 step multiplies it where the CPU
+    multiplies bfloat16 natively)."""
     config = ModelConfig.for_variant(variant)
     random_encoder, random_decoder = config.random_encoder, config.random_decoder
     rows_enc2 = batch * k if random_encoder else batch  # a random encoder's samples differ after layer 1
     layers = [(batch, 784, 400, random_encoder, False), (rows_enc2, 400, 80, random_encoder, True),
               (batch * k, 40, 400, random_decoder, True), (batch * k, 400, 784, random_decoder, True)]
-    mats = [(torch.randn(rows, n_in, dtype=dtype), torch.randn(n_in, n_out, dtype=dtype),
-             torch.randn(rows, n_out, dtype=dtype), 2 if random else 1, input_grad)
-            for rows, n_in, n_out, random, input_grad in layers]
+    products = []  # (a [rows, in], w [in, out], g [rows, out], input gradient or not), one per path
+    for rows, n_in, n_out, is_random, input_grad in layers:
+        a = torch.randn(rows, n_in, dtype=dtype)
+        w = torch.randn(n_in, n_out, dtype=dtype)
+        g = torch.randn(rows, n_out, dtype=dtype)
+        products.append((a, w, g, input_grad))
+        if is_random:
+            products.append((a, w, g, input_grad) if noise_dtype is None else
+                            (a.to(noise_dtype), w.to(noise_dtype), g.to(noise_dtype), input_grad))
 
     def step():
-        for a, w, g, copies, input_grad in mats:
-            for _ in range(copies):
-                a @ w  # forward
-                a.T @ g  # weight gradient
-                if input_grad:
-                    g @ w.T  # input gradient
+        for a, w, g, input_grad in products:
+            a @ w  # forward
+            a.T @ g  # weight gradient
+            if input_grad:
+                g @ w.T  # input gradient
     return step
+
+
+def shared_work(times: dict, target: float = 0.7) -> dict:
+    """What bars the IWAE-R bf16-mixed / float32 target, from one run's median seconds (medians' {name: s}).
+
+    Only the products differ between the two steps, so with P_b the bf16-mixed step's bare products, P_f the
+    float32 step's (its noise path as it runs it) and O the work both do outside them (the draws, sigma, the
+    element-wise passes, the likelihood, Adam), the ratio is (P_b + O) / (P_f + O). It falls to P_b / P_f (the
+    floor) as O vanishes, and stays at or below `target` only while O <= (target P_f - P_b) / (1 - target)
+    (negative: unreachable). Returns those in ms, and each IWAE-R step's O (its median minus its products)."""
+    p_b, p_f = times["bare iwae-r bfloat16"], times["bare iwae-r float32 step"]
+    steps = {"iwae-r": p_f, "iwae-r bf16-mixed": p_b, "iwae-r compiled": p_f, "iwae-r bf16-mixed compiled": p_b}
+    return {"products_ms": {"bf16-mixed": round(p_b * 1e3, 2), "float32": round(p_f * 1e3, 2)},
+            "floor": round(p_b / p_f, 3), "target": target,
+            "max_shared_ms": round((target * p_f - p_b) / (1 - target) * 1e3, 2),
+            "shared_ms": {step: round((times[step] - products) * 1e3, 2)
+                          for step, products in steps.items() if step in times}}
 
 
 def peak_resident_mb() -> float:
@@ -206,6 +232,7 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
     say(f"noise drawn by Philox4x32-10 (maths/rng.py), implementation: {rng.backend()}")
     fns = {**{f"bare {v}": bare_matmul_fn(v) for v in variants},
            **{f"bare {v} bfloat16": bare_matmul_fn(v, torch.bfloat16) for v in ("iwae", "iwae-r")},
+           "bare iwae-r float32 step": bare_matmul_fn("iwae-r", noise_dtype=noise_dtype("auto", torch.device("cpu"))),
            **{v: train_step_fn(v) for v in variants},
            **{f"{v} bf16-mixed": train_step_fn(v, precision="bf16-mixed") for v in ("iwae", "iwae-r")}}
     if precision != "float32":
@@ -263,6 +290,13 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
             if q1 <= target <= q3:
                 verdict = "at the line"
             say(f"  {name:60s} {ratios[name]:.3f}  ({q1:.3f}-{q3:.3f})  <= {target}: {verdict}")
+    bar = shared_work(times)
+    measured = ", ".join(f"{step} {ms:.1f}" for step, ms in bar["shared_ms"].items())
+    limit = (f"under {bar['max_shared_ms']:.1f} ms" if bar["max_shared_ms"] >= 0 else "under none: unreachable")
+    say(f"what bars the iwae-r bf16-mixed target: bare products {bar['products_ms']['bf16-mixed']:.1f} ms in "
+        f"bfloat16 against {bar['products_ms']['float32']:.1f} ms as the float32 step multiplies them, so the ratio "
+        f"is at least {bar['floor']:.3f}, and at most {bar['target']} only while the work both steps do outside "
+        f"their products stays {limit}; each step's median minus its products, ms: {measured}")
     S = 5000
     mem = {}
     for b, seconds in ([(1, None), (100, None)] if quick else [(1, None), (100, None), (1000, 20.0),
@@ -280,6 +314,7 @@ def run_benchmarks(quick: bool = False, as_json: bool = False) -> dict:
         "bare_matmul_ms": {name.removeprefix("bare "): round(t * 1e3, 2) for name, t in times.items()
                            if name.startswith("bare")},
         "step_ms": {name: round(t * 1e3, 2) for name, t in steps.items()},
+        "iwae_r_bf16_mixed_bar": bar,
         "eval_S": S,
         "eval_images_per_s": {str(b): m["images_per_s"] for b, m in mem.items()},
         "eval_peak_mb": {str(b): round(m["peak_mb"]) for b, m in mem.items()},

@@ -130,7 +130,8 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
     from iwae_core import benchmark
 
     made_up = {"bare iwae": 0.030, "bare iwae-rrec": 0.040, "bare iwae-r": 0.070, "bare iwae bfloat16": 0.015,
-               "bare iwae-r bfloat16": 0.035, "iwae": 0.039, "iwae-rrec": 0.060, "iwae-r": 0.090,
+               "bare iwae-r bfloat16": 0.035, "bare iwae-r float32 step": 0.052, "iwae": 0.039, "iwae-rrec": 0.060,
+               "iwae-r": 0.090,
                "iwae bf16-mixed": 0.026, "iwae-r bf16-mixed": 0.060, "iwae-r float32": 0.110,
                "iwae compiled": 0.036, "iwae-r compiled": 0.075, "iwae bf16-mixed compiled": 0.022,
                "iwae-r bf16-mixed compiled": 0.050, "iwae-r float32 compiled": 0.085}
@@ -179,6 +180,22 @@ def test_bench_json_prints_one_object_with_the_named_ratios(monkeypatch, capsys)
     assert targets["iwae_r_step_over_iwae_step"].endswith("<= 2.3: missed")  # 0.090 / 0.039 = 2.31 every round
     assert len(targets) == 8  # the four targets, plain and compiled
     assert "compiled loss" in captured.err
+    # what bars the IWAE-R target: products 35 ms against 52, so (35 + O) / (52 + O) <= 0.7 while
+    # O <= (0.7 * 52 - 35) / 0.3 = 4.67 ms; each step's O is its median minus its own products
+    bar = result["iwae_r_bf16_mixed_bar"]
+    assert bar["floor"] == round(35 / 52, 3) and bar["max_shared_ms"] == round((0.7 * 52 - 35) / 0.3, 2)
+    assert bar["shared_ms"] == {"iwae-r": 38.0, "iwae-r bf16-mixed": 25.0, "iwae-r compiled": 23.0,
+                                "iwae-r bf16-mixed compiled": 15.0}
+    assert "stays under 4.7 ms" in captured.err
+
+
+def test_bench_bar_says_when_the_products_alone_miss_the_target():
+    """Where bfloat16 products save little (here 0.9 of the float32 step's), no shared work is small enough."""
+    from iwae_core.benchmark import shared_work
+
+    bar = shared_work({"bare iwae-r bfloat16": 0.045, "bare iwae-r float32 step": 0.050, "iwae-r": 0.060})
+    assert bar["floor"] == 0.9 and bar["max_shared_ms"] < 0
+    assert bar["shared_ms"] == {"iwae-r": 10.0}  # only the steps timed
 
 
 def test_bench_steps_and_bare_products_take_the_batch_and_k_asked_for(monkeypatch):
@@ -196,6 +213,34 @@ def test_bench_steps_and_bare_products_take_the_batch_and_k_asked_for(monkeypatc
     # image, and every later layer of a random encoder sees batch x k rows
     assert shapes == [(2, 784), (784, 400), (2, 400), (6, 400), (400, 80), (6, 80),
                       (6, 40), (40, 400), (6, 400), (6, 400), (400, 784), (6, 784)]
+
+
+def test_bench_bare_products_take_the_noise_path_in_its_own_dtype():
+    """The float32 IWAE-R step multiplies its noise path in bfloat16 where the CPU does so natively; the bench's
+    bare products of that step must too: per random layer one path in each dtype, the same shapes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from iwae_core import benchmark
+
+    class Products(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.mm.default:
+                self.seen.append((args[0].dtype, tuple(args[0].shape), tuple(args[1].shape)))
+            return func(*args, **(kwargs or {}))
+
+    with Products() as mixed:
+        benchmark.bare_matmul_fn("iwae-r", batch=2, k=3, noise_dtype=torch.bfloat16)()
+    with Products() as plain:
+        benchmark.bare_matmul_fn("iwae-r", batch=2, k=3)()
+    assert len(mixed.seen) == len(plain.seen) == 2 * (2 + 3 + 3 + 3)  # every layer random in IWAE-R
+    assert [s for d, *s in mixed.seen] == [s for d, *s in plain.seen]
+    assert [d for d, *_ in mixed.seen] == [torch.float32] * 2 + [torch.bfloat16] * 2 + (
+        [torch.float32] * 3 + [torch.bfloat16] * 3) * 3
+    assert {d for d, *_ in plain.seen} == {torch.float32}
 
 
 def test_bench_rounds_time_every_function_once_each_in_a_new_order():
