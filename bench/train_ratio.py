@@ -3,7 +3,7 @@
 Usage: python bench/train_ratio.py [--threads 2] [--variants iwae iwae-r] [--compile off on] [--block 20] [--blocks 20]
                                    [--data-dir DIR]
 
-`iwae bench` times each step on one fixed batch, one call per function per round, its eighteen functions in a
+`iwae bench` times each step on one fixed batch, one call per function per round, its seventeen functions in a
 shuffled order, so every step starts with the caches full of another model's buffers. A training run repeats one
 step over fresh batches. Here, per variant and compile setting, a float32 and a bf16-mixed Trainer (paper preset:
 batch 100, k = 25, the KL over the 59,600 training images) train on the same real binarised batches, in alternating
