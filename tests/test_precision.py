@@ -3,6 +3,7 @@ and Adam's state stay float32; the option round-trips through config.json and ol
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,3 +274,29 @@ def test_bench_eval_memory_is_the_fresh_interpreters_own_peak_not_its_parents():
     assert 0 < memory["base_mb"] <= memory["peak_mb"] < 1024
     assert memory["images_per_s"] > 0
     del ballast
+
+
+def test_train_ratio_times_both_precisions_on_the_same_batches_in_alternating_blocks(monkeypatch):
+    """bench/train_ratio.py: the float32 and the bf16-mixed Trainer multiply as named, train on the same batches in
+    the same order, take turns block by block (the order swapped every block), and the ratio is of their medians."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import train_ratio
+
+    from iwae_core.train import Trainer
+
+    seen, original = [], Trainer.train_step
+
+    def recording(self, x):
+        seen.append((self.matmul_dtype, x.sum().item()))
+        return original(self, x)
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    torch.manual_seed(0)
+    images = torch.rand(500, 784)
+    result = train_ratio.block_ratios("iwae", "off", {"train": images, "valid": images[:100]}, threads=1, block=3,
+                                      blocks=2)
+    by_dtype = {dtype: [s for d, s in seen if d == dtype] for dtype in (None, torch.bfloat16)}
+    assert len(seen) == 2 * (5 + 2 * 3) and set(by_dtype) == {d for d, _ in seen}
+    assert by_dtype[None] == by_dtype[torch.bfloat16]  # the same batches, in the same order
+    assert [d for d, _ in seen[10:]] == [None] * 3 + [torch.bfloat16] * 6 + [None] * 3  # turns, swapped every block
+    assert result["ratio"] == round(result["bf16_mixed_ms"] / result["float32_ms"], 3)
