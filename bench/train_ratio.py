@@ -22,18 +22,11 @@ import time
 
 import torch
 
-from iwae_core.config import PAPER_PRESET, ModelConfig, RunConfig, TrainConfig
+from iwae_core.benchmark import paper_trainer
 from iwae_core.data import load_dataset
 from iwae_core.train import Trainer
 
 PRECISIONS = ("float32", "bf16-mixed")
-
-
-def trainer(variant: str, precision: str, compile: str, data: dict, threads: int) -> Trainer:
-    run = RunConfig(model=ModelConfig.for_variant(variant, **PAPER_PRESET["model"]),
-                    train=TrainConfig(**PAPER_PRESET["train"], device="cpu", threads=threads, precision=precision,
-                                      compile=compile))
-    return Trainer(run, data=data)
 
 
 def batches(t: Trainer):
@@ -44,7 +37,7 @@ def batches(t: Trainer):
 
 
 def block_ratios(variant: str, compile: str, data: dict, threads: int, block: int, blocks: int) -> dict:
-    trainers = {p: trainer(variant, p, compile, data, threads) for p in PRECISIONS}
+    trainers = {p: paper_trainer(variant, data, threads=threads, precision=p, compile=compile) for p in PRECISIONS}
     feeds = {p: batches(t) for p, t in trainers.items()}
     for p, t in trainers.items():  # warm-up (and compilation)
         for x in itertools.islice(feeds[p], 5):
@@ -82,9 +75,9 @@ def main() -> None:
           f"{args.blocks} blocks of {args.block} steps per precision")
     results = {}
     for variant, compile in itertools.product(args.variants, args.compile):
-        r = results[f"{variant} {'compiled' if compile == 'on' else 'plain'}"] = block_ratios(
-            variant, compile, data, args.threads, args.block, args.blocks)
-        print(f"{variant:9s} {'compiled' if compile == 'on' else 'plain':8s} float32 {r['float32_ms']:6.1f} ms, "
+        mode = "compiled" if compile == "on" else "plain"
+        r = results[f"{variant} {mode}"] = block_ratios(variant, compile, data, args.threads, args.block, args.blocks)
+        print(f"{variant:9s} {mode:8s} float32 {r['float32_ms']:6.1f} ms, "
               f"bf16-mixed {r['bf16_mixed_ms']:6.1f} ms: bf16-mixed / float32 {r['ratio']:.3f} "
               f"(per block {r['quartiles'][0]:.3f}-{r['quartiles'][1]:.3f})", flush=True)
     print(json.dumps({"threads": args.threads, "block": args.block, "blocks": args.blocks, "results": results}))

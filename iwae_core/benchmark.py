@@ -109,17 +109,22 @@ def ratios_of(times: dict) -> tuple[dict, dict]:
     return ratios, quartiles
 
 
+def paper_trainer(variant: str, data: dict, **train) -> Trainer:
+    """A CPU Trainer of `variant` with the paper preset on `data`, on torch's current thread count; `train` overrides
+    TrainConfig's fields (precision, compile, batch_size, ...)."""
+    settings = {**PAPER_PRESET["train"], "device": "cpu", "threads": torch.get_num_threads(), **train}
+    run = RunConfig(model=ModelConfig.for_variant(variant, **PAPER_PRESET["model"]), train=TrainConfig(**settings))
+    return Trainer(run, data=data)
+
+
 def train_step_fn(variant: str, noise_precision: str = "auto", precision: str = "float32", compile: str = "off",
                   batch: int = BATCH, k: int = K):
     """One step of the Trainer itself (the paper preset: objective, KL, Adam, NaN guard) on a fixed batch of
     `batch` images with `k` samples each; with compile="on" its loss is compiled (the first call compiles it)."""
     torch.manual_seed(0)
     images = torch.rand(1000, 784)
-    train = {**PAPER_PRESET["train"], "batch_size": batch, "k": k}
-    run = RunConfig(model=ModelConfig.for_variant(variant, **PAPER_PRESET["model"]),
-                    train=TrainConfig(**train, device="cpu", threads=torch.get_num_threads(),
-                                      noise_precision=noise_precision, precision=precision, compile=compile))
-    trainer = Trainer(run, data={"train": images, "valid": images[:100]})
+    trainer = paper_trainer(variant, {"train": images, "valid": images[:100]}, batch_size=batch, k=k,
+                            noise_precision=noise_precision, precision=precision, compile=compile)
     x = torch.bernoulli(torch.full((batch, 784), 0.13))
     return lambda: trainer.train_step(x)
 
